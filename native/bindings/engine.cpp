@@ -1,0 +1,146 @@
+// Engine, ModelConfig and Weight bindings. Weight arrays are held (not copied) for the engine's
+// lifetime; compute releases the GIL.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/unordered_map.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+
+#include "bindings/bindings.h"
+#include "model/engine.h"
+
+namespace nb = nanobind;
+
+namespace metallic::bindings {
+
+namespace {
+
+using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Tokens = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Logits2D = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+struct PyWeight {
+  int dtype;
+  std::vector<int64_t> shape;
+  Bytes data;
+};
+
+// Owns the engine and the Python arrays its weights point into.
+struct PyEngine {
+  std::unique_ptr<Engine> engine;
+  std::vector<Bytes> keep_alive;
+
+  Engine& get(const char* where) {
+    check(engine && !engine->closed(), ErrorCode::kClosed, where, "the model was closed");
+    return *engine;
+  }
+};
+
+}  // namespace
+
+void init_engine(nb::module_& m) {
+  nb::enum_<DType>(m, "DType")
+      .value("F32", DType::kF32)
+      .value("F16", DType::kF16)
+      .value("BF16", DType::kBF16)
+      .value("Q8_0", DType::kQ8_0)
+      .value("Q4_0", DType::kQ4_0)
+      .value("Q4_1", DType::kQ4_1);
+  nb::enum_<Activation>(m, "Activation").value("SILU", Activation::kSilu).value("GELU_TANH", Activation::kGeluTanh);
+
+  nb::class_<ModelConfig>(m, "ModelConfig")
+      .def(nb::init<>())
+      .def_rw("n_vocab", &ModelConfig::n_vocab)
+      .def_rw("n_embd", &ModelConfig::n_embd)
+      .def_rw("n_layer", &ModelConfig::n_layer)
+      .def_rw("n_head", &ModelConfig::n_head)
+      .def_rw("n_head_kv", &ModelConfig::n_head_kv)
+      .def_rw("head_dim", &ModelConfig::head_dim)
+      .def_rw("n_ff", &ModelConfig::n_ff)
+      .def_rw("rms_eps", &ModelConfig::rms_eps)
+      .def_rw("rope_neox", &ModelConfig::rope_neox)
+      .def_rw("rope_inv_freq", &ModelConfig::rope_inv_freq)
+      .def_rw("attn_scale", &ModelConfig::attn_scale)
+      .def_rw("qkv_bias", &ModelConfig::qkv_bias)
+      .def_rw("tied_embeddings", &ModelConfig::tied_embeddings)
+      .def_rw("activation", &ModelConfig::activation)
+      .def_rw("embed_scale", &ModelConfig::embed_scale);
+
+  nb::class_<PyWeight>(m, "Weight")
+      .def(nb::init<int, std::vector<int64_t>, Bytes>(), nb::arg("dtype"), nb::arg("shape"), nb::arg("data"),
+           "A weight view: GGML type id, numpy-order shape, uint8 bytes (kept alive, not copied).")
+      .def_ro("dtype", &PyWeight::dtype)
+      .def_ro("shape", &PyWeight::shape);
+
+  nb::class_<PyEngine>(m, "Engine")
+      .def(
+          "__init__",
+          [](PyEngine* self, const ModelConfig& cfg, const std::unordered_map<std::string, PyWeight>& weights,
+             const std::string& device, int threads, int64_t context_length, int kv_dtype) {
+            new (self) PyEngine();
+            WeightMap wm;
+            wm.reserve(weights.size());
+            for (const auto& [name, w] : weights) {
+              WeightSpec s;
+              s.dtype = dtype_from_int(w.dtype, "tensor " + name);
+              s.shape = w.shape;
+              s.data = w.data.data();
+              s.nbytes = w.data.shape(0);
+              wm.emplace(name, std::move(s));
+              self->keep_alive.push_back(w.data);
+            }
+            const DType kv = dtype_from_int(kv_dtype, "kv_dtype");
+            nb::gil_scoped_release release;
+            self->engine = std::make_unique<Engine>(cfg, wm, device, threads, context_length, kv);
+          },
+          nb::arg("config"), nb::arg("weights"), nb::arg("device") = "cpu", nb::arg("threads") = 0,
+          nb::arg("context_length") = 4096, nb::arg("kv_dtype") = static_cast<int>(DType::kF16))
+      .def(
+          "forward",
+          [](PyEngine& self, Tokens tokens, int64_t start_pos, Logits2D logits_out, bool all_logits) {
+            Engine& e = self.get("engine.forward");
+            const int64_t n = static_cast<int64_t>(tokens.shape(0));
+            const int64_t want = all_logits ? n : 1;
+            check(static_cast<int64_t>(logits_out.shape(0)) == want &&
+                      static_cast<int64_t>(logits_out.shape(1)) == e.n_vocab(),
+                  ErrorCode::kShapeMismatch, "engine.forward",
+                  "logits_out: expected " + std::to_string(want) + "x" + std::to_string(e.n_vocab()) + ", got " +
+                      std::to_string(logits_out.shape(0)) + "x" + std::to_string(logits_out.shape(1)));
+            nb::gil_scoped_release release;
+            e.forward(tokens.data(), n, start_pos, logits_out.data(), all_logits);
+          },
+          nb::arg("tokens"), nb::arg("start_pos"), nb::arg("logits_out"), nb::arg("all_logits"))
+      .def(
+          "decode",
+          [](PyEngine& self, int32_t token, int64_t pos, Sampler& sampler) {
+            Engine& e = self.get("engine.decode");
+            nb::gil_scoped_release release;
+            return e.decode(token, pos, sampler);
+          },
+          nb::arg("token"), nb::arg("pos"), nb::arg("sampler"))
+      .def(
+          "last_logits",
+          [](PyEngine& self) {
+            Engine& e = self.get("engine.last_logits");
+            return nb::ndarray<nb::numpy, const float, nb::ndim<1>>(e.last_logits(), {static_cast<size_t>(e.n_vocab())},
+                                                                    nb::find(&self));
+          },
+          nb::rv_policy::reference_internal, "View of the last position's logits (valid until the next call).")
+      .def("cancel", [](PyEngine& self) {
+        if (self.engine) self.engine->cancel();
+      })
+      .def("close",
+           [](PyEngine& self) {
+             if (self.engine) self.engine->close();
+             self.keep_alive.clear();
+           })
+      .def_prop_ro("closed", [](PyEngine& self) { return !self.engine || self.engine->closed(); })
+      .def_prop_ro("context_length", [](PyEngine& self) { return self.get("engine").context_length(); })
+      .def_prop_ro("n_vocab", [](PyEngine& self) { return self.get("engine").n_vocab(); })
+      .def_prop_ro("device", [](PyEngine& self) { return std::string(self.get("engine").device_name()); });
+}
+
+}  // namespace metallic::bindings

@@ -1,0 +1,42 @@
+// Translates metallic::Error (and allocation failures) into metallic.errors classes.
+#include <new>
+#include <string>
+
+#include "bindings/bindings.h"
+#include "core/error.h"
+
+namespace nb = nanobind;
+
+namespace metallic::bindings {
+
+namespace {
+
+void raise_typed(ErrorCode code, const char* message) {
+  // metallic.errors is pure Python and imported lazily (it is importable whenever _core is).
+  nb::object errors = nb::module_::import_("metallic.errors");
+  nb::object exc = errors.attr("from_code")(static_cast<int>(code), message);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+}
+
+}  // namespace
+
+void init_errors(nb::module_& m) {
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const Error& e) {
+      raise_typed(e.code(), e.what());
+    } catch (const std::bad_alloc&) {
+      raise_typed(ErrorCode::kOutOfMemory, "[native] out of memory");
+    }
+  });
+  nb::dict codes;
+  for (int i = 1; i <= static_cast<int>(ErrorCode::kBusy); ++i)
+    codes[nb::str(std::string(error_code_name(static_cast<ErrorCode>(i))).c_str())] = i;
+  m.attr("ERROR_CODES") = codes;
+  m.def(
+      "_raise_for_test", [](int code, const std::string& msg) { fail(static_cast<ErrorCode>(code), "test", msg); },
+      "Raises the native error `code` (tests check the translation).");
+}
+
+}  // namespace metallic::bindings

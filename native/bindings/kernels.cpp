@@ -1,0 +1,191 @@
+// Test entry points: each CPU kernel (reference and selected SIMD version) and each device op,
+// callable from numpy so tests/python/test_kernels.py can check them against numpy references.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+
+#include <cstring>
+#include <vector>
+
+#include "bindings/bindings.h"
+#include "core/device.h"
+#include "cpu/quants.h"
+
+namespace nb = nanobind;
+
+namespace metallic::bindings {
+
+namespace {
+
+using F32In = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+using BytesIn = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+template <typename T>
+nb::ndarray<nb::numpy, T> owned_array(std::vector<T>&& v, std::initializer_list<size_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  return nb::ndarray<nb::numpy, T>(heap->data(), shape, owner);
+}
+
+int64_t checked_cols(DType dt, int64_t cols, const char* where) {
+  const DTypeInfo info = dtype_info(dt);
+  check(cols > 0 && cols % info.block_elems == 0, ErrorCode::kShapeMismatch, where,
+        "cols: expected a positive multiple of " + std::to_string(info.block_elems) + ", got " + std::to_string(cols));
+  return cols;
+}
+
+Tensor host_tensor(Device& dev, const void* p, DType dt, int64_t rows, int64_t cols) {
+  const size_t rb = row_bytes(dt, cols);
+  return Tensor{dev.wrap_host(p, rb * static_cast<size_t>(rows)), 0, dt, rows, cols, rb};
+}
+
+}  // namespace
+
+void init_kernels(nb::module_& m) {
+  nb::module_ k = m.def_submodule("kernels", "CPU kernels exposed for tests");
+
+  k.def("simd_available", [] { return cpu::x86::available(); });
+
+  k.def(
+      "quantize_act_q8",
+      [](F32In x, bool simd) {
+        const auto n = static_cast<int64_t>(x.size());
+        check(n % 32 == 0, ErrorCode::kShapeMismatch, "kernels.quantize_act_q8",
+              "length: expected a multiple of 32, got " + std::to_string(n));
+        std::vector<int8_t> q(static_cast<size_t>(n));
+        std::vector<float> d(static_cast<size_t>(n / 32)), s(static_cast<size_t>(n / 32));
+        (simd ? cpu::quantize_act_fn() : cpu::quantize_act_q8_ref)(x.data(), n, q.data(), d.data(), s.data());
+        return std::make_tuple(owned_array(std::move(q), {static_cast<size_t>(n)}),
+                               owned_array(std::move(d), {static_cast<size_t>(n / 32)}),
+                               owned_array(std::move(s), {static_cast<size_t>(n / 32)}));
+      },
+      nb::arg("x"), nb::arg("simd") = true);
+
+  k.def(
+      "matvec",
+      [](int dtype, BytesIn w, int64_t rows, int64_t cols, F32In x, bool simd) {
+        const DType dt = dtype_from_int(dtype, "kernels.matvec");
+        checked_cols(dt, cols, "kernels.matvec");
+        const size_t rb = row_bytes(dt, cols);
+        check(rows > 0 && w.shape(0) == rb * static_cast<size_t>(rows), ErrorCode::kShapeMismatch, "kernels.matvec",
+              "weight bytes: expected " + std::to_string(rb * static_cast<size_t>(rows)) + ", got " +
+                  std::to_string(w.shape(0)));
+        check(static_cast<int64_t>(x.size()) % cols == 0 && x.size() > 0, ErrorCode::kShapeMismatch,
+              "kernels.matvec", "x: expected a multiple of cols values");
+        const int64_t nt = static_cast<int64_t>(x.size()) / cols;
+        const cpu::CpuTypeTraits& tr = cpu::cpu_traits(dt);
+        std::vector<float> out(static_cast<size_t>(nt * rows));
+        std::vector<int8_t> q(static_cast<size_t>(cols));
+        std::vector<float> d(static_cast<size_t>(cols / 32 + 1)), s(static_cast<size_t>(cols / 32 + 1));
+        for (int64_t t = 0; t < nt; ++t) {
+          const float* xt = x.data() + t * cols;
+          if (tr.act_q8)
+            (simd ? cpu::quantize_act_fn() : cpu::quantize_act_q8_ref)(xt, cols, q.data(), d.data(), s.data());
+          for (int64_t r = 0; r < rows; ++r) {
+            const void* wr = w.data() + static_cast<size_t>(r) * rb;
+            float v = 0.f;
+            if (tr.act_q8) {
+              const cpu::ActQ8 a{q.data(), d.data(), s.data()};
+              switch (dt) {
+                case DType::kQ8_0: v = simd ? tr.dot_q8(cols, wr, a) : cpu::dot_q8_0_q8_ref(cols, wr, a); break;
+                case DType::kQ4_0: v = simd ? tr.dot_q8(cols, wr, a) : cpu::dot_q4_0_q8_ref(cols, wr, a); break;
+                case DType::kQ4_1: v = simd ? tr.dot_q8(cols, wr, a) : cpu::dot_q4_1_q8_ref(cols, wr, a); break;
+                case DType::kF32:
+                case DType::kF16:
+                case DType::kBF16: break;
+              }
+            } else {
+              switch (dt) {
+                case DType::kF32: v = simd ? tr.dot_f32(cols, wr, xt) : cpu::dot_f32_ref(cols, wr, xt); break;
+                case DType::kF16: v = simd ? tr.dot_f32(cols, wr, xt) : cpu::dot_f16_ref(cols, wr, xt); break;
+                case DType::kBF16: v = simd ? tr.dot_f32(cols, wr, xt) : cpu::dot_bf16_ref(cols, wr, xt); break;
+                case DType::kQ8_0:
+                case DType::kQ4_0:
+                case DType::kQ4_1: break;
+              }
+            }
+            out[static_cast<size_t>(t * rows + r)] = v;
+          }
+        }
+        return owned_array(std::move(out), {static_cast<size_t>(nt), static_cast<size_t>(rows)});
+      },
+      nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("simd") = true,
+      "y[t, r] = dot(W[r], x[t]) with the kernel the CPU device uses (or the scalar reference).");
+
+  k.def(
+      "dequantize",
+      [](int dtype, BytesIn w, int64_t rows, int64_t cols) {
+        const DType dt = dtype_from_int(dtype, "kernels.dequantize");
+        checked_cols(dt, cols, "kernels.dequantize");
+        const size_t rb = row_bytes(dt, cols);
+        check(rows > 0 && w.shape(0) == rb * static_cast<size_t>(rows), ErrorCode::kShapeMismatch,
+              "kernels.dequantize", "weight bytes do not match rows x cols");
+        std::vector<float> out(static_cast<size_t>(rows * cols));
+        const auto to_f32 = cpu::cpu_traits(dt).to_f32;
+        for (int64_t r = 0; r < rows; ++r) to_f32(cols, w.data() + static_cast<size_t>(r) * rb, out.data() + r * cols);
+        return owned_array(std::move(out), {static_cast<size_t>(rows), static_cast<size_t>(cols)});
+      },
+      nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"));
+
+  k.def(
+      "f32_to_f16_bits",
+      [](F32In x) {
+        std::vector<uint16_t> out(x.size());
+        for (size_t i = 0; i < x.size(); ++i) out[i] = f32_to_fp16(x.data()[i]);
+        return owned_array(std::move(out), {x.size()});
+      },
+      nb::arg("x"));
+
+  // Device-level ops on the CPU device (threads as given), for op tests with edge sizes.
+  k.def(
+      "matmul",
+      [](int dtype, BytesIn w, int64_t rows, int64_t cols, F32In x, int threads) {
+        const DType dt = dtype_from_int(dtype, "kernels.matmul");
+        checked_cols(dt, cols, "kernels.matmul");
+        check(w.shape(0) == row_bytes(dt, cols) * static_cast<size_t>(rows) && rows > 0, ErrorCode::kShapeMismatch,
+              "kernels.matmul", "weight bytes do not match rows x cols");
+        check(x.size() % static_cast<size_t>(cols) == 0 && x.size() > 0, ErrorCode::kShapeMismatch,
+              "kernels.matmul", "x: expected a multiple of cols values");
+        const int64_t nt = static_cast<int64_t>(x.size()) / cols;
+        DeviceLimits lim;
+        lim.max_tokens = nt;
+        lim.max_cols = cols;
+        auto dev = make_device("cpu", threads, lim);
+        std::vector<float> out(static_cast<size_t>(nt * rows));
+        OpCall c{OpCode::kMatMul};
+        c.t[0] = host_tensor(*dev, x.data(), DType::kF32, nt, cols);
+        c.t[1] = host_tensor(*dev, w.data(), dt, rows, cols);
+        c.t[7] = host_tensor(*dev, out.data(), DType::kF32, nt, rows);
+        c.p.n_tokens = nt;
+        c.p.n_weights = 1;
+        {
+          nb::gil_scoped_release release;
+          dev->run(c);
+          dev->synchronize();
+        }
+        return owned_array(std::move(out), {static_cast<size_t>(nt), static_cast<size_t>(rows)});
+      },
+      nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("threads") = 2);
+
+  k.def(
+      "rms_norm",
+      [](F32In x, F32In w, float eps, int threads) {
+        const auto n = static_cast<int64_t>(w.size());
+        check(n > 0 && x.size() % static_cast<size_t>(n) == 0, ErrorCode::kShapeMismatch, "kernels.rms_norm",
+              "x: expected a multiple of len(w) values");
+        const int64_t nt = static_cast<int64_t>(x.size()) / n;
+        auto dev = make_device("cpu", threads, DeviceLimits{});
+        std::vector<float> out(x.size());
+        OpCall c{OpCode::kRmsNorm};
+        c.t[0] = host_tensor(*dev, x.data(), DType::kF32, nt, n);
+        c.t[1] = host_tensor(*dev, w.data(), DType::kF32, 1, n);
+        c.t[2] = host_tensor(*dev, out.data(), DType::kF32, nt, n);
+        c.p.n_tokens = nt;
+        c.p.eps = eps;
+        dev->run(c);
+        return owned_array(std::move(out), {static_cast<size_t>(nt), static_cast<size_t>(n)});
+      },
+      nb::arg("x"), nb::arg("w"), nb::arg("eps"), nb::arg("threads") = 2);
+}
+
+}  // namespace metallic::bindings

@@ -1,0 +1,113 @@
+// The one narrow interface every device implements (CPU now; Metal and emulated Metal next).
+//
+// The decoder plan (native/model/) is written once against this interface: it allocates buffers,
+// wraps the mmapped weights without copying, and issues a short list of named ops per layer.
+// A device executes each op (CPU: immediately; Metal: encodes into the current command buffer)
+// and `synchronize` waits for everything issued so far.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace metallic {
+
+// A device allocation or a wrapped host range. `host` is the CPU-visible address (always valid
+// for the CPU device and for unified-memory Metal); `handle` is the device's own object, if any.
+struct Buffer {
+  void* host = nullptr;
+  size_t nbytes = 0;
+  void* handle = nullptr;
+};
+
+// A 2-D view (rows, cols) into a buffer; row r starts at offset + r * row_stride bytes.
+struct Tensor {
+  Buffer buf;
+  size_t offset = 0;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_stride = 0;  // bytes
+
+  template <typename T>
+  T* ptr() const {
+    return reinterpret_cast<T*>(static_cast<char*>(buf.host) + offset);
+  }
+  const void* row(int64_t r) const {
+    return static_cast<const char*>(buf.host) + offset + static_cast<size_t>(r) * row_stride;
+  }
+  bool valid() const { return buf.host != nullptr; }
+};
+
+enum class OpCode : int32_t {
+  kEmbed,      // out[t] = dequant(table[tokens[t]]) * scale
+  kRmsNorm,    // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w
+  kMatMul,     // out_i[t] (+)= W_i x[t] (+ b_i), for up to 3 weights sharing x
+  kRopeKv,     // rotate q and k in place by position, write k and v into the KV cache
+  kAttention,  // causal GQA attention of q over the KV cache
+  kSwiGlu,     // gate[t] = silu(gate[t]) * up[t]
+};
+
+// Flat parameter block shared by every op (unused fields are ignored).
+struct OpParams {
+  int64_t n_tokens = 0;   // rows of the activations
+  int64_t pos0 = 0;       // position of the first token
+  int32_t n_head = 0;
+  int32_t n_head_kv = 0;
+  int32_t head_dim = 0;
+  int32_t n_weights = 0;  // kMatMul: how many weights share the input (1..3)
+  int64_t kv_capacity = 0;  // KV rows per head
+  float eps = 0.f;
+  float scale = 1.f;      // kEmbed: embedding scale; kAttention: score scale
+  bool accumulate = false;  // kMatMul: out += result (residual add in the epilogue)
+  bool neox = true;         // kRopeKv: rotate-halves pairing (else interleaved pairs)
+};
+
+// Tensor slots per op (see the kernels for the exact roles):
+//   kEmbed:     [0]=table (vocab, d)  [1]=tokens (1, n) int32 as F32-sized  [2]=out (n, d)
+//   kRmsNorm:   [0]=x  [1]=w (1, d) F32  [2]=out
+//   kMatMul:    [0]=x  [1..3]=W_i  [4..6]=bias_i (optional)  [7..9]=out_i  [10]=scratch
+//   kRopeKv:    [0]=q  [1]=k  [2]=v  [3]=K cache  [4]=V cache  [5]=inv_freq (1, head_dim/2)
+//   kAttention: [0]=q  [1]=K cache  [2]=V cache  [3]=out
+//   kSwiGlu:    [0]=gate (in/out)  [1]=up
+constexpr int kMaxOpTensors = 11;
+
+struct OpCall {
+  OpCode op;
+  std::array<Tensor, kMaxOpTensors> t{};
+  OpParams p{};
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual const char* name() const = 0;
+  // Zero-initialised allocation; throws OutOfMemory.
+  virtual Buffer alloc(size_t nbytes) = 0;
+  // Zero-copy view of caller-owned host memory that outlives the buffer.
+  virtual Buffer wrap_host(const void* ptr, size_t nbytes) = 0;
+  virtual void release(Buffer& buf) = 0;
+  virtual void copy_in(const Buffer& dst, size_t offset, const void* src, size_t nbytes) = 0;
+  virtual void copy_out(const Buffer& src, size_t offset, void* dst, size_t nbytes) = 0;
+  virtual bool supports(OpCode op, DType dtype) const = 0;
+  virtual void run(const OpCall& call) = 0;
+  virtual void synchronize() = 0;
+};
+
+// The largest op a plan will issue, so a device sizes its scratch once (never in the token loop).
+struct DeviceLimits {
+  int64_t max_tokens = 1;   // rows of activations per op
+  int64_t max_cols = 32;    // widest activation row fed to a matmul
+  int64_t kv_capacity = 1;  // KV rows per head
+  int32_t head_dim = 1;
+};
+
+// Factory: "cpu" (threads <= 0 → hardware concurrency); "metal" / "metal-emulated" throw
+// DeviceUnavailable until those devices are built; anything else throws InvalidArgument.
+std::unique_ptr<Device> make_device(const std::string& name, int threads, const DeviceLimits& limits);
+
+}  // namespace metallic

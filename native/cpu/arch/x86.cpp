@@ -1,0 +1,218 @@
+// AVX2 / AVX-512-VNNI versions of the row dots and the activation quantizer (see cpu/quants.h).
+//
+// Quantized dots: nibbles (0..15) or |w| are unsigned bytes, activations signed bytes, so one
+// u8*s8 multiply-add (vpdpbusd with AVX-512 VNNI, else vpmaddubsw + vpmaddwd) yields eight int32
+// partial sums per 32-element block; the block scale product is applied in float with one FMA.
+// Every unaligned load reads exactly the bytes of one validated block (no over-read).
+#include <cmath>
+
+#include "core/quant_blocks.h"
+#include "cpu/quants.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define METALLIC_HAVE_AVX2 1
+#endif
+
+namespace metallic::cpu::x86 {
+
+#if METALLIC_HAVE_AVX2
+
+bool available() { return true; }
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  const __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 sums = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, sums);
+  sums = _mm_add_ss(sums, sh);
+  return _mm_cvtss_f32(sums);
+}
+
+// Sum over groups of four u8*s8 products into eight int32 lanes.
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  const __m256i p16 = _mm256_maddubs_epi16(u, s);
+  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+#endif
+}
+
+// 16 packed bytes -> 32 nibbles (elements 0..15 = low nibbles, 16..31 = high nibbles).
+inline __m256i unpack_nibbles(const uint8_t* qs) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i mask = _mm_set1_epi8(0x0f);
+  const __m128i lo = _mm_and_si128(raw, mask);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+  return _mm256_set_m128i(hi, lo);
+}
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+}  // namespace
+
+void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) {
+  const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const float* xb = x + b * kQK;
+    __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+    __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_mask, v0), _mm256_andnot_ps(sign_mask, v1)),
+                             _mm256_max_ps(_mm256_andnot_ps(sign_mask, v2), _mm256_andnot_ps(sign_mask, v3)));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const __m256 vi = _mm256_set1_ps(inv);
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vi), kRound));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, vi), kRound));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, vi), kRound));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, vi), kRound));
+    const __m256i isum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(isum), _mm256_extracti128_si256(isum, 1));
+    s4 = _mm_hadd_epi32(s4, s4);
+    s4 = _mm_hadd_epi32(s4, s4);
+    // Pack 32 int32 -> 32 int8 (values already in [-127, 127]); packs interleave lanes, so fix
+    // the order with one permute.
+    const __m256i p01 = _mm256_packs_epi32(i0, i1);
+    const __m256i p23 = _mm256_packs_epi32(i2, i3);
+    __m256i p = _mm256_packs_epi16(p01, p23);
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQK), p);
+    const float scale = amax / 127.f;
+    d[b] = scale;
+    s[b] = scale * static_cast<float>(_mm_cvtsi128_si32(s4));
+  }
+}
+
+float dot_q8_0_q8(int64_t n, const void* w, ActQ8 a) {
+  const auto* blk = static_cast<const BlockQ8_0*>(w);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[b].qs));
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
+    const __m256i p = dot_u8s8(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk[b].d) * a.d[b]), _mm256_cvtepi32_ps(p), acc);
+  }
+  return hsum(acc);
+}
+
+float dot_q4_0_q8(int64_t n, const void* w, ActQ8 a) {
+  const auto* blk = static_cast<const BlockQ4_0*>(w);
+  __m256 acc = _mm256_setzero_ps();
+  float offset = 0.f;
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
+    const __m256i p = dot_u8s8(unpack_nibbles(blk[b].qs), av);
+    const float dw = h2f(blk[b].d);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d[b]), _mm256_cvtepi32_ps(p), acc);
+    offset += dw * a.s[b];
+  }
+  return hsum(acc) - 8.f * offset;
+}
+
+float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a) {
+  const auto* blk = static_cast<const BlockQ4_1*>(w);
+  __m256 acc = _mm256_setzero_ps();
+  float offset = 0.f;
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
+    const __m256i p = dot_u8s8(unpack_nibbles(blk[b].qs), av);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk[b].d) * a.d[b]), _mm256_cvtepi32_ps(p), acc);
+    offset += h2f(blk[b].m) * a.s[b];
+  }
+  return hsum(acc) + offset;
+}
+
+float dot_f32(int64_t n, const void* w, const float* x) {
+  const auto* r = static_cast<const float*>(w);
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i), _mm256_loadu_ps(x + i), a0);
+  float acc = hsum(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) acc += r[i] * x[i];
+  return acc;
+}
+
+float dot_f16(int64_t n, const void* w, const float* x) {
+  const auto* r = static_cast<const uint16_t*>(w);
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
+    const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i + 8)));
+    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
+    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+  }
+  float acc = hsum(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) acc += h2f(r[i]) * x[i];
+  return acc;
+}
+
+float dot_bf16(int64_t n, const void* w, const float* x) {
+  const auto* r = static_cast<const uint16_t*>(w);
+  __m256 a0 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
+    const __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+  }
+  float acc = hsum(a0);
+  for (; i < n; ++i) acc += bf16_to_f32(r[i]) * x[i];
+  return acc;
+}
+
+void axpy_f32(int64_t n, float a, const void* row, float* acc) {
+  const auto* r = static_cast<const float*>(row);
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(r + i), _mm256_loadu_ps(acc + i)));
+  for (; i < n; ++i) acc[i] += a * r[i];
+}
+
+void axpy_f16(int64_t n, float a, const void* row, float* acc) {
+  const auto* r = static_cast<const uint16_t*>(row);
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
+    _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(acc + i)));
+  }
+  for (; i < n; ++i) acc[i] += a * h2f(r[i]);
+}
+
+#else  // no AVX2 in this build: the traits table selects the scalar references instead.
+
+bool available() { return false; }
+void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) {
+  quantize_act_q8_ref(x, n, q, d, s);
+}
+float dot_q8_0_q8(int64_t n, const void* w, ActQ8 a) { return dot_q8_0_q8_ref(n, w, a); }
+float dot_q4_0_q8(int64_t n, const void* w, ActQ8 a) { return dot_q4_0_q8_ref(n, w, a); }
+float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a) { return dot_q4_1_q8_ref(n, w, a); }
+float dot_f32(int64_t n, const void* w, const float* x) { return dot_f32_ref(n, w, x); }
+float dot_f16(int64_t n, const void* w, const float* x) { return dot_f16_ref(n, w, x); }
+float dot_bf16(int64_t n, const void* w, const float* x) { return dot_bf16_ref(n, w, x); }
+void axpy_f32(int64_t n, float a, const void* row, float* acc) { axpy_f32_ref(n, a, row, acc); }
+void axpy_f16(int64_t n, float a, const void* row, float* acc) { axpy_f16_ref(n, a, row, acc); }
+
+#endif
+
+}  // namespace metallic::cpu::x86

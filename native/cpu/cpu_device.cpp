@@ -1,0 +1,111 @@
+// The CPU device: host memory buffers, a persistent thread pool, and the kernels in kernels.cpp.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <thread>
+
+#include "core/device.h"
+#include "cpu/kernels.h"
+
+namespace metallic {
+
+namespace {
+
+constexpr size_t kAlign = 64;
+
+class CpuDevice final : public Device {
+ public:
+  CpuDevice(int threads, const DeviceLimits& lim) : pool_(threads) {
+    const auto act = static_cast<size_t>(lim.max_tokens * lim.max_cols);
+    scratch_.act_q.resize(act);
+    scratch_.act_d.resize(act / 32 + 1);
+    scratch_.act_s.resize(act / 32 + 1);
+    scratch_.scores.resize(static_cast<size_t>(pool_.size()) *
+                           static_cast<size_t>(lim.kv_capacity + 2 * lim.head_dim));
+    scratch_.rope_cs.resize(static_cast<size_t>(lim.max_tokens * lim.head_dim));
+  }
+
+  const char* name() const override { return "cpu"; }
+
+  Buffer alloc(size_t nbytes) override {
+    const size_t rounded = (nbytes + kAlign - 1) / kAlign * kAlign;
+    // calloc-style zeroing through aligned_alloc + memset would touch every page; large KV
+    // caches rely on untouched pages not counting in RSS, so use calloc semantics via mmap'd
+    // allocations of the C library (glibc serves big calloc requests with fresh zero pages).
+    void* p = std::calloc(1, rounded + kAlign);
+    if (p == nullptr)
+      fail(ErrorCode::kOutOfMemory, "cpu.alloc", "cannot allocate " + std::to_string(nbytes) + " bytes");
+    // Keep the raw pointer in `handle` for release(); hand out the aligned address.
+    const auto raw = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t aligned = (raw + kAlign - 1) / kAlign * kAlign;
+    return Buffer{reinterpret_cast<void*>(aligned), nbytes, p};
+  }
+
+  Buffer wrap_host(const void* ptr, size_t nbytes) override {
+    return Buffer{const_cast<void*>(ptr), nbytes, nullptr};
+  }
+
+  void release(Buffer& buf) override {
+    if (buf.handle != nullptr) std::free(buf.handle);
+    buf = Buffer{};
+  }
+
+  void copy_in(const Buffer& dst, size_t offset, const void* src, size_t nbytes) override {
+    check(offset + nbytes <= dst.nbytes, ErrorCode::kInvalidArgument, "cpu.copy_in", "range outside buffer");
+    std::memcpy(static_cast<char*>(dst.host) + offset, src, nbytes);
+  }
+
+  void copy_out(const Buffer& src, size_t offset, void* dst, size_t nbytes) override {
+    check(offset + nbytes <= src.nbytes, ErrorCode::kInvalidArgument, "cpu.copy_out", "range outside buffer");
+    std::memcpy(dst, static_cast<const char*>(src.host) + offset, nbytes);
+  }
+
+  bool supports(OpCode op, DType dtype) const override {
+    switch (op) {
+      case OpCode::kEmbed:
+      case OpCode::kMatMul: return true;  // every DType has CPU traits
+      case OpCode::kRmsNorm:
+      case OpCode::kSwiGlu: return dtype == DType::kF32;
+      case OpCode::kRopeKv:
+      case OpCode::kAttention: return dtype == DType::kF32 || dtype == DType::kF16;
+    }
+    return false;
+  }
+
+  void run(const OpCall& call) override {
+    switch (call.op) {
+      case OpCode::kEmbed: cpu::op_embed(call, pool_); return;
+      case OpCode::kRmsNorm: cpu::op_rms_norm(call, pool_); return;
+      case OpCode::kMatMul: cpu::op_matmul(call, pool_, scratch_); return;
+      case OpCode::kRopeKv: cpu::op_rope_kv(call, pool_, scratch_); return;
+      case OpCode::kAttention: cpu::op_attention(call, pool_, scratch_); return;
+      case OpCode::kSwiGlu: cpu::op_swiglu(call, pool_); return;
+    }
+    fail(ErrorCode::kKernelFailure, "cpu.run", "unknown op");
+  }
+
+  void synchronize() override {}  // ops run synchronously
+
+ private:
+  cpu::ThreadPool pool_;
+  cpu::Scratch scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<Device> make_device(const std::string& n, int threads, const DeviceLimits& limits) {
+  if (n == "cpu") {
+    if (threads <= 0) {
+      const unsigned hc = std::thread::hardware_concurrency();
+      threads = hc == 0 ? 1 : static_cast<int>(hc);
+    }
+    return std::make_unique<CpuDevice>(threads, limits);
+  }
+  if (n == "metal" || n == "metal-emulated")
+    fail(ErrorCode::kDeviceUnavailable, "device",
+         "device '" + n + "' is not available in this build (the Metal devices are not built yet)");
+  fail(ErrorCode::kInvalidArgument, "device", "unknown device '" + n + "': expected cpu, metal or metal-emulated");
+}
+
+}  // namespace metallic

@@ -1,0 +1,237 @@
+// CPU op kernels. Where the time goes in decode: op_matmul (weights streamed once per token,
+// ~95%), then op_attention (KV streamed once per head group). Prefill reuses each weight row for
+// every token of the batch while it is in L1.
+#include "cpu/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cpu/quants.h"
+
+namespace metallic::cpu {
+
+namespace {
+
+inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+
+}  // namespace
+
+void op_embed(const OpCall& c, ThreadPool& pool) {
+  const Tensor& table = c.t[0];
+  const auto* tokens = c.t[1].ptr<const int32_t>();
+  const Tensor& out = c.t[2];
+  const RowToF32Fn to_f32 = cpu_traits(table.dtype).to_f32;
+  const float scale = c.p.scale;
+  pool.parallel_for(c.p.n_tokens, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) {
+      float* o = out.ptr<float>() + t * out.cols;
+      to_f32(table.cols, table.row(tokens[t]), o);
+      if (scale != 1.f)
+        for (int64_t i = 0; i < out.cols; ++i) o[i] *= scale;
+    }
+  });
+}
+
+void op_rms_norm(const OpCall& c, ThreadPool& pool) {
+  const Tensor& x = c.t[0];
+  const float* w = c.t[1].ptr<const float>();
+  const Tensor& out = c.t[2];
+  const int64_t n = x.cols;
+  const float eps = c.p.eps;
+  auto body = [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* xi = x.ptr<const float>() + t * n;
+      float* o = out.ptr<float>() + t * n;
+      float ss = 0.f;
+      for (int64_t i = 0; i < n; ++i) ss += xi[i] * xi[i];
+      const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+      for (int64_t i = 0; i < n; ++i) o[i] = xi[i] * r * w[i];
+    }
+  };
+  if (c.p.n_tokens < 4) {
+    body(0, c.p.n_tokens, 0);  // one row: a pool hand-off costs more than the work
+  } else {
+    pool.parallel_for(c.p.n_tokens, body);
+  }
+}
+
+void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
+  const Tensor& x = c.t[0];
+  const int64_t nt = c.p.n_tokens;
+  const int64_t cols = x.cols;
+  const int nw = c.p.n_weights;
+  const CpuTypeTraits& tr = cpu_traits(c.t[1].dtype);  // all weights of one call share a dtype
+  int64_t rows_total = 0;
+  int64_t row_base[4] = {0, 0, 0, 0};
+  for (int i = 0; i < nw; ++i) {
+    rows_total += c.t[1 + i].rows;
+    row_base[i + 1] = rows_total;
+  }
+  const int64_t nb = cols / 32;
+  if (tr.act_q8) {
+    const QuantizeActFn quant = quantize_act_fn();
+    int8_t* q = s.act_q.data();
+    float* d = s.act_d.data();
+    float* sm = s.act_s.data();
+    auto qbody = [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t)
+        quant(x.ptr<const float>() + t * cols, cols, q + t * cols, d + t * nb, sm + t * nb);
+    };
+    if (nt < 8) {
+      qbody(0, nt, 0);
+    } else {
+      pool.parallel_for(nt, qbody);
+    }
+  }
+  const bool acc = c.p.accumulate;
+  pool.parallel_for(
+      rows_total,
+      [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r) {
+          int wi = 0;
+          while (r >= row_base[wi + 1]) ++wi;
+          const Tensor& w = c.t[1 + wi];
+          const Tensor& bias = c.t[4 + wi];
+          const Tensor& out = c.t[7 + wi];
+          const int64_t lr = r - row_base[wi];
+          const void* wrow = w.row(lr);
+          const float bv = bias.valid() ? bias.ptr<const float>()[lr] : 0.f;
+          float* o = out.ptr<float>() + lr;
+          for (int64_t t = 0; t < nt; ++t) {
+            float v;
+            if (tr.act_q8) {
+              v = tr.dot_q8(cols, wrow,
+                            ActQ8{s.act_q.data() + t * cols, s.act_d.data() + t * nb,
+                                  s.act_s.data() + t * nb});
+            } else {
+              v = tr.dot_f32(cols, wrow, x.ptr<const float>() + t * cols);
+            }
+            v += bv;
+            float* dst = o + t * out.cols;
+            *dst = acc ? *dst + v : v;
+          }
+        }
+      },
+      16);
+}
+
+void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
+  const Tensor& q = c.t[0];
+  const Tensor& k = c.t[1];
+  const Tensor& v = c.t[2];
+  const Tensor& kc = c.t[3];
+  const Tensor& vc = c.t[4];
+  const float* inv_freq = c.t[5].ptr<const float>();
+  const int64_t nt = c.p.n_tokens;
+  const int hd = c.p.head_dim;
+  const int half = hd / 2;
+  const int nh = c.p.n_head;
+  const int nkv = c.p.n_head_kv;
+  const bool neox = c.p.neox;
+  float* cs = s.rope_cs.data();
+  for (int64_t t = 0; t < nt; ++t) {  // angles in double: exact enough at long positions
+    const double pos = static_cast<double>(c.p.pos0 + t);
+    for (int i = 0; i < half; ++i) {
+      const double a = pos * static_cast<double>(inv_freq[i]);
+      cs[t * hd + i] = static_cast<float>(std::cos(a));
+      cs[t * hd + half + i] = static_cast<float>(std::sin(a));
+    }
+  }
+  auto rotate = [&](float* h, const float* cst) {
+    for (int i = 0; i < half; ++i) {
+      const int i0 = neox ? i : 2 * i;
+      const int i1 = neox ? i + half : 2 * i + 1;
+      const float x0 = h[i0], x1 = h[i1];
+      const float co = cst[i], si = cst[half + i];
+      h[i0] = x0 * co - x1 * si;
+      h[i1] = x0 * si + x1 * co;
+    }
+  };
+  const int64_t per_token = nh + nkv;
+  pool.parallel_for(nt * per_token, [&](int64_t b, int64_t e, int) {
+    for (int64_t job = b; job < e; ++job) {
+      const int64_t t = job / per_token;
+      const int64_t h = job % per_token;
+      const float* cst = cs + t * hd;
+      if (h < nh) {
+        rotate(q.ptr<float>() + t * q.cols + h * hd, cst);
+        continue;
+      }
+      const int64_t g = h - nh;
+      float* kh = k.ptr<float>() + t * k.cols + g * hd;
+      const float* vh = v.ptr<const float>() + t * v.cols + g * hd;
+      rotate(kh, cst);
+      const int64_t row = g * c.p.kv_capacity + c.p.pos0 + t;
+      if (kc.dtype == DType::kF16) {
+        auto* kd = static_cast<uint16_t*>(const_cast<void*>(kc.row(row)));
+        auto* vd = static_cast<uint16_t*>(const_cast<void*>(vc.row(row)));
+        for (int i = 0; i < hd; ++i) {
+          kd[i] = f32_to_fp16(kh[i]);
+          vd[i] = f32_to_fp16(vh[i]);
+        }
+      } else {
+        std::memcpy(const_cast<void*>(kc.row(row)), kh, static_cast<size_t>(hd) * sizeof(float));
+        std::memcpy(const_cast<void*>(vc.row(row)), vh, static_cast<size_t>(hd) * sizeof(float));
+      }
+    }
+  });
+}
+
+void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
+  const Tensor& q = c.t[0];
+  const Tensor& kc = c.t[1];
+  const Tensor& vc = c.t[2];
+  const Tensor& out = c.t[3];
+  const int64_t nt = c.p.n_tokens;
+  const int hd = c.p.head_dim;
+  const int nh = c.p.n_head;
+  const int group = nh / c.p.n_head_kv;
+  const float scale = c.p.scale;
+  const int64_t cap = c.p.kv_capacity;
+  const DotF32Fn kdot = cpu_traits(kc.dtype).dot_f32;
+  const AxpyFn vaxpy = cpu_traits(vc.dtype).axpy;
+  pool.parallel_for(nt * nh, [&](int64_t b, int64_t e, int tid) {
+    float* scores = s.scores.data() + static_cast<size_t>(tid) * static_cast<size_t>(cap + 2 * hd);
+    float* acc = scores + cap;
+    for (int64_t job = b; job < e; ++job) {
+      const int64_t t = job / nh;
+      const int h = static_cast<int>(job % nh);
+      const int64_t g = h / group;
+      const int64_t n_ctx = c.p.pos0 + t + 1;  // causal: positions 0..pos
+      const float* qh = q.ptr<const float>() + t * q.cols + h * hd;
+      float mx = -INFINITY;
+      for (int64_t p = 0; p < n_ctx; ++p) {
+        scores[p] = kdot(hd, kc.row(g * cap + p), qh) * scale;
+        mx = std::max(mx, scores[p]);
+      }
+      float sum = 0.f;
+      for (int64_t p = 0; p < n_ctx; ++p) {
+        scores[p] = std::exp(scores[p] - mx);
+        sum += scores[p];
+      }
+      const float inv = 1.f / sum;
+      std::fill(acc, acc + hd, 0.f);
+      for (int64_t p = 0; p < n_ctx; ++p) vaxpy(hd, scores[p] * inv, vc.row(g * cap + p), acc);
+      std::memcpy(out.ptr<float>() + t * out.cols + h * hd, acc, static_cast<size_t>(hd) * sizeof(float));
+    }
+  });
+}
+
+void op_swiglu(const OpCall& c, ThreadPool& pool) {
+  const Tensor& g = c.t[0];
+  const Tensor& u = c.t[1];
+  const int64_t n = c.p.n_tokens * g.cols;
+  float* gp = g.ptr<float>();
+  const float* up = u.ptr<const float>();
+  auto body = [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) gp[i] = silu(gp[i]) * up[i];
+  };
+  if (n < 8192) {
+    body(0, n, 0);
+  } else {
+    pool.parallel_for(n, body, 64);
+  }
+}
+
+}  // namespace metallic::cpu

@@ -1,0 +1,31 @@
+// CPU implementations of the device ops (see core/device.h for slots and semantics).
+//
+// Each op takes the validated OpCall and the pool; shapes were checked when the plan was built,
+// so the loops here are branch-free over rows. Work splits across threads by output rows
+// (matmul), by (token, head) pairs (attention, RoPE) or by tokens (norms).
+#pragma once
+
+#include <vector>
+
+#include "core/device.h"
+#include "cpu/thread_pool.h"
+
+namespace metallic::cpu {
+
+// Per-device scratch reused across ops (grown at plan time, never in the token loop).
+struct Scratch {
+  std::vector<int8_t> act_q;     // (n_tokens, cols) quantized activations
+  std::vector<float> act_d;      // (n_tokens, cols/32) block scales
+  std::vector<float> act_s;      // (n_tokens, cols/32) scale * sum(q)
+  std::vector<float> scores;     // (threads, kv_capacity) attention scores
+  std::vector<float> rope_cs;    // (n_tokens, head_dim) cos | sin per position
+};
+
+void op_embed(const OpCall& c, ThreadPool& pool);
+void op_rms_norm(const OpCall& c, ThreadPool& pool);
+void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s);
+void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s);
+void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s);
+void op_swiglu(const OpCall& c, ThreadPool& pool);
+
+}  // namespace metallic::cpu

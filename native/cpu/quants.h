@@ -1,0 +1,79 @@
+// Row dot products and activation quantization for the CPU device.
+//
+// Quantized weights (Q8_0, Q4_0, Q4_1) are multiplied against activations quantized per block of
+// 32 to int8 ("q8a"): d = amax / 127, q = rint(x * 127 / amax) (round half to even), and
+// s = d * sum(q) for the Q4 offset terms. This is the deliberate precision trade that lets the
+// dots run in integer SIMD; tests measure its cost against the fp32 reference.
+// Float weights (F32, F16, BF16) are multiplied against f32 activations.
+//
+// Every function has a scalar `_ref` version that is always compiled and tested; the selected
+// version (SIMD where the build has it) is reached only through `cpu_traits(dtype)`.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace metallic::cpu {
+
+// A quantized activation vector of n elements (n % 32 == 0): q[n], d[n/32], s[n/32].
+struct ActQ8 {
+  const int8_t* q;
+  const float* d;
+  const float* s;
+};
+
+using QuantizeActFn = void (*)(const float* x, int64_t n, int8_t* q, float* d, float* s);
+// Dot of one quantized weight row (n elements) with one q8a activation.
+using DotQ8Fn = float (*)(int64_t n, const void* w, ActQ8 a);
+// Dot of one float weight row (n elements) with f32 activations.
+using DotF32Fn = float (*)(int64_t n, const void* w, const float* x);
+// Dequantize one row of n elements to f32.
+using RowToF32Fn = void (*)(int64_t n, const void* w, float* out);
+// acc[i] += a * row[i] for a float row (attention's weighted sum over V rows).
+using AxpyFn = void (*)(int64_t n, float a, const void* row, float* acc);
+
+struct CpuTypeTraits {
+  DType type;
+  bool act_q8;        // true: use dot_q8 with quantized activations; false: dot_f32
+  DotQ8Fn dot_q8;     // null unless act_q8
+  DotF32Fn dot_f32;   // null if act_q8
+  RowToF32Fn to_f32;  // always set
+  AxpyFn axpy;        // F32/F16 only (KV-cache types), else null
+};
+
+const CpuTypeTraits& cpu_traits(DType t);
+QuantizeActFn quantize_act_fn();
+
+// Scalar references (always compiled; the tests call them through the bindings).
+void quantize_act_q8_ref(const float* x, int64_t n, int8_t* q, float* d, float* s);
+float dot_q8_0_q8_ref(int64_t n, const void* w, ActQ8 a);
+float dot_q4_0_q8_ref(int64_t n, const void* w, ActQ8 a);
+float dot_q4_1_q8_ref(int64_t n, const void* w, ActQ8 a);
+float dot_f32_ref(int64_t n, const void* w, const float* x);
+float dot_f16_ref(int64_t n, const void* w, const float* x);
+float dot_bf16_ref(int64_t n, const void* w, const float* x);
+void row_to_f32_q8_0(int64_t n, const void* w, float* out);
+void row_to_f32_q4_0(int64_t n, const void* w, float* out);
+void row_to_f32_q4_1(int64_t n, const void* w, float* out);
+void row_to_f32_f32(int64_t n, const void* w, float* out);
+void row_to_f32_f16(int64_t n, const void* w, float* out);
+void row_to_f32_bf16(int64_t n, const void* w, float* out);
+void axpy_f32_ref(int64_t n, float a, const void* row, float* acc);
+void axpy_f16_ref(int64_t n, float a, const void* row, float* acc);
+
+// SIMD versions (cpu/arch/x86.cpp); available() is false when the build has no AVX2.
+namespace x86 {
+bool available();
+void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s);
+float dot_q8_0_q8(int64_t n, const void* w, ActQ8 a);
+float dot_q4_0_q8(int64_t n, const void* w, ActQ8 a);
+float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a);
+float dot_f32(int64_t n, const void* w, const float* x);
+float dot_f16(int64_t n, const void* w, const float* x);
+float dot_bf16(int64_t n, const void* w, const float* x);
+void axpy_f32(int64_t n, float a, const void* row, float* acc);
+void axpy_f16(int64_t n, float a, const void* row, float* acc);
+}  // namespace x86
+
+}  // namespace metallic::cpu

@@ -1,0 +1,358 @@
+#include "model/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace metallic {
+
+namespace {
+
+constexpr int64_t kMaxBatch = 256;          // tokens per prefill chunk (bounds activation memory)
+constexpr int64_t kMaxContext = 1 << 22;    // sanity cap on context_length
+
+std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r;
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? "x" : "") + std::to_string(s[i]);
+  return r.empty() ? "()" : r;
+}
+
+void check_cfg(bool ok, const std::string& what) {
+  check(ok, ErrorCode::kInvalidArgument, "engine.config", what);
+}
+
+// RAII guard: one call at a time per engine; a concurrent caller gets Busy, not corrupt output.
+class BusyGuard {
+ public:
+  explicit BusyGuard(std::atomic<bool>& flag) : flag_(flag) {
+    bool expected = false;
+    if (!flag_.compare_exchange_strong(expected, true, std::memory_order_acq_rel))
+      fail(ErrorCode::kBusy, "engine", "another call is running on this model; use one model per thread");
+  }
+  ~BusyGuard() { flag_.store(false, std::memory_order_release); }
+  BusyGuard(const BusyGuard&) = delete;
+  BusyGuard& operator=(const BusyGuard&) = delete;
+
+ private:
+  std::atomic<bool>& flag_;
+};
+
+Tensor row_view(const Tensor& t, int64_t first_row, int64_t rows) {
+  Tensor v = t;
+  v.offset += static_cast<size_t>(first_row) * t.row_stride;
+  v.rows = rows;
+  return v;
+}
+
+}  // namespace
+
+Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
+               int64_t context_length, DType kv_dtype)
+    : cfg_(cfg), ctx_(context_length), kv_dtype_(kv_dtype) {
+  const ModelConfig& c = cfg_;
+  check_cfg(c.n_vocab > 0 && c.n_embd > 0 && c.n_layer > 0 && c.n_head > 0 && c.n_head_kv > 0 && c.n_ff > 0,
+            "n_vocab, n_embd, n_layer, n_head, n_head_kv and n_ff must all be > 0");
+  check_cfg(c.head_dim > 0 && c.head_dim % 2 == 0,
+            "head_dim: expected a positive even number, got " + std::to_string(c.head_dim));
+  check_cfg(c.n_head % c.n_head_kv == 0, "n_head_kv must divide n_head: got n_head=" + std::to_string(c.n_head) +
+                                             ", n_head_kv=" + std::to_string(c.n_head_kv));
+  check_cfg(static_cast<int64_t>(c.rope_inv_freq.size()) == c.head_dim / 2,
+            "rope_inv_freq: expected " + std::to_string(c.head_dim / 2) + " values, got " +
+                std::to_string(c.rope_inv_freq.size()));
+  for (float f : c.rope_inv_freq) check_cfg(std::isfinite(f), "rope_inv_freq: non-finite value");
+  check_cfg(std::isfinite(c.rms_eps) && c.rms_eps > 0.f, "rms_eps: expected > 0");
+  check_cfg(std::isfinite(c.embed_scale), "embed_scale: expected a finite value");
+  check_cfg(std::isfinite(c.attn_scale) && c.attn_scale >= 0.f, "attn_scale: expected >= 0");
+  check_cfg(c.activation == Activation::kSilu, "activation: only SILU is implemented by the decoder plan");
+  check(context_length > 0 && context_length <= kMaxContext, ErrorCode::kInvalidArgument, "engine",
+        "context_length: expected 1.." + std::to_string(kMaxContext) + ", got " + std::to_string(context_length));
+  check(kv_dtype == DType::kF32 || kv_dtype == DType::kF16, ErrorCode::kUnsupportedDType, "engine",
+        std::string("kv_dtype: expected F32 or F16, got ") + dtype_name(kv_dtype));
+  if (cfg_.attn_scale == 0.f) cfg_.attn_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+
+  const int64_t q_dim = c.n_head * c.head_dim;
+  const int64_t kv_dim = c.n_head_kv * c.head_dim;
+  max_batch_ = std::min(kMaxBatch, ctx_);
+  DeviceLimits lim;
+  lim.max_tokens = max_batch_;
+  lim.max_cols = std::max({c.n_embd, c.n_ff, q_dim});
+  lim.kv_capacity = ctx_;
+  lim.head_dim = static_cast<int32_t>(c.head_dim);
+  device_ = make_device(device, threads, lim);
+
+  tok_embd_ = weight(weights, "token_embd.weight", c.n_vocab, c.n_embd, true);
+  output_norm_ = vector_f32(weights, "output_norm.weight", c.n_embd, true);
+  output_ = c.tied_embeddings ? tok_embd_ : weight(weights, "output.weight", c.n_vocab, c.n_embd, true);
+  {
+    Buffer b = device_->alloc(c.rope_inv_freq.size() * sizeof(float));
+    owned_.push_back(b);
+    device_->copy_in(b, 0, c.rope_inv_freq.data(), c.rope_inv_freq.size() * sizeof(float));
+    inv_freq_ = Tensor{b, 0, DType::kF32, 1, c.head_dim / 2, b.nbytes};
+  }
+
+  const size_t kv_elem = kv_dtype == DType::kF16 ? 2 : 4;
+  const size_t kv_row = static_cast<size_t>(c.head_dim) * kv_elem;
+  const size_t kv_tensor = static_cast<size_t>(c.n_head_kv * ctx_) * kv_row;
+  // One zeroed allocation for the whole cache: pages are touched only as positions fill.
+  Buffer kv = device_->alloc(kv_tensor * 2 * static_cast<size_t>(c.n_layer));
+  owned_.push_back(kv);
+
+  layers_.resize(static_cast<size_t>(c.n_layer));
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    Layer& L = layers_[static_cast<size_t>(i)];
+    L.attn_norm = vector_f32(weights, p + "attn_norm.weight", c.n_embd, true);
+    L.wq = weight(weights, p + "attn_q.weight", q_dim, c.n_embd, true);
+    L.wk = weight(weights, p + "attn_k.weight", kv_dim, c.n_embd, true);
+    L.wv = weight(weights, p + "attn_v.weight", kv_dim, c.n_embd, true);
+    L.bq = vector_f32(weights, p + "attn_q.bias", q_dim, c.qkv_bias);
+    L.bk = vector_f32(weights, p + "attn_k.bias", kv_dim, c.qkv_bias);
+    L.bv = vector_f32(weights, p + "attn_v.bias", kv_dim, c.qkv_bias);
+    L.wo = weight(weights, p + "attn_output.weight", c.n_embd, q_dim, true);
+    L.ffn_norm = vector_f32(weights, p + "ffn_norm.weight", c.n_embd, true);
+    L.w_gate = weight(weights, p + "ffn_gate.weight", c.n_ff, c.n_embd, true);
+    L.w_up = weight(weights, p + "ffn_up.weight", c.n_ff, c.n_embd, true);
+    L.w_down = weight(weights, p + "ffn_down.weight", c.n_embd, c.n_ff, true);
+    const size_t base = static_cast<size_t>(i) * 2 * kv_tensor;
+    L.k_cache = Tensor{kv, base, kv_dtype, c.n_head_kv * ctx_, c.head_dim, kv_row};
+    L.v_cache = Tensor{kv, base + kv_tensor, kv_dtype, c.n_head_kv * ctx_, c.head_dim, kv_row};
+  }
+
+  x_ = activations(c.n_embd);
+  xn_ = activations(c.n_embd);
+  q_ = activations(q_dim);
+  k_ = activations(kv_dim);
+  v_ = activations(kv_dim);
+  att_ = activations(q_dim);
+  gate_ = activations(c.n_ff);
+  up_ = activations(c.n_ff);
+  tokens_ = activations(1);  // int32 per row, same width as a float
+  last_logits_.assign(static_cast<size_t>(c.n_vocab), 0.f);
+}
+
+Engine::~Engine() { close(); }
+
+void Engine::close() {
+  if (!device_) return;
+  device_->synchronize();
+  for (Buffer& b : owned_) device_->release(b);
+  owned_.clear();
+  layers_.clear();
+  device_.reset();
+  std::vector<float>().swap(last_logits_);
+}
+
+const char* Engine::device_name() const { return device_ ? device_->name() : "closed"; }
+
+void Engine::check_open(const char* where) const {
+  check(device_ != nullptr, ErrorCode::kClosed, where, "the model was closed");
+}
+
+Tensor Engine::weight(const WeightMap& w, const std::string& name, int64_t rows, int64_t cols, bool required) {
+  const auto it = w.find(name);
+  if (it == w.end()) {
+    check(!required, ErrorCode::kCorruptFile, "engine", "missing tensor " + name);
+    return Tensor{};
+  }
+  const WeightSpec& s = it->second;
+  check(s.shape.size() == 2 && s.shape[0] == rows && s.shape[1] == cols, ErrorCode::kShapeMismatch, "engine",
+        "tensor " + name + ": expected " + dims(rows, cols) + ", got " + shape_str(s.shape));
+  const DTypeInfo info = dtype_info(s.dtype);
+  check(cols % info.block_elems == 0, ErrorCode::kShapeMismatch, "engine",
+        "tensor " + name + ": row length " + std::to_string(cols) + " is not a multiple of the " + info.name +
+            " block of " + std::to_string(info.block_elems));
+  const size_t rb = row_bytes(s.dtype, cols);
+  check(s.data != nullptr && s.nbytes == rb * static_cast<size_t>(rows), ErrorCode::kCorruptFile, "engine",
+        "tensor " + name + ": expected " + std::to_string(rb * static_cast<size_t>(rows)) + " bytes, got " +
+            std::to_string(s.nbytes));
+  check(device_->supports(OpCode::kMatMul, s.dtype), ErrorCode::kUnsupportedDType, "engine",
+        "tensor " + name + ": " + info.name + " matmul is not supported on " + device_->name());
+  Buffer b = device_->wrap_host(s.data, s.nbytes);
+  return Tensor{b, 0, s.dtype, rows, cols, rb};
+}
+
+Tensor Engine::vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required) {
+  const auto it = w.find(name);
+  if (it == w.end()) {
+    check(!required, ErrorCode::kCorruptFile, "engine", "missing tensor " + name);
+    return Tensor{};
+  }
+  const WeightSpec& s = it->second;
+  check(s.shape.size() == 1 && s.shape[0] == n, ErrorCode::kShapeMismatch, "engine",
+        "tensor " + name + ": expected " + std::to_string(n) + ", got " + shape_str(s.shape));
+  check(s.dtype == DType::kF32 || s.dtype == DType::kF16 || s.dtype == DType::kBF16, ErrorCode::kUnsupportedDType,
+        "engine", "tensor " + name + ": expected F32, F16 or BF16, got " + dtype_name(s.dtype));
+  check(s.data != nullptr && s.nbytes == row_bytes(s.dtype, n), ErrorCode::kCorruptFile, "engine",
+        "tensor " + name + ": expected " + std::to_string(row_bytes(s.dtype, n)) + " bytes, got " +
+            std::to_string(s.nbytes));
+  Buffer b = device_->alloc(static_cast<size_t>(n) * sizeof(float));
+  owned_.push_back(b);
+  std::vector<float> tmp(static_cast<size_t>(n));
+  switch (s.dtype) {
+    case DType::kF32: std::memcpy(tmp.data(), s.data, s.nbytes); break;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) tmp[static_cast<size_t>(i)] = fp16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
+      break;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) tmp[static_cast<size_t>(i)] = bf16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
+      break;
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+    case DType::kQ4_1: break;  // rejected above
+  }
+  device_->copy_in(b, 0, tmp.data(), b.nbytes);
+  return Tensor{b, 0, DType::kF32, 1, n, b.nbytes};
+}
+
+Tensor Engine::activations(int64_t cols) {
+  const size_t stride = static_cast<size_t>(cols) * sizeof(float);
+  Buffer b = device_->alloc(stride * static_cast<size_t>(max_batch_));
+  owned_.push_back(b);
+  return Tensor{b, 0, DType::kF32, max_batch_, cols, stride};
+}
+
+void Engine::matmul(const Tensor& x, int64_t n,
+                    std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
+                    std::initializer_list<const Tensor*> outs, bool accumulate) {
+  // Weights sharing x are issued together when their dtypes match (one activation quantization).
+  const auto* w_it = wb.begin();
+  const auto* o_it = outs.begin();
+  while (w_it != wb.end()) {
+    OpCall call{OpCode::kMatMul};
+    call.t[0] = x;
+    call.p.n_tokens = n;
+    call.p.accumulate = accumulate;
+    int k = 0;
+    const DType dt = w_it->first->dtype;
+    while (w_it != wb.end() && k < 3 && w_it->first->dtype == dt) {
+      call.t[1 + k] = *w_it->first;
+      if (w_it->second != nullptr) call.t[4 + k] = *w_it->second;
+      call.t[7 + k] = **o_it;
+      ++k;
+      ++w_it;
+      ++o_it;
+    }
+    call.p.n_weights = k;
+    device_->run(call);
+  }
+}
+
+void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits,
+                   bool need_head) {
+  const ModelConfig& c = cfg_;
+  device_->copy_in(tokens_.buf, 0, tokens, static_cast<size_t>(n) * sizeof(int32_t));
+  {
+    OpCall e{OpCode::kEmbed};
+    e.t[0] = tok_embd_;
+    e.t[1] = tokens_;
+    e.t[2] = x_;
+    e.p.n_tokens = n;
+    e.p.scale = c.embed_scale;
+    device_->run(e);
+  }
+  OpCall norm{OpCode::kRmsNorm};
+  norm.p.n_tokens = n;
+  norm.p.eps = c.rms_eps;
+  for (const Layer& L : layers_) {
+    if (cancel_.exchange(false, std::memory_order_acq_rel))
+      fail(ErrorCode::kCancelled, "engine", "cancelled");
+    norm.t[0] = x_;
+    norm.t[1] = L.attn_norm;
+    norm.t[2] = xn_;
+    device_->run(norm);
+    matmul(xn_, n, {{&L.wq, &L.bq}, {&L.wk, &L.bk}, {&L.wv, &L.bv}}, {&q_, &k_, &v_}, false);
+    OpCall r{OpCode::kRopeKv};
+    r.t[0] = q_;
+    r.t[1] = k_;
+    r.t[2] = v_;
+    r.t[3] = L.k_cache;
+    r.t[4] = L.v_cache;
+    r.t[5] = inv_freq_;
+    r.p.n_tokens = n;
+    r.p.pos0 = pos0;
+    r.p.n_head = static_cast<int32_t>(c.n_head);
+    r.p.n_head_kv = static_cast<int32_t>(c.n_head_kv);
+    r.p.head_dim = static_cast<int32_t>(c.head_dim);
+    r.p.kv_capacity = ctx_;
+    r.p.neox = c.rope_neox;
+    device_->run(r);
+    OpCall a{OpCode::kAttention};
+    a.t[0] = q_;
+    a.t[1] = L.k_cache;
+    a.t[2] = L.v_cache;
+    a.t[3] = att_;
+    a.p = r.p;
+    a.p.scale = c.attn_scale;
+    device_->run(a);
+    matmul(att_, n, {{&L.wo, nullptr}}, {&x_}, true);
+    norm.t[0] = x_;
+    norm.t[1] = L.ffn_norm;
+    norm.t[2] = xn_;
+    device_->run(norm);
+    matmul(xn_, n, {{&L.w_gate, nullptr}, {&L.w_up, nullptr}}, {&gate_, &up_}, false);
+    OpCall g{OpCode::kSwiGlu};
+    g.t[0] = gate_;
+    g.t[1] = up_;
+    g.p.n_tokens = n;
+    device_->run(g);
+    matmul(gate_, n, {{&L.w_down, nullptr}}, {&x_}, true);
+  }
+  if (!need_head) {
+    device_->synchronize();
+    return;
+  }
+  // Head: all rows into logits_out, or only the last row into last_logits_.
+  const int64_t first = all_logits ? 0 : n - 1;
+  const int64_t rows = n - first;
+  norm.t[0] = row_view(x_, first, rows);
+  norm.t[1] = output_norm_;
+  norm.t[2] = xn_;
+  norm.p.n_tokens = rows;
+  device_->run(norm);
+  float* dst = all_logits ? logits_out : last_logits_.data();
+  const size_t row_b = static_cast<size_t>(c.n_vocab) * sizeof(float);
+  Tensor out{device_->wrap_host(dst, row_b * static_cast<size_t>(rows)), 0, DType::kF32, rows, c.n_vocab, row_b};
+  matmul(xn_, rows, {{&output_, nullptr}}, {&out}, false);
+  device_->synchronize();
+  if (all_logits) {
+    std::memcpy(last_logits_.data(), dst + (rows - 1) * c.n_vocab, row_b);
+  } else if (logits_out != nullptr) {
+    std::memcpy(logits_out, last_logits_.data(), row_b);
+  }
+}
+
+void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits) {
+  check_open("engine.forward");
+  BusyGuard guard(busy_);
+  cancel_.store(false, std::memory_order_release);
+  check(n > 0, ErrorCode::kInvalidArgument, "engine.forward", "tokens: expected at least one token, got 0");
+  check(start_pos >= 0, ErrorCode::kInvalidArgument, "engine.forward",
+        "start_pos: expected >= 0, got " + std::to_string(start_pos));
+  check(start_pos + n <= ctx_, ErrorCode::kContextOverflow, "engine.forward",
+        "context overflow: " + std::to_string(start_pos) + " cached + " + std::to_string(n) +
+            " new tokens exceed context_length " + std::to_string(ctx_));
+  for (int64_t i = 0; i < n; ++i)
+    check(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, ErrorCode::kInvalidArgument, "engine.forward",
+          "token " + std::to_string(i) + ": expected an id in [0, " + std::to_string(cfg_.n_vocab) + "), got " +
+              std::to_string(tokens[i]));
+  for (int64_t done = 0; done < n; done += max_batch_) {
+    const int64_t m = std::min(max_batch_, n - done);
+    const bool last_chunk = done + m == n;
+    float* out = nullptr;
+    if (all_logits && logits_out != nullptr) out = logits_out + done * cfg_.n_vocab;
+    batch(tokens + done, m, start_pos + done, all_logits ? out : (last_chunk ? logits_out : nullptr),
+          all_logits && out != nullptr, all_logits || last_chunk);
+  }
+}
+
+int32_t Engine::decode(int32_t token, int64_t pos, Sampler& sampler) {
+  check(sampler.n_vocab() == cfg_.n_vocab, ErrorCode::kInvalidArgument, "engine.decode",
+        "sampler vocabulary: expected " + std::to_string(cfg_.n_vocab) + ", got " + std::to_string(sampler.n_vocab()));
+  forward(&token, 1, pos, nullptr, false);
+  sampler.accept(token);
+  return sampler.sample(last_logits_.data());
+}
+
+}  // namespace metallic

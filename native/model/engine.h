@@ -1,0 +1,71 @@
+// The decoder plan: one transformer forward written once against the Device interface.
+//
+// Per layer and batch of tokens the plan issues: RmsNorm, MatMul(q,k,v [+bias]), RopeKv,
+// Attention, MatMul(o, += residual), RmsNorm, MatMul(gate, up), SwiGlu, MatMul(down,
+// += residual). Buffers are allocated once at construction for `max_batch` tokens and the full
+// context; forward()/decode() allocate nothing.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/device.h"
+#include "model/config.h"
+#include "model/sampler.h"
+
+namespace metallic {
+
+class Engine {
+ public:
+  // Validates config and every weight (names, dtypes, shapes, byte sizes); throws typed errors.
+  Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
+         int64_t context_length, DType kv_dtype);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // tokens: (n,), positions start_pos .. start_pos+n-1. logits_out: (n, n_vocab) if all_logits,
+  // else (1, n_vocab) for the last position (may be null: then only last_logits() is updated).
+  void forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits);
+  // One token at `pos`; returns the token sampled from its logits.
+  int32_t decode(int32_t token, int64_t pos, Sampler& sampler);
+
+  const float* last_logits() const { return last_logits_.data(); }
+  void cancel() { cancel_.store(true, std::memory_order_release); }
+  void close();
+  bool closed() const { return device_ == nullptr; }
+  int64_t context_length() const { return ctx_; }
+  int64_t n_vocab() const { return cfg_.n_vocab; }
+  const char* device_name() const;
+
+ private:
+  struct Layer {
+    Tensor attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down;
+    Tensor k_cache, v_cache;  // (n_head_kv * ctx, head_dim)
+  };
+
+  Tensor weight(const WeightMap& w, const std::string& name, int64_t rows, int64_t cols, bool required);
+  Tensor vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required);
+  Tensor activations(int64_t cols);
+  void batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head);
+  void matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
+              std::initializer_list<const Tensor*> outs, bool accumulate);
+  void check_open(const char* where) const;
+
+  ModelConfig cfg_;
+  int64_t ctx_;
+  int64_t max_batch_;
+  DType kv_dtype_;
+  std::unique_ptr<Device> device_;
+  std::vector<Buffer> owned_;  // buffers to release at close
+  Tensor tok_embd_, output_norm_, output_, inv_freq_;
+  std::vector<Layer> layers_;
+  Tensor x_, xn_, q_, k_, v_, att_, gate_, up_, tokens_;  // activations (max_batch, ...)
+  std::vector<float> last_logits_;
+  std::atomic<bool> cancel_{false};
+  std::atomic<bool> busy_{false};
+};
+
+}  // namespace metallic

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Development build: compiles the native extension into build/dev and links it into src/metallic
+# so `PYTHONPATH=src python -m pytest` uses it. Extra CMake flags may be passed as arguments
+# (e.g. -DMETALLIC_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo with BUILD_DIR=build/asan).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build/dev}
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v python3)" "$@" >/dev/null
+cmake --build "$BUILD_DIR" -j"$(nproc)"
+so=$(ls "$BUILD_DIR"/_core*.so)
+ln -sf "$(realpath "$so")" "src/metallic/$(basename "$so")"
+echo "built $so"

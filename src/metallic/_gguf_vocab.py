@@ -1,0 +1,207 @@
+"""Rebuild a ``tokenizers.Tokenizer`` from GGUF ``tokenizer.ggml.*`` metadata.
+
+Private helper of :mod:`metallic.tokenizer` (keeps that module under the size limit).
+
+Only ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE) is rebuilt. The pre-tokenizer is chosen
+from ``tokenizer.ggml.pre`` through :data:`PRE_ALIASES` → :data:`PRE_TOKENIZERS`: the split
+regexes llama.cpp applies for that name, applied one after another (each isolating its matches)
+before the byte-level mapping. A missing ``pre`` means ``"default"`` (as in llama.cpp); an
+unknown one raises :class:`~metallic.errors.UnsupportedFormat` instead of guessing, because a
+wrong split silently changes token ids. Tokens of type 3 (control) and 4 (user-defined) become
+HF added tokens, so chat markers such as ``<|im_start|>`` are always matched whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as _HFTokenizer
+
+from . import errors
+
+# ---------------------------------------------------------------- pre-tokenizers (GGUF "pre")
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+# Sequential split regexes per family; the last one is the word-level split before byte-level BPE.
+PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
+    "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
+    "gpt2": (_GPT2,),
+    "smollm": (r"\p{N}", _GPT2),  # one digit per token, then GPT-2 words
+    "llama3": (_LLAMA3,),
+    "qwen2": (_QWEN2,),
+}
+# tokenizer.ggml.pre value -> family (names as llama.cpp's converter writes them).
+PRE_ALIASES: dict[str, str] = {
+    "default": "default",
+    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4"), "gpt2"),
+    **dict.fromkeys(
+        ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
+        "smollm",
+    ),
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "lfm2", "dbrx"),
+        "llama3",
+    ),
+    "smaug-bpe": "llama3",
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"), "qwen2"),
+}
+_ADD_BOS_DEFAULT = {"llama3"}  # families whose converter default is "add BOS"
+_IGNORE_MERGES = {"llama3"}  # a word that is itself a token is not split (llama3 BPE rule)
+
+_CONTROL, _USER_DEFINED = 3, 4  # GGUF token types matched as whole (added) tokens
+_VALID_TOKEN_TYPES = frozenset(range(7))
+
+
+def corrupt(key: str, expected: str, got: object) -> errors.CorruptFile:
+    """``CorruptFile("[tokenizer] <key>: expected <expected>, got <got>")``."""
+    return errors.CorruptFile(f"[tokenizer] {key}: expected {expected}, got {got}")
+
+
+def token_id(meta: dict, key: str, n_vocab: int, source: str) -> int | None:
+    """``meta[key]`` checked to be a token id in ``[0, n_vocab)``; None when absent."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_vocab:
+        raise corrupt(f"{source}: {key}", f"a token id in [0, {n_vocab})", repr(value))
+    return value
+
+
+def _as_list(value: object, key: str) -> list:
+    if hasattr(value, "tolist"):  # numpy arrays from a GGUF reader
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise corrupt(key, "an array", type(value).__name__)
+    return list(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufVocab:
+    """What :func:`build_gguf_vocab` returns (fields as in ``Tokenizer.__init__``)."""
+
+    hf: _HFTokenizer
+    bos_id: int | None
+    eos_id: int | None
+    eos_ids: frozenset[int]
+    add_bos: bool
+    add_eos: bool
+    chat_template: str | None
+
+
+def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
+    """Build the tokenizer and special-token facts from GGUF metadata.
+
+    Args:
+        metadata: GGUF key -> value (arrays as lists or numpy arrays).
+        source: the file path, for messages.
+
+    Raises:
+        errors.InvalidArgument: ``metadata`` is not a dict.
+        errors.CorruptFile: missing or inconsistent keys, unknown merge tokens, bad ids.
+        errors.UnsupportedFormat: an unknown ``tokenizer.ggml.pre``.
+        errors.NotImplementedFeature: a tokenizer model other than ``gpt2``.
+    """
+    if not isinstance(metadata, dict):
+        raise errors.InvalidArgument(
+            f"[tokenizer] {source}: expected a metadata dict, got {type(metadata).__name__}"
+        )
+    kind = metadata.get("tokenizer.ggml.model")
+    if kind is None:
+        raise corrupt(f"{source}: tokenizer.ggml.model", "a tokenizer model name", "none")
+    if kind != "gpt2":
+        raise errors.NotImplementedFeature(
+            f"[tokenizer] {source}: tokenizer.ggml.model: expected 'gpt2' (byte-level BPE), "
+            f"got {kind!r}; SentencePiece ('llama'), 'bert', 't5', 'rwkv' are not supported yet"
+        )
+    pre_name = metadata.get("tokenizer.ggml.pre", "default")
+    family = PRE_ALIASES.get(pre_name) if isinstance(pre_name, str) else None
+    if family is None:
+        raise errors.UnsupportedFormat(
+            f"[tokenizer] {source}: tokenizer.ggml.pre: expected one of "
+            f"{sorted(PRE_ALIASES)}, got {pre_name!r}"
+        )
+    hf, types = _build_byte_level_bpe(metadata, source, family)
+    n_vocab = len(types)
+    names = ("bos", "eos", "eot", "eom")
+    ids = {k: token_id(metadata, f"tokenizer.ggml.{k}_token_id", n_vocab, source) for k in names}
+    add_bos = metadata.get("tokenizer.ggml.add_bos_token", family in _ADD_BOS_DEFAULT)
+    add_eos = metadata.get("tokenizer.ggml.add_eos_token", False)
+    for key, flag, tid in (("add_bos", add_bos, ids["bos"]), ("add_eos", add_eos, ids["eos"])):
+        if not isinstance(flag, bool):
+            raise corrupt(f"{source}: tokenizer.ggml.{key}_token", "a bool", repr(flag))
+        if flag and tid is None:
+            raise corrupt(f"{source}: tokenizer.ggml.{key[4:]}_token_id", "an id", "none")
+    template = metadata.get("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise corrupt(f"{source}: tokenizer.chat_template", "a string", type(template))
+    eos = frozenset(ids[k] for k in ("eos", "eot", "eom") if ids[k] is not None)
+    return GgufVocab(
+        hf,
+        bos_id=ids["bos"],
+        eos_id=ids["eos"] if ids["eos"] is not None else ids["eot"],
+        eos_ids=eos,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        chat_template=template,
+    )
+
+
+def _build_byte_level_bpe(
+    meta: dict[str, Any], source: str, family: str
+) -> tuple[_HFTokenizer, list[int]]:
+    """Byte-level BPE from GGUF tokens / merges / token types. Returns (tokenizer, types)."""
+    key = f"{source}: tokenizer.ggml"
+    for name in ("tokens", "merges"):
+        if f"tokenizer.ggml.{name}" not in meta:
+            raise corrupt(f"{key}.{name}", "an array", "none")
+    tokens = _as_list(meta["tokenizer.ggml.tokens"], f"{key}.tokens")
+    if not tokens or not all(type(t) is str for t in tokens):
+        raise corrupt(f"{key}.tokens", "a non-empty array of strings", "other values")
+    n_vocab = len(tokens)
+    raw_types = meta.get("tokenizer.ggml.token_type")
+    types = [1] * n_vocab if raw_types is None else _as_list(raw_types, f"{key}.token_type")
+    if len(types) != n_vocab:
+        raise corrupt(f"{key}.token_type", f"{n_vocab} entries", len(types))
+    if not set(types) <= _VALID_TOKEN_TYPES:
+        raise corrupt(
+            f"{key}.token_type", "values in 0..6", sorted(set(types) - _VALID_TOKEN_TYPES)
+        )
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != n_vocab:  # DEBT: llama.cpp tolerates duplicates; HF BPE cannot hold them
+        seen: set[str] = set()
+        dup = next(t for t in tokens if t in seen or seen.add(t))
+        raise corrupt(f"{key}.tokens", "unique tokens", f"{dup!r} twice")
+    merges = _as_list(meta["tokenizer.ggml.merges"], f"{key}.merges")
+    pairs = []
+    append = pairs.append
+    for i, merge in enumerate(merges):
+        a, sep, b = merge.partition(" ") if type(merge) is str else ("", "", "")
+        if not sep or a not in vocab or b not in vocab or a + b not in vocab:
+            raise corrupt(
+                f"{key}.merges[{i}]", "'left right' with both and their join in tokens", repr(merge)
+            )
+        append((a, b))
+    hf = _HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=family in _IGNORE_MERGES))
+    splits = PRE_TOKENIZERS[family]
+    if family == "gpt2":
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in splits]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    hf.decoder = decoders.ByteLevel()
+    added = [
+        AddedToken(tokens[i], special=types[i] == _CONTROL, normalized=False)
+        for i in range(n_vocab)
+        if types[i] in (_CONTROL, _USER_DEFINED) and tokens[i]
+    ]
+    hf.add_special_tokens([t for t in added if t.special])
+    hf.add_tokens([t for t in added if not t.special])
+    return hf, types

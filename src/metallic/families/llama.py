@@ -1,0 +1,158 @@
+"""Llama family (also Mistral-without-sliding-window, SmolLM2, TinyLlama, Llama 3.x).
+
+Decoder: RMSNorm -> GQA attention with RoPE -> RMSNorm -> SwiGLU MLP, no biases.
+
+RoPE layout (weights stay zero-copy): llama.cpp's converter permutes the q/k rows of GGUF
+``llama`` files so each head's rotary halves are interleaved, so GGUF pairs (2i, 2i+1)
+(``rope_neox=False``); HF safetensors keep the original order and pair (i, i + head_dim/2)
+(``rope_neox=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgument, NotImplementedFeature
+from .base import (
+    TAG,
+    BaseModelArgs,
+    gguf_common_args,
+    hf_args,
+    hf_to_canonical,
+    llama_like_config,
+)
+
+ARCH = "llama"
+
+
+@dataclasses.dataclass
+class ModelArgs(BaseModelArgs):
+    """Llama hyper-parameters, named like HF ``config.json`` keys.
+
+    Attributes:
+        hidden_size: model width (n_embd).
+        num_hidden_layers: decoder blocks.
+        intermediate_size: MLP width (n_ff).
+        num_attention_heads: query heads.
+        rms_norm_eps: RMSNorm epsilon.
+        vocab_size: rows of the embedding.
+        num_key_value_heads: KV heads (GQA); None means num_attention_heads.
+        head_dim: per-head width; None means hidden_size / num_attention_heads.
+        max_position_embeddings: trained context length.
+        rope_theta: RoPE base.
+        rope_scaling: HF rope_scaling dict (linear / llama3) or None.
+        tie_word_embeddings: output projection reuses the token embedding.
+        attention_bias: biases on q/k/v/o projections (unsupported when True).
+        mlp_bias: biases on the MLP projections (unsupported when True).
+        hidden_act: MLP activation ("silu").
+        sliding_window: Mistral sliding-window size or None.
+        model_type: HF model_type.
+    """
+
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    rms_norm_eps: float
+    vocab_size: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    sliding_window: int | None = None
+    model_type: str = "llama"
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+
+
+def args_from_gguf(metadata: dict[str, Any], *, source: str = "<gguf>") -> ModelArgs:
+    """ModelArgs from GGUF ``llama.*`` metadata.
+
+    Args:
+        metadata: GGUF metadata (``GGUFFile.metadata``).
+        source: file path for messages.
+
+    Returns:
+        The args; ``tie_word_embeddings`` is False until the loader sees no ``output.weight``.
+    """
+    return ModelArgs.from_dict(gguf_common_args(metadata, ARCH, source))
+
+
+def args_from_hf(config: dict[str, Any], *, source: str = "<config.json>") -> ModelArgs:
+    """ModelArgs from an HF ``config.json`` dict.
+
+    Args:
+        config: parsed config.json.
+        source: file path for messages.
+
+    Returns:
+        The args.
+
+    Raises:
+        CorruptFile: a required key is missing.
+        NotImplementedFeature: attention/MLP biases, a non-SiLU activation, partial rotary,
+            or an active sliding window.
+    """
+    args = hf_args(ModelArgs, config, source)
+    if args.attention_bias or args.mlp_bias:
+        raise NotImplementedFeature(
+            f"[{TAG}] {source}: keys attention_bias/mlp_bias: projection biases are not supported"
+        )
+    if args.sliding_window is not None and args.sliding_window < args.max_position_embeddings:
+        # DEBT: sliding-window attention (Mistral v0.1) is not implemented in the decoder plan.
+        raise NotImplementedFeature(
+            f"[{TAG}] {source}: key sliding_window: {args.sliding_window} < context "
+            f"{args.max_position_embeddings} is not supported"
+        )
+    return args
+
+
+def canonical_name(hf_name: str) -> str | None:
+    """Canonical name of an HF tensor (None for ignored buffers).
+
+    Args:
+        hf_name: HF checkpoint tensor name.
+
+    Returns:
+        Canonical GGUF-style name, None to ignore, or the input when unknown.
+    """
+    return hf_to_canonical(hf_name)
+
+
+def native_config(
+    args: ModelArgs,
+    source_format: str,
+    rope_freq_factors: np.ndarray | None = None,
+    *,
+    source: str = "model",
+) -> dict[str, Any]:
+    """Every native ``ModelConfig`` field.
+
+    Args:
+        args: the model args (``tie_word_embeddings`` already resolved by the loader).
+        source_format: "gguf" or "hf" (decides the RoPE pairing).
+        rope_freq_factors: GGUF ``rope_freqs.weight`` divisors, or None.
+        source: file path for messages.
+
+    Returns:
+        Dict of ModelConfig fields.
+    """
+    if source_format not in ("gguf", "hf"):
+        raise InvalidArgument(f"[{TAG}] source_format {source_format!r}, expected 'gguf' or 'hf'")
+    return llama_like_config(
+        args,
+        rope_neox=source_format == "hf",
+        qkv_bias=False,
+        freq_factors=rope_freq_factors,
+        source=source,
+    )

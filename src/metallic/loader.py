@@ -1,0 +1,248 @@
+"""``open_model``: a GGUF file or an HF folder -> validated config + zero-copy canonical weights.
+
+The bundle (docs/CONTRACTS.md section 2) holds numpy ``uint8`` views of the file mmaps; nothing
+is copied. ``close()`` drops the views and then closes the mmaps (a mapping whose views are still
+referenced elsewhere is left to the garbage collector rather than invalidated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .dtypes import DType
+from .errors import CorruptFile, FileNotFound, UnsupportedFormat
+from .families import family_name, get_family
+from .families.base import GGUF_IGNORED, check_tensors
+from .gguf import MAGIC, GGUFFile
+from .safetensors import INDEX_NAME, SINGLE_NAME, SafetensorsModel, open_safetensors
+
+TAG = "open_model"
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+Weights = dict[str, tuple[DType, tuple[int, ...], np.ndarray]]
+
+
+class ModelBundle:
+    """Everything the engine needs from a checkpoint.
+
+    Attributes:
+        arch: family name after aliases ("llama", "qwen2").
+        args: the family's ModelArgs.
+        config: every ``_core.ModelConfig`` field -> value (``activation`` is the member name).
+        weights: canonical name -> (dtype, numpy-order shape, uint8 1-D mmap view).
+        gguf_metadata: GGUF metadata, or None for HF folders.
+        folder: the HF folder (tokenizer files), or None for GGUF.
+        source: path shown in messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str,
+        args: Any,
+        config: dict[str, Any],
+        weights: Weights,
+        gguf_metadata: dict[str, Any] | None,
+        folder: Path | None,
+        source: str,
+        closers: list[Any],
+    ) -> None:
+        self.arch = arch
+        self.args = args
+        self.config = config
+        self.weights = weights
+        self.gguf_metadata = gguf_metadata
+        self.folder = folder
+        self.source = source
+        self._closers = closers
+
+    def close(self) -> None:
+        """Drop the weight views, then close the files (idempotent)."""
+        self.weights = {}
+        closers, self._closers = self._closers, []
+        for c in closers:
+            c.close()
+
+    def __enter__(self) -> ModelBundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelBundle(arch={self.arch!r}, source={self.source!r}, {len(self.weights)} weights)"
+        )
+
+
+def open_model(path: str | os.PathLike) -> ModelBundle:
+    """Open a model checkpoint.
+
+    Args:
+        path: a ``.gguf`` file (or any file starting with the GGUF magic), or an HF folder with
+            ``config.json`` and ``model.safetensors`` or ``model.safetensors.index.json``.
+
+    Returns:
+        A validated :class:`ModelBundle`; call ``close()`` (or use ``with``) when done.
+
+    Raises:
+        FileNotFound: missing path.
+        UnsupportedFormat: neither a GGUF file nor a complete HF folder.
+        UnsupportedArchitecture: unknown architecture or an unsupported variant.
+        CorruptFile, ShapeMismatch, UnsupportedDType, NotImplementedFeature: see the readers
+            and :func:`metallic.families.base.check_tensors`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFound(f"[{TAG}] {p}: no such file or folder")
+    if p.is_dir():
+        return _open_hf(p)
+    if _is_gguf(p):
+        return _open_gguf(p)
+    raise UnsupportedFormat(
+        f"[{TAG}] {p}: not a GGUF file (magic {MAGIC!r}) and not an HF folder "
+        f"(config.json + {SINGLE_NAME} or {INDEX_NAME})"
+    )
+
+
+def _is_gguf(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:
+        return p.suffix == ".gguf"  # let GGUFFile report the precise error
+
+
+# ---------------------------------------------------------------------------- GGUF
+
+
+def _open_gguf(p: Path) -> ModelBundle:
+    g = GGUFFile(p)
+    try:
+        src = g.path
+        md = g.metadata
+        arch = md.get("general.architecture")
+        if not isinstance(arch, str):
+            raise CorruptFile(f"[{TAG}] {src}: missing metadata key general.architecture")
+        fam = get_family(arch)
+        args = fam.args_from_gguf(md, source=src)
+        args = dataclasses.replace(args, tie_word_embeddings="output.weight" not in g.tensors)
+        factors = _rope_freqs(g, args, src)
+        config = fam.native_config(args, "gguf", factors, source=src)
+        table = {n: (t.dtype, t.shape) for n, t in g.tensors.items() if n not in GGUF_IGNORED}
+        _check(fam, config, table, src)
+        weights: Weights = {n: (dt, shp, g.data(n)) for n, (dt, shp) in table.items()}
+        return ModelBundle(
+            arch=family_name(arch),
+            args=args,
+            config=config,
+            weights=weights,
+            gguf_metadata=md,
+            folder=None,
+            source=src,
+            closers=[g],
+        )
+    except BaseException:
+        g.close()
+        raise
+
+
+def _rope_freqs(g: GGUFFile, args: Any, src: str) -> np.ndarray | None:
+    info = g.tensors.get("rope_freqs.weight")
+    if info is None:
+        return None
+    if info.dtype != DType.F32 or len(info.shape) != 1:
+        raise CorruptFile(
+            f"[{TAG}] {src}: tensor rope_freqs.weight: expected 1-D F32, got "
+            f"{info.dtype.name} {'x'.join(map(str, info.shape))}"
+        )
+    # Tiny (head_dim/2 floats): copied so no view outlives close().
+    return g.data("rope_freqs.weight").view("<f4").astype(np.float64)
+
+
+# ---------------------------------------------------------------------------- HF folder
+
+
+def _open_hf(folder: Path) -> ModelBundle:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise UnsupportedFormat(f"[{TAG}] {folder}: not a model folder: config.json is missing")
+    if not (folder / INDEX_NAME).is_file() and not (folder / SINGLE_NAME).is_file():
+        raise UnsupportedFormat(
+            f"[{TAG}] {folder}: no weights: {SINGLE_NAME} or {INDEX_NAME} is missing"
+        )
+    hf_config = _read_config(cfg_path)
+    arch = hf_config.get("model_type")
+    if not isinstance(arch, str):
+        archs = hf_config.get("architectures")
+        arch = archs[0] if isinstance(archs, list) and archs else None
+        if not isinstance(arch, str):
+            raise CorruptFile(f"[{TAG}] {cfg_path}: missing key model_type (and architectures)")
+    fam = get_family(arch)
+    args = fam.args_from_hf(hf_config, source=str(cfg_path))
+    st = open_safetensors(folder)
+    try:
+        src = st.source
+        table, hf_names = _hf_table(fam, st, src)
+        tied = bool(args.tie_word_embeddings) or "output.weight" not in table
+        if tied:
+            table.pop("output.weight", None)  # HF ignores lm_head when embeddings are tied
+        args = dataclasses.replace(args, tie_word_embeddings=tied)
+        config = fam.native_config(args, "hf", source=src)
+        _check(fam, config, table, src)
+        weights: Weights = {n: (dt, shp, st.data(hf_names[n])) for n, (dt, shp) in table.items()}
+        return ModelBundle(
+            arch=family_name(arch),
+            args=args,
+            config=config,
+            weights=weights,
+            gguf_metadata=None,
+            folder=folder,
+            source=src,
+            closers=[st],
+        )
+    except BaseException:
+        st.close()
+        raise
+
+
+def _read_config(cfg_path: Path) -> dict[str, Any]:
+    size = cfg_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CorruptFile(f"[{TAG}] {cfg_path}: {size} bytes, cap {MAX_CONFIG_BYTES}")
+    try:
+        doc = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptFile(f"[{TAG}] {cfg_path}: not valid UTF-8 JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise CorruptFile(f"[{TAG}] {cfg_path}: expected a JSON object")
+    return doc
+
+
+def _hf_table(
+    fam: ModuleType, st: SafetensorsModel, src: str
+) -> tuple[dict[str, tuple[DType, tuple[int, ...]]], dict[str, str]]:
+    table: dict[str, tuple[DType, tuple[int, ...]]] = {}
+    hf_names: dict[str, str] = {}
+    for name, info in st.tensors.items():
+        canon = fam.canonical_name(name)
+        if canon is None:
+            continue
+        if canon in table:
+            raise CorruptFile(
+                f"[{TAG}] {src}: tensors {hf_names[canon]} and {name} both map to {canon}"
+            )
+        table[canon] = (info.dtype, info.shape)
+        hf_names[canon] = name
+    return table, hf_names
+
+
+def _check(fam: ModuleType, config: dict[str, Any], table: dict, src: str) -> None:
+    check_tensors(config, table, fam.ARCH, src)

@@ -1,0 +1,292 @@
+"""``metallic.load`` and the ``Model`` it returns."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import generate as _gen
+from .errors import Busy, Closed, ContextOverflow, InvalidArgument
+from .generate import GenerationResponse
+from .sampling import SamplingParams
+
+DEVICES = ("auto", "cpu", "metal", "metal-emulated")
+_KV_DTYPES = {"f16": 1, "f32": 0}
+
+
+def _core():
+    from . import _core as core  # deferred: keeps `import metallic` cheap
+
+    return core
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve_path(path_or_name: str | os.PathLike | None, progress: bool) -> Path:
+    if path_or_name is not None:
+        p = Path(path_or_name).expanduser()
+        if p.exists() or os.sep in str(path_or_name) or str(path_or_name).endswith(".gguf"):
+            return p
+    from . import registry
+
+    return registry.resolve(None if path_or_name is None else str(path_or_name), progress=progress)
+
+
+class Model:
+    """A loaded model: tokenizer + native engine. Not for concurrent use from several threads
+    (a second concurrent call raises ``errors.Busy``); use one Model per thread."""
+
+    def __init__(self, bundle, tokenizer, engine, *, load_seconds: float):
+        self._bundle = bundle
+        self._tokenizer = tokenizer
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._n_vocab = int(engine.n_vocab)
+        self._logits1 = np.zeros((1, self._n_vocab), dtype=np.float32)
+        self.load_seconds = load_seconds
+        self.arch = bundle.arch
+        self.source = bundle.source
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Frees the KV cache and native buffers and unmaps the weights. Idempotent."""
+        if self._engine is None:
+            return
+        with self._lock:
+            self._engine.close()
+            self._engine = None
+            self._bundle.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # best effort; close() is the supported way
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._engine is None
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def context_length(self) -> int:
+        return int(self._live("context_length").context_length)
+
+    @property
+    def device(self) -> str:
+        return str(self._live("device").device)
+
+    def _live(self, where: str):
+        if self._engine is None:
+            raise Closed(f"[{where}] the model was closed")
+        return self._engine
+
+    # ------------------------------------------------------------------ inputs
+    def _prompt_ids(self, prompt, *, special: bool = True) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidArgument("[generate] prompt: expected a non-empty string, got ''")
+            ids = self._tokenizer.encode(prompt, add_special_tokens=special)
+        elif isinstance(prompt, (list, tuple, np.ndarray)):
+            ids = [int(t) for t in prompt] if len(prompt) else []
+            for i, t in enumerate(prompt):
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                    raise InvalidArgument(f"[generate] prompt[{i}]: expected a token id (int), got {t!r}")
+        else:
+            raise InvalidArgument(
+                f"[generate] prompt: expected a str or a list of token ids, got {type(prompt).__name__}"
+            )
+        if not ids:
+            raise InvalidArgument("[generate] prompt: expected at least one token, got none")
+        bad = [t for t in ids if not 0 <= t < self._n_vocab]
+        if bad:
+            raise InvalidArgument(
+                f"[generate] prompt: token id {bad[0]} is outside the vocabulary [0, {self._n_vocab})"
+            )
+        ctx = self.context_length
+        if len(ids) >= ctx:
+            raise ContextOverflow(
+                f"[generate] prompt: {len(ids)} tokens leave no room to generate in "
+                f"context_length {ctx}"
+            )
+        return ids
+
+    # ------------------------------------------------------------------ generation
+    def stream_generate(
+        self,
+        prompt,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop=None,
+        _special: bool = True,
+    ) -> Iterator[GenerationResponse]:
+        """Yields a GenerationResponse per generated token (see its docstring).
+
+        Args:
+            prompt: text (tokenized; BOS added only if the model's tokenizer adds it) or a list
+                of token ids used exactly as given.
+            max_tokens: tokens to generate at most (> 0).
+            temperature, top_k, top_p, min_p, repetition_penalty, seed: see SamplingParams.
+            stop: a string or list of strings; generation ends before the first occurrence,
+                which is never emitted.
+        """
+        engine = self._live("stream_generate")
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed=seed)
+        max_tokens = _gen.check_max_tokens(max_tokens)
+        stops = _gen.check_stop(stop)
+        ids = self._prompt_ids(prompt, special=_special)
+        return self._run(engine, params, ids, max_tokens, stops)
+
+    def _run(self, engine, params, ids, max_tokens, stops) -> Iterator[GenerationResponse]:
+        if not self._lock.acquire(blocking=False):
+            raise Busy("[generate] another generation is running on this model; use one model per thread")
+        try:
+            sampler = _core().Sampler(
+                self._n_vocab,
+                temperature=params.temperature,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=params.min_p,
+                repetition_penalty=params.repetition_penalty,
+                repetition_window=params.repetition_window,
+                seed=params.resolved_seed(),
+            )
+            yield from _gen.stream(
+                engine,
+                sampler,
+                self._tokenizer,
+                ids,
+                max_tokens=max_tokens,
+                stops=stops,
+                logits_buf=self._logits1,
+                penalty_window=params.repetition_window if params.repetition_penalty != 1.0 else 0,
+            )
+        finally:
+            self._lock.release()
+
+    def generate(self, prompt, **kwargs) -> str:
+        """Generates and returns the whole text (same arguments as stream_generate)."""
+        return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
+
+    def _chat_prompt(self, messages) -> str:
+        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+    def stream_chat(self, messages: Sequence[dict], **kwargs) -> Iterator[GenerationResponse]:
+        """stream_generate over the chat template's rendering of ``messages``.
+
+        The template writes any BOS itself, so the rendering is tokenized without adding one.
+        """
+        return self.stream_generate(self._chat_prompt(messages), _special=False, **kwargs)
+
+    def chat(self, messages: Sequence[dict], **kwargs) -> str:
+        """Renders ``messages`` ([{"role", "content"}, ...]) with the chat template and generates."""
+        return "".join(r.text for r in self.stream_chat(messages, **kwargs))
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 logits of shape (len(token_ids), vocab) for the ids in a fresh context."""
+        engine = self._live("logits")
+        if isinstance(token_ids, str):
+            raise InvalidArgument("[logits] token_ids: expected a list of token ids, got a str")
+        ids = self._prompt_ids(list(token_ids)) if len(token_ids) < self.context_length else None
+        if ids is None:
+            raise ContextOverflow(
+                f"[logits] token_ids: {len(token_ids)} tokens exceed context_length {self.context_length}"
+            )
+        out = np.empty((len(ids), self._n_vocab), dtype=np.float32)
+        if not self._lock.acquire(blocking=False):
+            raise Busy("[logits] another call is running on this model")
+        try:
+            engine.forward(np.asarray(ids, dtype=np.int32), 0, out, True)
+        finally:
+            self._lock.release()
+        return out
+
+
+def load(
+    path_or_name: str | os.PathLike | None = None,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    context_length: int = 4096,
+    kv_cache_dtype: str = "f16",
+    progress: bool = False,
+) -> Model:
+    """Loads a model.
+
+    Args:
+        path_or_name: a .gguf file, an HF folder (config.json + safetensors + tokenizer.json),
+            a registry name (see models/registry.json), or None for the default model.
+        device: "auto" (cpu off macOS), "cpu", "metal" or "metal-emulated".
+        threads: CPU threads (None: the cores this process may use).
+        context_length: tokens of KV cache to allocate (prompt + generation).
+        kv_cache_dtype: "f16" (default, half the memory) or "f32".
+        progress: show progress bars for fetching and loading.
+
+    Returns:
+        A Model; close it (or use ``with``) to free memory.
+    """
+    if device not in DEVICES:
+        raise InvalidArgument(f"[load] device: expected one of {', '.join(DEVICES)}, got {device!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024):
+        raise InvalidArgument(f"[load] threads: expected None or an int in [1, 1024], got {threads!r}")
+    if not isinstance(context_length, int) or isinstance(context_length, bool) or not 1 < context_length <= 1 << 22:
+        raise InvalidArgument(f"[load] context_length: expected an int in [2, 4194304], got {context_length!r}")
+    if kv_cache_dtype not in _KV_DTYPES:
+        raise InvalidArgument(f"[load] kv_cache_dtype: expected 'f16' or 'f32', got {kv_cache_dtype!r}")
+    native_device = "cpu" if device == "auto" else device
+
+    t0 = time.perf_counter()
+    path = _resolve_path(path_or_name, progress)
+    from .loader import open_model
+    from .tokenizer import Tokenizer
+
+    bundle = open_model(path)
+    try:
+        if bundle.gguf_metadata is not None:
+            tokenizer = Tokenizer.from_gguf(bundle.gguf_metadata, bundle.source)
+        else:
+            tokenizer = Tokenizer.from_folder(bundle.folder)
+        core = _core()
+        cfg = core.ModelConfig()
+        for key, value in bundle.config.items():
+            setattr(cfg, key, getattr(core.Activation, value) if key == "activation" else value)
+        weights = {
+            name: core.Weight(int(dt), list(shape), data) for name, (dt, shape, data) in bundle.weights.items()
+        }
+        engine = core.Engine(
+            cfg,
+            weights,
+            device=native_device,
+            threads=threads or _default_threads(),
+            context_length=context_length,
+            kv_dtype=_KV_DTYPES[kv_cache_dtype],
+        )
+    except BaseException:
+        bundle.close()
+        raise
+    return Model(bundle, tokenizer, engine, load_seconds=time.perf_counter() - t0)
