@@ -208,30 +208,78 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_GGUF_TOP = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_GGUF_BLOCK = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
 def gguf_name(hf: str) -> str:
     """HF weight name -> canonical GGUF name."""
-    top = {
-        "model.embed_tokens.weight": "token_embd.weight",
-        "model.norm.weight": "output_norm.weight",
-        "lm_head.weight": "output.weight",
-    }
-    if hf in top:
-        return top[hf]
-    parts = hf.split(".")  # model.layers.N.<module>.<proj>.<weight|bias> or model.layers.N.<norm>.w
-    block, rest = parts[2], ".".join(parts[3:])
-    local = {
-        "input_layernorm": "attn_norm",
-        "post_attention_layernorm": "ffn_norm",
-        "self_attn.q_proj": "attn_q",
-        "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output",
-        "mlp.gate_proj": "ffn_gate",
-        "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down",
-    }
+    if hf in _GGUF_TOP:
+        return _GGUF_TOP[hf]
+    # model.layers.N.<module...>.<weight|bias>
+    block, rest = hf.split(".")[2], ".".join(hf.split(".")[3:])
     module, kind = rest.rsplit(".", 1)
-    return f"blk.{block}.{local[module]}.{kind}"
+    return f"blk.{block}.{_GGUF_BLOCK[module]}.{kind}"
+
+
+def hf_name(gguf_tensor: str) -> str:
+    """Canonical GGUF name -> HF weight name (inverse of :func:`gguf_name`)."""
+    top = {g: h for h, g in _GGUF_TOP.items()}
+    if gguf_tensor in top:
+        return top[gguf_tensor]
+    _, block, module, kind = gguf_tensor.split(".")
+    local = {g: h for h, g in _GGUF_BLOCK.items()}
+    return f"model.layers.{block}.{local[module]}.{kind}"
+
+
+def reference_inputs_from_gguf(path) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
+    """(HF-style cfg, HF-named float32 weights, HF name -> storage dtype) for any llama/qwen2
+    GGUF, e.g. a real model: every tensor dequantized with ``gguf.quants.dequantize`` and the
+    llama q/k rows un-permuted. (``rope_freqs.weight`` is not supported here.)"""
+    r = gguf.GGUFReader(str(path))
+    md = {f.name: f.contents() for f in r.fields.values()}
+    arch = md["general.architecture"]
+    names = {t.name for t in r.tensors}
+    if "rope_freqs.weight" in names:
+        raise NotImplementedError("reference_inputs_from_gguf: rope_freqs.weight")
+    cfg = {
+        "model_type": arch,
+        "hidden_size": int(md[f"{arch}.embedding_length"]),
+        "num_hidden_layers": int(md[f"{arch}.block_count"]),
+        "intermediate_size": int(md[f"{arch}.feed_forward_length"]),
+        "num_attention_heads": int(md[f"{arch}.attention.head_count"]),
+        "num_key_value_heads": int(md[f"{arch}.attention.head_count_kv"]),
+        "head_dim": int(md[f"{arch}.rope.dimension_count"]),
+        "rms_norm_eps": float(md[f"{arch}.attention.layer_norm_rms_epsilon"]),
+        "rope_theta": float(md.get(f"{arch}.rope.freq_base", 10000.0)),
+        "vocab_size": len(md["tokenizer.ggml.tokens"]),
+        "tie_word_embeddings": "output.weight" not in names,
+    }
+    weights, dtypes = {}, {}
+    for t in r.tensors:
+        shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dims innermost first
+        values = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+        module = t.name.split(".")[-2]
+        if arch == "llama" and module in ("attn_q", "attn_k"):
+            heads = cfg["num_attention_heads" if module == "attn_q" else "num_key_value_heads"]
+            values = unpermute_qk(values, heads)
+        weights[hf_name(t.name)] = values.astype(np.float32)
+        dtypes[hf_name(t.name)] = t.tensor_type.name.lower()
+    return cfg, weights, dtypes
 
 
 # ----------------------------------------------------------------------------- writers

@@ -1,5 +1,7 @@
 // Engine, ModelConfig and Weight bindings. Weight arrays are held (not copied) for the engine's
 // lifetime; compute releases the GIL.
+#include "model/engine.h"
+
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -10,7 +12,6 @@
 #include <memory>
 
 #include "bindings/bindings.h"
-#include "model/engine.h"
 
 namespace nb = nanobind;
 
@@ -129,9 +130,10 @@ void init_engine(nb::module_& m) {
                                                                     nb::find(&self));
           },
           nb::rv_policy::reference_internal, "View of the last position's logits (valid until the next call).")
-      .def("cancel", [](PyEngine& self) {
-        if (self.engine) self.engine->cancel();
-      })
+      .def("cancel",
+           [](PyEngine& self) {
+             if (self.engine) self.engine->cancel();
+           })
       .def("close",
            [](PyEngine& self) {
              if (self.engine) self.engine->close();

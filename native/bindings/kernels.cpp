@@ -70,8 +70,8 @@ void init_kernels(nb::module_& m) {
         check(rows > 0 && w.shape(0) == rb * static_cast<size_t>(rows), ErrorCode::kShapeMismatch, "kernels.matvec",
               "weight bytes: expected " + std::to_string(rb * static_cast<size_t>(rows)) + ", got " +
                   std::to_string(w.shape(0)));
-        check(static_cast<int64_t>(x.size()) % cols == 0 && x.size() > 0, ErrorCode::kShapeMismatch,
-              "kernels.matvec", "x: expected a multiple of cols values");
+        check(static_cast<int64_t>(x.size()) % cols == 0 && x.size() > 0, ErrorCode::kShapeMismatch, "kernels.matvec",
+              "x: expected a multiple of cols values");
         const int64_t nt = static_cast<int64_t>(x.size()) / cols;
         const cpu::CpuTypeTraits& tr = cpu::cpu_traits(dt);
         std::vector<float> out(static_cast<size_t>(nt * rows));
@@ -118,8 +118,8 @@ void init_kernels(nb::module_& m) {
         const DType dt = dtype_from_int(dtype, "kernels.dequantize");
         checked_cols(dt, cols, "kernels.dequantize");
         const size_t rb = row_bytes(dt, cols);
-        check(rows > 0 && w.shape(0) == rb * static_cast<size_t>(rows), ErrorCode::kShapeMismatch,
-              "kernels.dequantize", "weight bytes do not match rows x cols");
+        check(rows > 0 && w.shape(0) == rb * static_cast<size_t>(rows), ErrorCode::kShapeMismatch, "kernels.dequantize",
+              "weight bytes do not match rows x cols");
         std::vector<float> out(static_cast<size_t>(rows * cols));
         const auto to_f32 = cpu::cpu_traits(dt).to_f32;
         for (int64_t r = 0; r < rows; ++r) to_f32(cols, w.data() + static_cast<size_t>(r) * rb, out.data() + r * cols);
@@ -144,8 +144,8 @@ void init_kernels(nb::module_& m) {
         checked_cols(dt, cols, "kernels.matmul");
         check(w.shape(0) == row_bytes(dt, cols) * static_cast<size_t>(rows) && rows > 0, ErrorCode::kShapeMismatch,
               "kernels.matmul", "weight bytes do not match rows x cols");
-        check(x.size() % static_cast<size_t>(cols) == 0 && x.size() > 0, ErrorCode::kShapeMismatch,
-              "kernels.matmul", "x: expected a multiple of cols values");
+        check(x.size() % static_cast<size_t>(cols) == 0 && x.size() > 0, ErrorCode::kShapeMismatch, "kernels.matmul",
+              "x: expected a multiple of cols values");
         const int64_t nt = static_cast<int64_t>(x.size()) / cols;
         DeviceLimits lim;
         lim.max_tokens = nt;

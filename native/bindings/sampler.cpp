@@ -1,8 +1,9 @@
+#include "model/sampler.h"
+
 #include <nanobind/ndarray.h>
 
 #include "bindings/bindings.h"
 #include "core/error.h"
-#include "model/sampler.h"
 
 namespace nb = nanobind;
 
@@ -31,9 +32,9 @@ void init_sampler(nb::module_& m) {
       .def(
           "sample",
           [](Sampler& s, Vec logits) {
-            check(static_cast<int64_t>(logits.shape(0)) == s.n_vocab(), ErrorCode::kShapeMismatch, "sampler",
-                  "logits: expected " + std::to_string(s.n_vocab()) + " values, got " +
-                      std::to_string(logits.shape(0)));
+            check(
+                static_cast<int64_t>(logits.shape(0)) == s.n_vocab(), ErrorCode::kShapeMismatch, "sampler",
+                "logits: expected " + std::to_string(s.n_vocab()) + " values, got " + std::to_string(logits.shape(0)));
             return s.sample(logits.data());
           },
           nb::arg("logits"), "Draws one token id; logits are not modified.")

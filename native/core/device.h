@@ -54,15 +54,15 @@ enum class OpCode : int32_t {
 
 // Flat parameter block shared by every op (unused fields are ignored).
 struct OpParams {
-  int64_t n_tokens = 0;   // rows of the activations
-  int64_t pos0 = 0;       // position of the first token
+  int64_t n_tokens = 0;  // rows of the activations
+  int64_t pos0 = 0;      // position of the first token
   int32_t n_head = 0;
   int32_t n_head_kv = 0;
   int32_t head_dim = 0;
-  int32_t n_weights = 0;  // kMatMul: how many weights share the input (1..3)
+  int32_t n_weights = 0;    // kMatMul: how many weights share the input (1..3)
   int64_t kv_capacity = 0;  // KV rows per head
   float eps = 0.f;
-  float scale = 1.f;      // kEmbed: embedding scale; kAttention: score scale
+  float scale = 1.f;        // kEmbed: embedding scale; kAttention: score scale
   bool accumulate = false;  // kMatMul: out += result (residual add in the epilogue)
   bool neox = true;         // kRopeKv: rotate-halves pairing (else interleaved pairs)
 };

@@ -21,8 +21,7 @@ class CpuDevice final : public Device {
     scratch_.act_q.resize(act);
     scratch_.act_d.resize(act / 32 + 1);
     scratch_.act_s.resize(act / 32 + 1);
-    scratch_.scores.resize(static_cast<size_t>(pool_.size()) *
-                           static_cast<size_t>(lim.kv_capacity + 2 * lim.head_dim));
+    scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(lim.kv_capacity + 2 * lim.head_dim));
     scratch_.rope_cs.resize(static_cast<size_t>(lim.max_tokens * lim.head_dim));
   }
 
@@ -42,9 +41,7 @@ class CpuDevice final : public Device {
     return Buffer{reinterpret_cast<void*>(aligned), nbytes, p};
   }
 
-  Buffer wrap_host(const void* ptr, size_t nbytes) override {
-    return Buffer{const_cast<void*>(ptr), nbytes, nullptr};
-  }
+  Buffer wrap_host(const void* ptr, size_t nbytes) override { return Buffer{const_cast<void*>(ptr), nbytes, nullptr}; }
 
   void release(Buffer& buf) override {
     if (buf.handle != nullptr) std::free(buf.handle);

@@ -98,18 +98,28 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
           const void* wrow = w.row(lr);
           const float bv = bias.valid() ? bias.ptr<const float>()[lr] : 0.f;
           float* o = out.ptr<float>() + lr;
-          for (int64_t t = 0; t < nt; ++t) {
-            float v;
-            if (tr.act_q8) {
-              v = tr.dot_q8(cols, wrow,
-                            ActQ8{s.act_q.data() + t * cols, s.act_d.data() + t * nb,
-                                  s.act_s.data() + t * nb});
-            } else {
-              v = tr.dot_f32(cols, wrow, x.ptr<const float>() + t * cols);
-            }
-            v += bv;
+          auto store = [&](int64_t t, float v) {
             float* dst = o + t * out.cols;
-            *dst = acc ? *dst + v : v;
+            const float r = v + bv;
+            *dst = acc ? *dst + r : r;
+          };
+          int64_t t = 0;
+          if (tr.act_q8) {
+            const int8_t* q = s.act_q.data();
+            const float* d = s.act_d.data();
+            const float* sm = s.act_s.data();
+            for (; t + 4 <= nt; t += 4) {  // prefill: four tokens per pass over the row
+              const ActQ8 a4[4] = {{q + t * cols, d + t * nb, sm + t * nb},
+                                   {q + (t + 1) * cols, d + (t + 1) * nb, sm + (t + 1) * nb},
+                                   {q + (t + 2) * cols, d + (t + 2) * nb, sm + (t + 2) * nb},
+                                   {q + (t + 3) * cols, d + (t + 3) * nb, sm + (t + 3) * nb}};
+              float v4[4];
+              tr.dot_q8_x4(cols, wrow, a4, v4);
+              for (int j = 0; j < 4; ++j) store(t + j, v4[j]);
+            }
+            for (; t < nt; ++t) store(t, tr.dot_q8(cols, wrow, ActQ8{q + t * cols, d + t * nb, sm + t * nb}));
+          } else {
+            for (; t < nt; ++t) store(t, tr.dot_f32(cols, wrow, x.ptr<const float>() + t * cols));
           }
         }
       },

@@ -14,11 +14,11 @@ namespace metallic::cpu {
 
 // Per-device scratch reused across ops (grown at plan time, never in the token loop).
 struct Scratch {
-  std::vector<int8_t> act_q;     // (n_tokens, cols) quantized activations
-  std::vector<float> act_d;      // (n_tokens, cols/32) block scales
-  std::vector<float> act_s;      // (n_tokens, cols/32) scale * sum(q)
-  std::vector<float> scores;     // (threads, kv_capacity) attention scores
-  std::vector<float> rope_cs;    // (n_tokens, head_dim) cos | sin per position
+  std::vector<int8_t> act_q;   // (n_tokens, cols) quantized activations
+  std::vector<float> act_d;    // (n_tokens, cols/32) block scales
+  std::vector<float> act_s;    // (n_tokens, cols/32) scale * sum(q)
+  std::vector<float> scores;   // (threads, kv_capacity) attention scores
+  std::vector<float> rope_cs;  // (n_tokens, head_dim) cos | sin per position
 };
 
 void op_embed(const OpCall& c, ThreadPool& pool);

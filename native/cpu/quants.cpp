@@ -10,22 +10,35 @@ namespace metallic::cpu {
 
 // ----------------------------------------------------------------------------- activations
 
-void quantize_act_q8_ref(const float* x, int64_t n, int8_t* q, float* d, float* s) {
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    const float* xb = x + b * kQK;
-    float amax = 0.f;
-    for (int i = 0; i < kQK; ++i) amax = std::fmax(amax, std::fabs(xb[i]));
-    const float scale = amax / 127.f;
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    int32_t sum = 0;
-    for (int i = 0; i < kQK; ++i) {
-      const int32_t v = static_cast<int32_t>(std::nearbyint(xb[i] * inv));
-      q[b * kQK + i] = static_cast<int8_t>(v);
-      sum += v;
-    }
-    d[b] = scale;
-    s[b] = scale * static_cast<float>(sum);
+void quantize_act_block_ref(const float* xb, int8_t* q, float* d, float* s) {
+  float amax = 0.f;
+  bool finite = true;
+  for (int i = 0; i < kQK; ++i) {
+    finite = finite && std::isfinite(xb[i]);
+    amax = std::fmax(amax, std::fabs(xb[i]));
   }
+  if (!finite || amax == 0.f) {
+    std::memset(q, 0, kQK);
+    *d = finite ? 0.f : std::nanf("");
+    *s = 0.f;
+    return;
+  }
+  const float scale = amax / 127.f;
+  const float inv = 127.f / amax;
+  int32_t sum = 0;
+  for (int i = 0; i < kQK; ++i) {
+    // The common case multiplies by inv (what the SIMD path does); tiny blocks divide by d.
+    const float r = amax >= kActMinAmax ? std::nearbyint(xb[i] * inv) : std::nearbyint(xb[i] / scale);
+    const int32_t v = static_cast<int32_t>(r);
+    q[i] = static_cast<int8_t>(v);
+    sum += v;
+  }
+  *d = scale;
+  *s = scale * static_cast<float>(sum);
+}
+
+void quantize_act_q8_ref(const float* x, int64_t n, int8_t* q, float* d, float* s) {
+  for (int64_t b = 0; b < n / kQK; ++b) quantize_act_block_ref(x + b * kQK, q + b * kQK, d + b, s + b);
 }
 
 // ----------------------------------------------------------------------------- quantized dots
@@ -71,6 +84,16 @@ float dot_q4_1_q8_ref(int64_t n, const void* w, ActQ8 a) {
     acc += dw * a.d[b] * static_cast<float>(nibble_dot(blk[b].qs, a.q + b * kQK)) + mw * a.s[b];
   }
   return acc;
+}
+
+void dot_q8_0_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out) {
+  for (int j = 0; j < 4; ++j) out[j] = dot_q8_0_q8_ref(n, w, a[j]);
+}
+void dot_q4_0_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out) {
+  for (int j = 0; j < 4; ++j) out[j] = dot_q4_0_q8_ref(n, w, a[j]);
+}
+void dot_q4_1_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out) {
+  for (int j = 0; j < 4; ++j) out[j] = dot_q4_1_q8_ref(n, w, a[j]);
 }
 
 // ----------------------------------------------------------------------------- float dots
@@ -161,27 +184,54 @@ CpuTypeTraits make_traits(DType t) {
   const bool simd = x86::available();
   switch (t) {
     case DType::kF32:
-      return {t, false, nullptr, simd ? x86::dot_f32 : dot_f32_ref, row_to_f32_f32,
+      return {t,
+              false,
+              nullptr,
+              nullptr,
+              simd ? x86::dot_f32 : dot_f32_ref,
+              row_to_f32_f32,
               simd ? x86::axpy_f32 : axpy_f32_ref};
     case DType::kF16:
-      return {t, false, nullptr, simd ? x86::dot_f16 : dot_f16_ref, row_to_f32_f16,
+      return {t,
+              false,
+              nullptr,
+              nullptr,
+              simd ? x86::dot_f16 : dot_f16_ref,
+              row_to_f32_f16,
               simd ? x86::axpy_f16 : axpy_f16_ref};
     case DType::kBF16:
-      return {t, false, nullptr, simd ? x86::dot_bf16 : dot_bf16_ref, row_to_f32_bf16, nullptr};
+      return {t, false, nullptr, nullptr, simd ? x86::dot_bf16 : dot_bf16_ref, row_to_f32_bf16, nullptr};
     case DType::kQ8_0:
-      return {t, true, simd ? x86::dot_q8_0_q8 : dot_q8_0_q8_ref, nullptr, row_to_f32_q8_0, nullptr};
+      return {t,
+              true,
+              simd ? x86::dot_q8_0_q8 : dot_q8_0_q8_ref,
+              simd ? x86::dot_q8_0_q8_x4 : dot_q8_0_q8_x4_ref,
+              nullptr,
+              row_to_f32_q8_0,
+              nullptr};
     case DType::kQ4_0:
-      return {t, true, simd ? x86::dot_q4_0_q8 : dot_q4_0_q8_ref, nullptr, row_to_f32_q4_0, nullptr};
+      return {t,
+              true,
+              simd ? x86::dot_q4_0_q8 : dot_q4_0_q8_ref,
+              simd ? x86::dot_q4_0_q8_x4 : dot_q4_0_q8_x4_ref,
+              nullptr,
+              row_to_f32_q4_0,
+              nullptr};
     case DType::kQ4_1:
-      return {t, true, simd ? x86::dot_q4_1_q8 : dot_q4_1_q8_ref, nullptr, row_to_f32_q4_1, nullptr};
+      return {t,
+              true,
+              simd ? x86::dot_q4_1_q8 : dot_q4_1_q8_ref,
+              simd ? x86::dot_q4_1_q8_x4 : dot_q4_1_q8_x4_ref,
+              nullptr,
+              row_to_f32_q4_1,
+              nullptr};
   }
-  return {t, false, nullptr, nullptr, nullptr, nullptr};
+  return {t, false, nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 
 struct TraitsTable {
-  CpuTypeTraits f32 = make_traits(DType::kF32), f16 = make_traits(DType::kF16),
-                bf16 = make_traits(DType::kBF16), q8_0 = make_traits(DType::kQ8_0),
-                q4_0 = make_traits(DType::kQ4_0), q4_1 = make_traits(DType::kQ4_1);
+  CpuTypeTraits f32 = make_traits(DType::kF32), f16 = make_traits(DType::kF16), bf16 = make_traits(DType::kBF16),
+                q8_0 = make_traits(DType::kQ8_0), q4_0 = make_traits(DType::kQ4_0), q4_1 = make_traits(DType::kQ4_1);
 };
 
 const TraitsTable& table() {
@@ -204,8 +254,6 @@ const CpuTypeTraits& cpu_traits(DType t) {
   fail(ErrorCode::kUnsupportedDType, "cpu_traits", "no CPU kernels for this dtype");
 }
 
-QuantizeActFn quantize_act_fn() {
-  return x86::available() ? x86::quantize_act_q8 : quantize_act_q8_ref;
-}
+QuantizeActFn quantize_act_fn() { return x86::available() ? x86::quantize_act_q8 : quantize_act_q8_ref; }
 
 }  // namespace metallic::cpu

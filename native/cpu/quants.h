@@ -26,6 +26,8 @@ struct ActQ8 {
 using QuantizeActFn = void (*)(const float* x, int64_t n, int8_t* q, float* d, float* s);
 // Dot of one quantized weight row (n elements) with one q8a activation.
 using DotQ8Fn = float (*)(int64_t n, const void* w, ActQ8 a);
+// Dots of one quantized weight row with four q8a activations (prefill: unpack the row once).
+using DotQ8x4Fn = void (*)(int64_t n, const void* w, const ActQ8* a, float* out);
 // Dot of one float weight row (n elements) with f32 activations.
 using DotF32Fn = float (*)(int64_t n, const void* w, const float* x);
 // Dequantize one row of n elements to f32.
@@ -33,13 +35,23 @@ using RowToF32Fn = void (*)(int64_t n, const void* w, float* out);
 // acc[i] += a * row[i] for a float row (attention's weighted sum over V rows).
 using AxpyFn = void (*)(int64_t n, float a, const void* row, float* acc);
 
+// Smallest amax for which 127 / amax is finite; blocks below it (and non-finite blocks) take the
+// scalar path in quantize_act_block_ref.
+constexpr float kActMinAmax = 3.7322e-37f;
+
+// One block of 32 with every edge case defined: amax == 0 → zero block; 0 < amax < kActMinAmax →
+// q = rint(x / d) (127 / amax would overflow); amax NaN or inf (a diverged model) → d = NaN,
+// q = 0, so the garbage shows in the output instead of undefined float → int conversions.
+void quantize_act_block_ref(const float* x, int8_t* q, float* d, float* s);
+
 struct CpuTypeTraits {
   DType type;
-  bool act_q8;        // true: use dot_q8 with quantized activations; false: dot_f32
-  DotQ8Fn dot_q8;     // null unless act_q8
-  DotF32Fn dot_f32;   // null if act_q8
-  RowToF32Fn to_f32;  // always set
-  AxpyFn axpy;        // F32/F16 only (KV-cache types), else null
+  bool act_q8;          // true: use dot_q8 with quantized activations; false: dot_f32
+  DotQ8Fn dot_q8;       // null unless act_q8
+  DotQ8x4Fn dot_q8_x4;  // null unless act_q8
+  DotF32Fn dot_f32;     // null if act_q8
+  RowToF32Fn to_f32;    // always set
+  AxpyFn axpy;          // F32/F16 only (KV-cache types), else null
 };
 
 const CpuTypeTraits& cpu_traits(DType t);
@@ -50,6 +62,9 @@ void quantize_act_q8_ref(const float* x, int64_t n, int8_t* q, float* d, float* 
 float dot_q8_0_q8_ref(int64_t n, const void* w, ActQ8 a);
 float dot_q4_0_q8_ref(int64_t n, const void* w, ActQ8 a);
 float dot_q4_1_q8_ref(int64_t n, const void* w, ActQ8 a);
+void dot_q8_0_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q4_0_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q4_1_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
 float dot_f32_ref(int64_t n, const void* w, const float* x);
 float dot_f16_ref(int64_t n, const void* w, const float* x);
 float dot_bf16_ref(int64_t n, const void* w, const float* x);
@@ -69,6 +84,9 @@ void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s);
 float dot_q8_0_q8(int64_t n, const void* w, ActQ8 a);
 float dot_q4_0_q8(int64_t n, const void* w, ActQ8 a);
 float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a);
+void dot_q8_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q4_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q4_1_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
 float dot_f32(int64_t n, const void* w, const float* x);
 float dot_f16(int64_t n, const void* w, const float* x);
 float dot_bf16(int64_t n, const void* w, const float* x);

@@ -21,9 +21,9 @@ struct ModelConfig {
   int64_t head_dim = 0;
   int64_t n_ff = 0;
   float rms_eps = 1e-5f;
-  bool rope_neox = true;              // rotate-halves pairing; false: interleaved pairs
-  std::vector<float> rope_inv_freq;   // (head_dim / 2,) after rope scaling
-  float attn_scale = 0.f;             // 0 → 1/sqrt(head_dim)
+  bool rope_neox = true;             // rotate-halves pairing; false: interleaved pairs
+  std::vector<float> rope_inv_freq;  // (head_dim / 2,) after rope scaling
+  float attn_scale = 0.f;            // 0 → 1/sqrt(head_dim)
   bool qkv_bias = false;
   bool tied_embeddings = false;
   Activation activation = Activation::kSilu;

@@ -8,8 +8,8 @@ namespace metallic {
 
 namespace {
 
-constexpr int64_t kMaxBatch = 256;          // tokens per prefill chunk (bounds activation memory)
-constexpr int64_t kMaxContext = 1 << 22;    // sanity cap on context_length
+constexpr int64_t kMaxBatch = 256;        // tokens per prefill chunk (bounds activation memory)
+constexpr int64_t kMaxContext = 1 << 22;  // sanity cap on context_length
 
 std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
 
@@ -19,9 +19,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return r.empty() ? "()" : r;
 }
 
-void check_cfg(bool ok, const std::string& what) {
-  check(ok, ErrorCode::kInvalidArgument, "engine.config", what);
-}
+void check_cfg(bool ok, const std::string& what) { check(ok, ErrorCode::kInvalidArgument, "engine.config", what); }
 
 // RAII guard: one call at a time per engine; a concurrent caller gets Busy, not corrupt output.
 class BusyGuard {
@@ -193,10 +191,12 @@ Tensor Engine::vector_f32(const WeightMap& w, const std::string& name, int64_t n
   switch (s.dtype) {
     case DType::kF32: std::memcpy(tmp.data(), s.data, s.nbytes); break;
     case DType::kF16:
-      for (int64_t i = 0; i < n; ++i) tmp[static_cast<size_t>(i)] = fp16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
+      for (int64_t i = 0; i < n; ++i)
+        tmp[static_cast<size_t>(i)] = fp16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
       break;
     case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) tmp[static_cast<size_t>(i)] = bf16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
+      for (int64_t i = 0; i < n; ++i)
+        tmp[static_cast<size_t>(i)] = bf16_to_f32(static_cast<const uint16_t*>(s.data)[i]);
       break;
     case DType::kQ8_0:
     case DType::kQ4_0:
@@ -213,8 +213,7 @@ Tensor Engine::activations(int64_t cols) {
   return Tensor{b, 0, DType::kF32, max_batch_, cols, stride};
 }
 
-void Engine::matmul(const Tensor& x, int64_t n,
-                    std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
+void Engine::matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
                     std::initializer_list<const Tensor*> outs, bool accumulate) {
   // Weights sharing x are issued together when their dtypes match (one activation quantization).
   const auto* w_it = wb.begin();
@@ -239,8 +238,7 @@ void Engine::matmul(const Tensor& x, int64_t n,
   }
 }
 
-void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits,
-                   bool need_head) {
+void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head) {
   const ModelConfig& c = cfg_;
   device_->copy_in(tokens_.buf, 0, tokens, static_cast<size_t>(n) * sizeof(int32_t));
   {
@@ -256,8 +254,7 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
   norm.p.n_tokens = n;
   norm.p.eps = c.rms_eps;
   for (const Layer& L : layers_) {
-    if (cancel_.exchange(false, std::memory_order_acq_rel))
-      fail(ErrorCode::kCancelled, "engine", "cancelled");
+    if (cancel_.exchange(false, std::memory_order_acq_rel)) fail(ErrorCode::kCancelled, "engine", "cancelled");
     norm.t[0] = x_;
     norm.t[1] = L.attn_norm;
     norm.t[2] = xn_;

@@ -32,8 +32,8 @@ Sampler::Sampler(int64_t n_vocab, const SamplerParams& p) : n_vocab_(n_vocab), p
   check_param(std::isfinite(p.min_p) && p.min_p >= 0.f && p.min_p <= 1.f, "min_p", "in [0, 1]", p.min_p);
   check_param(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0.f, "repetition_penalty", "> 0",
               p.repetition_penalty);
-  check_param(p.repetition_window >= 0 && p.repetition_window <= (1 << 20), "repetition_window",
-              "in [0, 1048576]", p.repetition_window);
+  check_param(p.repetition_window >= 0 && p.repetition_window <= (1 << 20), "repetition_window", "in [0, 1048576]",
+              p.repetition_window);
   work_.resize(static_cast<size_t>(n_vocab));
   idx_.resize(static_cast<size_t>(n_vocab));
   seen_.assign(static_cast<size_t>(n_vocab), 0);

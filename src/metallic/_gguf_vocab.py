@@ -65,12 +65,17 @@ def corrupt(key: str, expected: str, got: object) -> errors.CorruptFile:
 
 def token_id(meta: dict, key: str, n_vocab: int, source: str) -> int | None:
     """``meta[key]`` checked to be a token id in ``[0, n_vocab)``; None when absent."""
-    value = meta.get(key)
+    value = _scalar(meta.get(key))
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_vocab:
         raise corrupt(f"{source}: {key}", f"a token id in [0, {n_vocab})", repr(value))
     return value
+
+
+def _scalar(value: object) -> object:
+    """Numpy scalars (``np.uint32``, ``np.bool_``) from a GGUF reader as Python values."""
+    return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
 
 
 def _as_list(value: object, key: str) -> list:
@@ -130,8 +135,8 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     n_vocab = len(types)
     names = ("bos", "eos", "eot", "eom")
     ids = {k: token_id(metadata, f"tokenizer.ggml.{k}_token_id", n_vocab, source) for k in names}
-    add_bos = metadata.get("tokenizer.ggml.add_bos_token", family in _ADD_BOS_DEFAULT)
-    add_eos = metadata.get("tokenizer.ggml.add_eos_token", False)
+    add_bos = _scalar(metadata.get("tokenizer.ggml.add_bos_token", family in _ADD_BOS_DEFAULT))
+    add_eos = _scalar(metadata.get("tokenizer.ggml.add_eos_token", False))
     for key, flag, tid in (("add_bos", add_bos, ids["bos"]), ("add_eos", add_eos, ids["eos"])):
         if not isinstance(flag, bool):
             raise corrupt(f"{source}: tokenizer.ggml.{key}_token", "a bool", repr(flag))

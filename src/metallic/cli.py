@@ -200,13 +200,11 @@ def _generate(model: Any, args: argparse.Namespace, prompt: str) -> int:
     use_chat = bool(template) if args.chat is None else args.chat
     if use_chat and not template:
         raise UsageError("argument --chat: expected a model with a chat template, got none")
-    if use_chat:
-        # BOS: the template writes whatever BOS it wants into the rendered string, and the
-        # tokenizer decides whether encoding adds one (CONTRACTS §3); the CLI does neither.
-        messages = [{"role": "user", "content": prompt}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    stream = model.stream_generate(
-        prompt,
+    # Chat: the template writes any BOS itself, so Model.stream_chat tokenizes its rendering
+    # without adding one (the same path as Model.chat).
+    run = model.stream_chat if use_chat else model.stream_generate
+    stream = run(
+        [{"role": "user", "content": prompt}] if use_chat else prompt,
         max_tokens=args.max_tokens,
         temperature=args.temp,
         top_k=args.top_k,
@@ -256,7 +254,11 @@ def _run(argv: Sequence[str] | None) -> int:
             path = str(registry.resolve(args.model, progress=True))
         start = time.perf_counter()
         model = metallic.load(
-            path, device=args.device, threads=args.threads, context_length=args.context_length
+            path,
+            device=args.device,
+            threads=args.threads,
+            context_length=args.context_length,
+            progress=sys.stderr.isatty(),
         )
         if args.verbose:
             print(f"[{PROG}] model: {path}", file=sys.stderr)

@@ -117,10 +117,13 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         try:
             self._parse()
-        except (struct.error, IndexError, OverflowError) as e:  # belt and braces: bounds
+        except MetallicError:
+            self.close()
+            raise
+        except (struct.error, IndexError, OverflowError, ValueError) as e:  # belt and braces
             self.close()
             raise self._err(CorruptFile, f"truncated or malformed ({e})") from None
-        except MetallicError:
+        except BaseException:
             self.close()
             raise
 

@@ -42,6 +42,27 @@ def _resolve_path(path_or_name: str | os.PathLike | None, progress: bool) -> Pat
     return registry.resolve(None if path_or_name is None else str(path_or_name), progress=progress)
 
 
+class _LoadProgress:
+    """A three-stage progress bar on stderr (parse, tokenizer, engine) when asked for."""
+
+    def __init__(self, enabled: bool, path: Path):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=3, desc=f"load {path.name}: parse", unit="step", leave=False)
+
+    def step(self, stage: str) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_description_str(self._bar.desc.rsplit(":", 1)[0] + f": {stage}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._bar.total - self._bar.n)
+            self._bar.close()
+
+
 class Model:
     """A loaded model: tokenizer + native engine. Not for concurrent use from several threads
     (a second concurrent call raises ``errors.Busy``); use one Model per thread."""
@@ -265,12 +286,15 @@ def load(
     from .loader import open_model
     from .tokenizer import Tokenizer
 
+    bar = _LoadProgress(progress, path)
     bundle = open_model(path)
     try:
+        bar.step("tokenizer")
         if bundle.gguf_metadata is not None:
             tokenizer = Tokenizer.from_gguf(bundle.gguf_metadata, bundle.source)
         else:
             tokenizer = Tokenizer.from_folder(bundle.folder)
+        bar.step("engine")
         core = _core()
         cfg = core.ModelConfig()
         for key, value in bundle.config.items():
@@ -289,4 +313,6 @@ def load(
     except BaseException:
         bundle.close()
         raise
+    finally:
+        bar.close()
     return Model(bundle, tokenizer, engine, load_seconds=time.perf_counter() - t0)

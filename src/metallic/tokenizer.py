@@ -6,10 +6,16 @@ Two ways in:
   ``generation_config.json``, ``config.json`` when present).
 * :meth:`Tokenizer.from_gguf` — the ``tokenizer.ggml.*`` keys of a GGUF file. Only
   ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE) is rebuilt; the pre-tokenizer comes from
-  ``tokenizer.ggml.pre`` through :data:`_PRE_TOKENIZERS` (the split regexes llama.cpp applies for
-  that name, applied one after the other, each isolating its matches). A missing ``pre`` means
-  ``"default"`` (as in llama.cpp); an unknown one raises :class:`~metallic.errors.UnsupportedFormat`
-  rather than guessing, since a wrong split silently changes token ids.
+  ``tokenizer.ggml.pre`` (see :mod:`metallic._gguf_vocab`: the split regexes llama.cpp applies
+  for that name). A missing ``pre`` means ``"default"`` (as in llama.cpp); an unknown one raises
+  :class:`~metallic.errors.UnsupportedFormat` rather than guessing, since a wrong split silently
+  changes token ids. DEBT: SentencePiece GGUFs (``model == "llama"``: Llama 2, Gemma) raise
+  :class:`~metallic.errors.NotImplementedFeature`.
+
+BOS: a GGUF's ``tokenizer.ggml.add_bos_token`` decides (default: True only for the llama3 family);
+a folder's ``add_bos_token`` in tokenizer_config.json decides, else tokenizer.json's
+post-processor. Chat templates may write BOS themselves: encode their output with
+``add_special_tokens=False`` then.
 
 Decoding never "cleans up" spaces (llama.cpp's ``clean_spaces``), so ``decode(encode(s)) == s``.
 Streaming decode (:class:`StreamingDetokenizer`) maps each token to its bytes once (cached) and

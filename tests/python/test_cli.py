@@ -55,6 +55,10 @@ class FakeModel:
         self.closed = False
         self.fail_at, self.exc = fail_at, exc
 
+    def stream_chat(self, messages, **kwargs):  # mirrors Model.stream_chat: render, then generate
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return self.stream_generate(rendered, **kwargs)
+
     def stream_generate(self, prompt, **kwargs):
         self.calls.append((prompt, kwargs))
         pieces = ["Hello", ",", " wor", "ld"]
@@ -236,7 +240,7 @@ def test_generation_streams_text_and_prints_summary(capsys, fake_api, tmp_path):
         "Peak memory: 0.151 GB",
     ]
     assert fake_api["load_calls"] == [
-        (str(gguf), {"device": "cpu", "threads": 2, "context_length": 512})
+        (str(gguf), {"device": "cpu", "threads": 2, "context_length": 512, "progress": False})
     ]
     model = fake_api["model"]
     prompt, kwargs = model.calls[0]
@@ -260,7 +264,7 @@ def test_defaults_use_registry_default(capsys, fake_api):
     assert fake_api["resolved"] == [None]
     path, kwargs = fake_api["load_calls"][0]
     assert path == str(fake_api["file"])
-    assert kwargs == {"device": "auto", "threads": None, "context_length": 4096}
+    assert kwargs == {"device": "auto", "threads": None, "context_length": 4096, "progress": False}
     prompt, sampling = fake_api["model"].calls[0]
     assert cli.DEFAULT_PROMPT in prompt
     assert sampling["max_tokens"] == 256 and sampling["temperature"] == 0.0

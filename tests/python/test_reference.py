@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import gguf
@@ -19,9 +18,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: reference, tiny_models
-import reference as ref  # noqa: E402
-import tiny_models as tm  # noqa: E402
+import reference as ref  # tests/ is on sys.path through tests/conftest.py
+import tiny_models as tm
 
 GGML = gguf.GGMLQuantizationType
 BLOCK_TYPES = {"q8_0": GGML.Q8_0, "q4_0": GGML.Q4_0, "q4_1": GGML.Q4_1}

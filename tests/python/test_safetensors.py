@@ -99,7 +99,9 @@ def test_index_errors(tmp_path):
     with pytest.raises(CorruptFile, match="tensor a: present in shards"):
         open_safetensors(
             make_index(
-                tmp_path, {"a": "s1.safetensors"}, {"s1.safetensors": a, "s2.safetensors": a}
+                tmp_path,
+                {"a": "s1.safetensors", "b": "s2.safetensors"},
+                {"s1.safetensors": a, "s2.safetensors": {**a, "b": a["a"]}},
             ).parent
         )
     (tmp_path / "s2.safetensors").unlink()

@@ -218,6 +218,13 @@ def test_bos_eos_policy(trained):
     assert eos.eos_ids == frozenset({0, 2, 3}) and eos.bos_id == 1
     added = Tokenizer.from_gguf(gguf_meta(trained, **{"tokenizer.ggml.add_eos_token": True}), "t")
     assert added.encode("hi")[-1] == 2
+    np = pytest.importorskip("numpy")
+    types = np.asarray(gguf_meta(trained)["tokenizer.ggml.token_type"], dtype=np.int32)
+    extra = {"tokenizer.ggml.bos_token_id": np.uint32(1), "tokenizer.ggml.add_bos_token": np.True_}
+    as_np = Tokenizer.from_gguf(
+        gguf_meta(trained, **{"tokenizer.ggml.token_type": types}, **extra), "t"
+    )
+    assert as_np.encode("hi")[0] == 1 and as_np.encode("<|im_end|>") == [1, 2]
     default = Tokenizer.from_gguf(gguf_meta(trained, None), "t")  # missing pre -> "default"
     assert default.decode(default.encode(SAMPLES[2])) == SAMPLES[2]
     assert default.vocab_size == len(trained[0])

@@ -67,8 +67,15 @@ void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) {
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float amax = _mm_cvtss_f32(m4);
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    const __m256 unord =
+        _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v0, v0, _CMP_UNORD_Q), _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q)),
+                     _mm256_or_ps(_mm256_cmp_ps(v2, v2, _CMP_UNORD_Q), _mm256_cmp_ps(v3, v3, _CMP_UNORD_Q)));
+    const float amax = _mm256_movemask_ps(unord) ? __builtin_nanf("") : _mm_cvtss_f32(m4);  // NaN wins
+    if (!(amax >= kActMinAmax && amax <= 3.40282347e38f)) {  // zero, tiny or non-finite: rare
+      quantize_act_block_ref(xb, q + b * kQK, d + b, s + b);
+      continue;
+    }
+    const float inv = 127.f / amax;
     const __m256 vi = _mm256_set1_ps(inv);
     constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, vi), kRound));
@@ -129,6 +136,64 @@ float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a) {
     offset += h2f(blk[b].m) * a.s[b];
   }
   return hsum(acc) + offset;
+}
+
+// Four activations against one row: the weight block is loaded and unpacked once.
+template <typename Unpack, typename Offset>
+inline void dot_x4(int64_t n, const ActQ8* a, float* out, Unpack unpack, Offset offset) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  float off[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    __m256i wv;
+    float dw;
+    unpack(b, wv, dw);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[j].q + b * kQK));
+      const __m256i p = dot_u8s8(wv, av);
+      acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[j].d[b]), _mm256_cvtepi32_ps(p), acc[j]);
+      off[j] += offset(b) * a[j].s[b];
+    }
+  }
+  for (int j = 0; j < 4; ++j) out[j] = hsum(acc[j]) + off[j];
+}
+
+void dot_q4_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) {
+  const auto* blk = static_cast<const BlockQ4_0*>(w);
+  dot_x4(
+      n, a, out,
+      [&](int64_t b, __m256i& wv, float& dw) {
+        wv = unpack_nibbles(blk[b].qs);
+        dw = h2f(blk[b].d);
+      },
+      [&](int64_t b) { return -8.f * h2f(blk[b].d); });
+}
+
+void dot_q4_1_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) {
+  const auto* blk = static_cast<const BlockQ4_1*>(w);
+  dot_x4(
+      n, a, out,
+      [&](int64_t b, __m256i& wv, float& dw) {
+        wv = unpack_nibbles(blk[b].qs);
+        dw = h2f(blk[b].d);
+      },
+      [&](int64_t b) { return h2f(blk[b].m); });
+}
+
+void dot_q8_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) {
+  // Signed weights: |w| as the unsigned operand, the sign moved onto each activation.
+  const auto* blk = static_cast<const BlockQ8_0*>(w);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[b].qs));
+    const __m256i aw = _mm256_sign_epi8(wv, wv);
+    const float dw = h2f(blk[b].d);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[j].q + b * kQK));
+      const __m256i p = dot_u8s8(aw, _mm256_sign_epi8(av, wv));
+      acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[j].d[b]), _mm256_cvtepi32_ps(p), acc[j]);
+    }
+  }
+  for (int j = 0; j < 4; ++j) out[j] = hsum(acc[j]);
 }
 
 float dot_f32(int64_t n, const void* w, const float* x) {
@@ -201,12 +266,13 @@ void axpy_f16(int64_t n, float a, const void* row, float* acc) {
 #else  // no AVX2 in this build: the traits table selects the scalar references instead.
 
 bool available() { return false; }
-void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) {
-  quantize_act_q8_ref(x, n, q, d, s);
-}
+void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) { quantize_act_q8_ref(x, n, q, d, s); }
 float dot_q8_0_q8(int64_t n, const void* w, ActQ8 a) { return dot_q8_0_q8_ref(n, w, a); }
 float dot_q4_0_q8(int64_t n, const void* w, ActQ8 a) { return dot_q4_0_q8_ref(n, w, a); }
 float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a) { return dot_q4_1_q8_ref(n, w, a); }
+void dot_q8_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) { dot_q8_0_q8_x4_ref(n, w, a, out); }
+void dot_q4_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) { dot_q4_0_q8_x4_ref(n, w, a, out); }
+void dot_q4_1_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) { dot_q4_1_q8_x4_ref(n, w, a, out); }
 float dot_f32(int64_t n, const void* w, const float* x) { return dot_f32_ref(n, w, x); }
 float dot_f16(int64_t n, const void* w, const float* x) { return dot_f16_ref(n, w, x); }
 float dot_bf16(int64_t n, const void* w, const float* x) { return dot_bf16_ref(n, w, x); }

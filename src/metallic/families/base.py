@@ -402,14 +402,8 @@ def llama_like_config(
 
 
 def _positive(args: Any, source: str) -> None:
-    for key in (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "intermediate_size",
-        "num_attention_heads",
-        "max_position_embeddings",
-    ):
+    keys = "vocab_size hidden_size num_hidden_layers intermediate_size num_attention_heads"
+    for key in (*keys.split(), "max_position_embeddings"):
         v = getattr(args, key)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise CorruptFile(
