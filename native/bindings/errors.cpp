@@ -1,4 +1,6 @@
 // Translates metallic::Error (and allocation failures) into metallic.errors classes.
+#include <nanobind/stl/string.h>
+
 #include <new>
 #include <string>
 

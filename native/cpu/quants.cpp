@@ -24,11 +24,19 @@ void quantize_act_block_ref(const float* xb, int8_t* q, float* d, float* s) {
     return;
   }
   const float scale = amax / 127.f;
+  if (scale == 0.f) {  // amax < 127 * 2^-150: the scale underflows, the block is zero
+    std::memset(q, 0, kQK);
+    *d = 0.f;
+    *s = 0.f;
+    return;
+  }
   const float inv = 127.f / amax;
   int32_t sum = 0;
   for (int i = 0; i < kQK; ++i) {
-    // The common case multiplies by inv (what the SIMD path does); tiny blocks divide by d.
-    const float r = amax >= kActMinAmax ? std::nearbyint(xb[i] * inv) : std::nearbyint(xb[i] / scale);
+    // The common case multiplies by inv (what the SIMD path does); tiny blocks divide by d, whose
+    // subnormal rounding can push |x / d| past 127, hence the clamp.
+    const float r = amax >= kActMinAmax ? std::nearbyint(xb[i] * inv)
+                                        : std::fmin(127.f, std::fmax(-127.f, std::nearbyint(xb[i] / scale)));
     const int32_t v = static_cast<int32_t>(r);
     q[i] = static_cast<int8_t>(v);
     sum += v;

@@ -39,8 +39,9 @@ using AxpyFn = void (*)(int64_t n, float a, const void* row, float* acc);
 // scalar path in quantize_act_block_ref.
 constexpr float kActMinAmax = 3.7322e-37f;
 
-// One block of 32 with every edge case defined: amax == 0 → zero block; 0 < amax < kActMinAmax →
-// q = rint(x / d) (127 / amax would overflow); amax NaN or inf (a diverged model) → d = NaN,
+// One block of 32 with every edge case defined: amax == 0 or amax / 127 underflowing to 0 → zero
+// block; 0 < amax < kActMinAmax → q = clamp(rint(x / d), ±127) (127 / amax would overflow, and a
+// subnormal d may round down); amax NaN or inf (a diverged model) → d = NaN,
 // q = 0, so the garbage shows in the output instead of undefined float → int conversions.
 void quantize_act_block_ref(const float* x, int8_t* q, float* d, float* s);
 

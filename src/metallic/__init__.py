@@ -1,8 +1,8 @@
 """metallic: LLM inference with a compiled native core.
 
-    >>> import metallic
-    >>> with metallic.load() as model:            # the default model (SmolLM2-135M-Instruct)
-    ...     print(model.generate("The capital of France is", max_tokens=8))
+>>> import metallic
+>>> with metallic.load() as model:            # the default model (SmolLM2-135M-Instruct)
+...     print(model.generate("The capital of France is", max_tokens=8))
 """
 
 from . import errors

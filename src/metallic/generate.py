@@ -62,7 +62,9 @@ def check_stop(stop: object) -> tuple[str, ...]:
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise InvalidArgument(f"[generate] stop: expected a non-empty string or a list of them, got {stop!r}")
+        raise InvalidArgument(
+            f"[generate] stop: expected a non-empty string or a list of them, got {stop!r}"
+        )
     return tuple(stop)
 
 

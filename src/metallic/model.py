@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -95,10 +96,8 @@ class Model:
         self.close()
 
     def __del__(self):  # best effort; close() is the supported way
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     @property
     def closed(self) -> bool:
@@ -128,10 +127,12 @@ class Model:
                 raise InvalidArgument("[generate] prompt: expected a non-empty string, got ''")
             ids = self._tokenizer.encode(prompt, add_special_tokens=special)
         elif isinstance(prompt, (list, tuple, np.ndarray)):
-            ids = [int(t) for t in prompt] if len(prompt) else []
             for i, t in enumerate(prompt):
                 if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                    raise InvalidArgument(f"[generate] prompt[{i}]: expected a token id (int), got {t!r}")
+                    raise InvalidArgument(
+                        f"[generate] prompt[{i}]: expected a token id (int), got {t!r}"
+                    )
+            ids = [int(t) for t in prompt]
         else:
             raise InvalidArgument(
                 f"[generate] prompt: expected a str or a list of token ids, got {type(prompt).__name__}"
@@ -185,7 +186,9 @@ class Model:
 
     def _run(self, engine, params, ids, max_tokens, stops) -> Iterator[GenerationResponse]:
         if not self._lock.acquire(blocking=False):
-            raise Busy("[generate] another generation is running on this model; use one model per thread")
+            raise Busy(
+                "[generate] another generation is running on this model; use one model per thread"
+            )
         try:
             sampler = _core().Sampler(
                 self._n_vocab,
@@ -272,13 +275,27 @@ def load(
         A Model; close it (or use ``with``) to free memory.
     """
     if device not in DEVICES:
-        raise InvalidArgument(f"[load] device: expected one of {', '.join(DEVICES)}, got {device!r}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024):
-        raise InvalidArgument(f"[load] threads: expected None or an int in [1, 1024], got {threads!r}")
-    if not isinstance(context_length, int) or isinstance(context_length, bool) or not 1 < context_length <= 1 << 22:
-        raise InvalidArgument(f"[load] context_length: expected an int in [2, 4194304], got {context_length!r}")
+        raise InvalidArgument(
+            f"[load] device: expected one of {', '.join(DEVICES)}, got {device!r}"
+        )
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024
+    ):
+        raise InvalidArgument(
+            f"[load] threads: expected None or an int in [1, 1024], got {threads!r}"
+        )
+    if (
+        not isinstance(context_length, int)
+        or isinstance(context_length, bool)
+        or not 1 < context_length <= 1 << 22
+    ):
+        raise InvalidArgument(
+            f"[load] context_length: expected an int in [2, 4194304], got {context_length!r}"
+        )
     if kv_cache_dtype not in _KV_DTYPES:
-        raise InvalidArgument(f"[load] kv_cache_dtype: expected 'f16' or 'f32', got {kv_cache_dtype!r}")
+        raise InvalidArgument(
+            f"[load] kv_cache_dtype: expected 'f16' or 'f32', got {kv_cache_dtype!r}"
+        )
     native_device = "cpu" if device == "auto" else device
 
     t0 = time.perf_counter()
@@ -300,7 +317,8 @@ def load(
         for key, value in bundle.config.items():
             setattr(cfg, key, getattr(core.Activation, value) if key == "activation" else value)
         weights = {
-            name: core.Weight(int(dt), list(shape), data) for name, (dt, shape, data) in bundle.weights.items()
+            name: core.Weight(int(dt), list(shape), data)
+            for name, (dt, shape, data) in bundle.weights.items()
         }
         engine = core.Engine(
             cfg,

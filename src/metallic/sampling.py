@@ -35,7 +35,12 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check(_is_real(self.temperature) and self.temperature >= 0, "temperature", ">= 0", self.temperature)
+        _check(
+            _is_real(self.temperature) and self.temperature >= 0,
+            "temperature",
+            ">= 0",
+            self.temperature,
+        )
         _check(
             isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
             "top_k",
@@ -58,7 +63,11 @@ class SamplingParams:
         )
         _check(
             self.seed is None
-            or (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 1 << 64),
+            or (
+                isinstance(self.seed, int)
+                and not isinstance(self.seed, bool)
+                and 0 <= self.seed < 1 << 64
+            ),
             "seed",
             "None or an int in [0, 2**64)",
             self.seed,

@@ -125,6 +125,16 @@ def test_truncation_never_returns_a_disallowed_token(logits, t, top_k, top_p, mi
     assert got <= ok, f"drew {sorted(got - ok)} outside the allowed set {sorted(ok)}"
 
 
+@pytest.mark.parametrize(("t", "top_p"), [(0.3, 0.5), (1.0, 0.5), (1.0, 0.99), (3.0, 0.9)])
+def test_top_p_large_vocab(t, top_p):
+    """50k tokens: the kernel's threshold search (1e-3, 1e-6, ... of p_max) must find the
+    exact nucleus even when it holds thousands of tokens far below the first threshold."""
+    x = (np.random.default_rng(11).standard_normal(50_000) * 3).astype(np.float32)
+    ok = allowed(x, t, 0, top_p, 0.0)
+    got = set(draws(Sampler(len(x), t, 0, top_p, 0.0, 1.0, 64, 5), x, 200).tolist())
+    assert got <= ok, sorted(got - ok)[:10]
+
+
 @FAST
 @given(
     logits=_logits(2, 30),
@@ -206,7 +216,7 @@ DIST_CASES = [  # (logits, temperature, top_k, top_p, min_p), each leaving an od
     ([1.0, 0.5, 0.0, -0.5, -2.0], 0.5, 0, 1.0, 0.0),
     ([3.0, 0.0, 1.0, 2.5, -1.0, 0.5, 2.0], 2.0, 3, 1.0, 0.0),
     ([0.0, 2.0, 1.0, -3.0, 1.5], 1.0, 0, 0.85, 0.0),  # sorted mass .42 .68 .93: keeps 3
-    ([0.0, 2.0, 1.0, -3.0, 1.5, 1.2], 1.0, 0, 1.0, 0.4),  # p / p_max = .14 1 .37 .00 .61 .45: keeps 3
+    ([0.0, 2.0, 1.0, -3.0, 1.5, 1.2], 1.0, 0, 1.0, 0.4),  # p/p_max .14 1 .37 0 .61 .45: keeps 3
 ]
 
 
