@@ -106,6 +106,11 @@ def footer(result: dict) -> str:
         f"Measured read bandwidth: best {bw['best_gbs']:.1f} GB/s of {len(bw['runs_gbs'])} runs "
         f"({bw['mib']} MiB, {bw['threads']} threads).",
     ]
+    set_aside = len(result["engines"]["metallic"].get("discarded", []))
+    parts.append(
+        f"Repetitions set aside because other processes used > {a['busy']:.0%} of the CPUs "
+        f"(redone, kept in the JSON): {set_aside}."
+    )
     paired = result.get("paired_ratios") or paired_ratios(result)
     if paired:
         parts.append(

@@ -246,7 +246,9 @@ def run_probe(engine: str, payload: dict) -> dict:
     returns its JSON answer: load seconds, RSS before/after load and peak RSS."""
     cmd = [sys.executable, str(HERE / "bench.py"), "--probe", engine]
     env = dict(os.environ)
-    src = str(HERE.parent / "src")
+    import metallic  # the child imports the same package as this process (dev tree or installed)
+
+    src = str(Path(metallic.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     out = subprocess.run(
         cmd, input=json.dumps(payload), capture_output=True, text=True, env=env, timeout=600

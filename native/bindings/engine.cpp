@@ -49,7 +49,12 @@ void init_engine(nb::module_& m) {
       .value("BF16", DType::kBF16)
       .value("Q8_0", DType::kQ8_0)
       .value("Q4_0", DType::kQ4_0)
-      .value("Q4_1", DType::kQ4_1);
+      .value("Q4_1", DType::kQ4_1)
+      .value("Q5_0", DType::kQ5_0)
+      .value("Q5_1", DType::kQ5_1)
+      .value("Q4_K", DType::kQ4_K)
+      .value("Q5_K", DType::kQ5_K)
+      .value("Q6_K", DType::kQ6_K);
   nb::enum_<Activation>(m, "Activation").value("SILU", Activation::kSilu).value("GELU_TANH", Activation::kGeluTanh);
 
   nb::class_<ModelConfig>(m, "ModelConfig")

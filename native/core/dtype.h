@@ -19,7 +19,12 @@ enum class DType : int32_t {
   kF16 = 1,
   kQ4_0 = 2,
   kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
   kQ8_0 = 8,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
   kBF16 = 30,
 };
 
@@ -38,6 +43,11 @@ constexpr DTypeInfo dtype_info(DType t) {
     case DType::kQ8_0: return {"Q8_0", 32, 34, true};
     case DType::kQ4_0: return {"Q4_0", 32, 18, true};
     case DType::kQ4_1: return {"Q4_1", 32, 20, true};
+    case DType::kQ5_0: return {"Q5_0", 32, 22, true};
+    case DType::kQ5_1: return {"Q5_1", 32, 24, true};
+    case DType::kQ4_K: return {"Q4_K", 256, 144, true};
+    case DType::kQ5_K: return {"Q5_K", 256, 176, true};
+    case DType::kQ6_K: return {"Q6_K", 256, 210, true};
   }
   return {"?", 0, 0, false};
 }
@@ -52,7 +62,12 @@ inline DType dtype_from_int(int32_t id, const std::string& where) {
     case DType::kBF16:
     case DType::kQ8_0:
     case DType::kQ4_0:
-    case DType::kQ4_1: return static_cast<DType>(id);
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K: return static_cast<DType>(id);
   }
   fail(ErrorCode::kUnsupportedDType, "dtype",
        where + ": type id " + std::to_string(id) + " is not supported by the engine");

@@ -1,6 +1,6 @@
 // Row dot products and activation quantization for the CPU device.
 //
-// Quantized weights (Q8_0, Q4_0, Q4_1) are multiplied against activations quantized per block of
+// Quantized weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K) are multiplied against activations quantized per block of
 // 32 to int8 ("q8a"): d = amax / 127, q = rint(x * 127 / amax) (round half to even), and
 // s = d * sum(q) for the Q4 offset terms. This is the deliberate precision trade that lets the
 // dots run in integer SIMD; tests measure its cost against the fp32 reference.
@@ -78,6 +78,27 @@ void row_to_f32_bf16(int64_t n, const void* w, float* out);
 void axpy_f32_ref(int64_t n, float a, const void* row, float* acc);
 void axpy_f16_ref(int64_t n, float a, const void* row, float* acc);
 
+// Q5_0, Q5_1 and the K-quants (cpu/quants_k.cpp). K-quant sub-blocks are 32 wide (Q6_K: two
+// groups of 16 sharing one activation block), so every term pairs with one q8a block:
+// Q4_K/Q5_K add d*sc*da*sum(u*q) - dmin*m*s per sub-block, Q6_K d*sc*da*sum((u - 32)*q) per group.
+float dot_q5_0_q8_ref(int64_t n, const void* w, ActQ8 a);
+float dot_q5_1_q8_ref(int64_t n, const void* w, ActQ8 a);
+float dot_q4_K_q8_ref(int64_t n, const void* w, ActQ8 a);
+float dot_q5_K_q8_ref(int64_t n, const void* w, ActQ8 a);
+float dot_q6_K_q8_ref(int64_t n, const void* w, ActQ8 a);
+void dot_q5_0_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q5_1_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q4_K_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q5_K_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q6_K_q8_x4_ref(int64_t n, const void* w, const ActQ8* a, float* out);
+void row_to_f32_q5_0(int64_t n, const void* w, float* out);
+void row_to_f32_q5_1(int64_t n, const void* w, float* out);
+void row_to_f32_q4_K(int64_t n, const void* w, float* out);
+void row_to_f32_q5_K(int64_t n, const void* w, float* out);
+void row_to_f32_q6_K(int64_t n, const void* w, float* out);
+// The 6-bit scales and mins of a Q4_K/Q5_K super-block (layout in core/quant_blocks.h).
+void unpack_k4_scales(const uint8_t* packed, uint8_t* sc, uint8_t* m);
+
 // SIMD versions (cpu/arch/x86.cpp); available() is false when the build has no AVX2.
 namespace x86 {
 bool available();
@@ -93,6 +114,17 @@ float dot_f16(int64_t n, const void* w, const float* x);
 float dot_bf16(int64_t n, const void* w, const float* x);
 void axpy_f32(int64_t n, float a, const void* row, float* acc);
 void axpy_f16(int64_t n, float a, const void* row, float* acc);
+// cpu/arch/x86_k.cpp
+float dot_q5_0_q8(int64_t n, const void* w, ActQ8 a);
+float dot_q5_1_q8(int64_t n, const void* w, ActQ8 a);
+float dot_q4_K_q8(int64_t n, const void* w, ActQ8 a);
+float dot_q5_K_q8(int64_t n, const void* w, ActQ8 a);
+float dot_q6_K_q8(int64_t n, const void* w, ActQ8 a);
+void dot_q5_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q5_1_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q4_K_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q5_K_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
+void dot_q6_K_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
 }  // namespace x86
 
 }  // namespace metallic::cpu

@@ -200,7 +200,12 @@ Tensor Engine::vector_f32(const WeightMap& w, const std::string& name, int64_t n
       break;
     case DType::kQ8_0:
     case DType::kQ4_0:
-    case DType::kQ4_1: break;  // rejected above
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K: break;  // rejected above
   }
   device_->copy_in(b, 0, tmp.data(), b.nbytes);
   return Tensor{b, 0, DType::kF32, 1, n, b.nbytes};

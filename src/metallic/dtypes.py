@@ -46,7 +46,19 @@ BLOCK: dict[DType, tuple[int, int]] = {
 
 # Types the engine can compute with today (the rest parse, then raise UnsupportedDType).
 SUPPORTED: frozenset[DType] = frozenset(
-    {DType.F32, DType.F16, DType.BF16, DType.Q8_0, DType.Q4_0, DType.Q4_1}
+    {
+        DType.F32,
+        DType.F16,
+        DType.BF16,
+        DType.Q8_0,
+        DType.Q4_0,
+        DType.Q4_1,
+        DType.Q5_0,
+        DType.Q5_1,
+        DType.Q4_K,
+        DType.Q5_K,
+        DType.Q6_K,
+    }
 )
 
 

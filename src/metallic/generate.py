@@ -45,7 +45,19 @@ class GenerationResponse:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process in bytes."""
+    """Peak resident set size of this process in bytes.
+
+    On Linux this reads VmHWM from /proc/self/status: ru_maxrss survives fork+exec, so a child of
+    a larger parent would report the parent's peak.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
