@@ -16,7 +16,7 @@ Conventions
   (~1e-16) vanishes next to the engine's float32 rounding (~6e-8 per op) and every measured
   difference is the engine's. ``dtype=np.float32`` exists to measure that float32 noise floor.
 * The engine's two deliberate precision trades are reproduced exactly when asked for:
-  ``act_quant`` (int8 activations for matmuls whose weight is stored Q8_0/Q4_0/Q4_1) and
+  ``act_quant`` (int8 activations for matmuls whose weight is stored in a block type) and
   ``kv_f16`` (K after RoPE and V rounded to float16 when written to the cache).
 """
 
@@ -28,7 +28,8 @@ from collections.abc import Mapping
 import numpy as np
 
 QK = 32  # elements per block of every 32-block type (Q8_0, Q4_0, Q4_1 and the int8 activations)
-QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1"})  # storage dtypes whose matmuls quantize activations
+# storage dtypes whose matmuls quantize activations
+QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
 
 # ----------------------------------------------------------------------------- dequantizers
 # Each takes the raw bytes of whole blocks (uint8, any shape whose last axis holds complete
@@ -78,6 +79,65 @@ def dequant_q4_1(raw: np.ndarray) -> np.ndarray:
     return _merge_blocks(_nibbles(b[..., 4:20]) * d[..., None] + m[..., None])
 
 
+def _q5_codes(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """(..., 4) little-endian uint32 high bits, (..., 16) nibbles -> (..., 32) 5-bit codes."""
+    bits = (np.ascontiguousarray(qh).view("<u4") >> np.arange(32, dtype=np.uint32)) & 1
+    return _nibbles(qs) + 16.0 * bits.astype(np.float32)
+
+
+def dequant_q5_0(raw: np.ndarray) -> np.ndarray:
+    """Q5_0 block (22 bytes): f16 d, 4 bytes of fifth bits, 16 bytes of nibbles. (q - 16) * d."""
+    b = _blocks(raw, 22)
+    return _merge_blocks(
+        (_q5_codes(b[..., 2:6], b[..., 6:22]) - 16.0) * _f16(b[..., 0:2])[..., None]
+    )
+
+
+def dequant_q5_1(raw: np.ndarray) -> np.ndarray:
+    """Q5_1 block (24 bytes): f16 d, f16 m, 4 bytes of fifth bits, 16 bytes of nibbles. q*d + m."""
+    b = _blocks(raw, 24)
+    q = _q5_codes(b[..., 4:8], b[..., 8:24])
+    return _merge_blocks(q * _f16(b[..., 0:2])[..., None] + _f16(b[..., 2:4])[..., None])
+
+
+def _k4_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 12) packed Q4_K/Q5_K scales -> 6-bit (sc, m), each (..., 8) float32."""
+    sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 15) | (s[..., 0:4] >> 6 << 4)], -1)
+    m = np.concatenate([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | (s[..., 4:8] >> 6 << 4)], -1)
+    return sc.astype(np.float32), m.astype(np.float32)
+
+
+def _dequant_k45(raw: np.ndarray, block_bytes: int) -> np.ndarray:
+    """Q4_K (144 bytes) / Q5_K (176): f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, [32 bytes
+    of fifth bits,] 128 bytes of nibbles. Sub-block j (32 values): d*sc[j]*q - dmin*m[j], where
+    q's low 4 bits are byte 32*(j//2)+l's low (j even) or high (j odd) nibble and its fifth bit
+    is bit j of qh[l]."""
+    b = _blocks(raw, block_bytes)
+    sc, m = _k4_scales(b[..., 4:16])
+    qs = b[..., -128:].reshape(*b.shape[:-1], 4, 1, 32) >> np.array([[0], [4]], np.uint8)
+    q = (qs & 15).reshape(*b.shape[:-1], 8, 32).astype(np.float32)
+    if block_bytes == 176:
+        q += 16.0 * ((b[..., None, 16:48] >> np.arange(8, dtype=np.uint8)[:, None]) & 1)
+    d, dmin = _f16(b[..., 0:2])[..., None], _f16(b[..., 2:4])[..., None]
+    return _merge_blocks(_merge_blocks((d * sc)[..., None] * q - (dmin * m)[..., None]))
+
+
+def dequant_q6_k(raw: np.ndarray) -> np.ndarray:
+    """Q6_K block (210 bytes): 128 bytes low nibbles, 64 bytes of 2-bit highs, 16 int8 scales,
+    f16 d. Value 128h+32t+l: low nibble of ql[64h+32(t%2)+l] >> 4(t//2), high bits
+    qh[32h+l] >> 2t; value = d * scales[v//16] * (q - 32)."""
+    b = _blocks(raw, 210)
+    lead = b.shape[:-1]
+    ql = b[..., 0:128].reshape(*lead, 2, 1, 2, 32) >> np.array([[[0]], [[4]]], np.uint8)
+    low = (ql & 15).reshape(*lead, 2, 4, 32)  # (half, t, l)
+    high = (
+        b[..., 128:192].reshape(*lead, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]
+    ) & 3
+    q = (low | (high << 4)).astype(np.float32).reshape(*lead, 16, 16) - 32.0
+    scale = _f16(b[..., 208:210])[..., None] * b[..., 192:208].view(np.int8).astype(np.float32)
+    return _merge_blocks(_merge_blocks(scale[..., None] * q))
+
+
 def dequant_f16(raw: np.ndarray) -> np.ndarray:
     """IEEE half, little endian."""
     return np.ascontiguousarray(raw, dtype=np.uint8).view("<f2").astype(np.float32)
@@ -100,6 +160,11 @@ DEQUANT = {
     "q8_0": dequant_q8_0,
     "q4_0": dequant_q4_0,
     "q4_1": dequant_q4_1,
+    "q5_0": dequant_q5_0,
+    "q5_1": dequant_q5_1,
+    "q4_k": lambda raw: _dequant_k45(raw, 144),
+    "q5_k": lambda raw: _dequant_k45(raw, 176),
+    "q6_k": dequant_q6_k,
 }
 
 
@@ -279,7 +344,8 @@ def forward(
         weights: HF name -> float array (2-D weights are (out_features, in_features)).
         tokens: token ids.
         act_quant: HF weight name -> storage dtype ("f32", "q4_1", ...). Matmuls whose weight is
-            stored Q8_0/Q4_0/Q4_1 see their input quantized by :func:`quantize_act_q8`.
+            stored in a block type (QUANTIZED) see their input quantized by
+            :func:`quantize_act_q8`.
             None: no activation quantization.
         kv_f16: round K (after RoPE) and V to float16 as they enter the KV cache.
         dtype: math dtype, float64 (default) or float32.

@@ -34,6 +34,24 @@ int64_t checked_cols(DType dt, int64_t cols, const char* where) {
   return cols;
 }
 
+// The scalar reference dot of a quantized type (the traits table holds the selected version).
+cpu::DotQ8Fn ref_dot_q8(DType dt) {
+  switch (dt) {
+    case DType::kQ8_0: return cpu::dot_q8_0_q8_ref;
+    case DType::kQ4_0: return cpu::dot_q4_0_q8_ref;
+    case DType::kQ4_1: return cpu::dot_q4_1_q8_ref;
+    case DType::kQ5_0: return cpu::dot_q5_0_q8_ref;
+    case DType::kQ5_1: return cpu::dot_q5_1_q8_ref;
+    case DType::kQ4_K: return cpu::dot_q4_K_q8_ref;
+    case DType::kQ5_K: return cpu::dot_q5_K_q8_ref;
+    case DType::kQ6_K: return cpu::dot_q6_K_q8_ref;
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16: break;
+  }
+  fail(ErrorCode::kUnsupportedDType, "kernels", std::string(dtype_name(dt)) + " has no quantized dot");
+}
+
 Tensor host_tensor(Device& dev, const void* p, DType dt, int64_t rows, int64_t cols) {
   const size_t rb = row_bytes(dt, cols);
   return Tensor{dev.wrap_host(p, rb * static_cast<size_t>(rows)), 0, dt, rows, cols, rb};
@@ -86,14 +104,7 @@ void init_kernels(nb::module_& m) {
             float v = 0.f;
             if (tr.act_q8) {
               const cpu::ActQ8 a{q.data(), d.data(), s.data()};
-              switch (dt) {
-                case DType::kQ8_0: v = simd ? tr.dot_q8(cols, wr, a) : cpu::dot_q8_0_q8_ref(cols, wr, a); break;
-                case DType::kQ4_0: v = simd ? tr.dot_q8(cols, wr, a) : cpu::dot_q4_0_q8_ref(cols, wr, a); break;
-                case DType::kQ4_1: v = simd ? tr.dot_q8(cols, wr, a) : cpu::dot_q4_1_q8_ref(cols, wr, a); break;
-                case DType::kF32:
-                case DType::kF16:
-                case DType::kBF16: break;
-              }
+              v = simd ? tr.dot_q8(cols, wr, a) : ref_dot_q8(dt)(cols, wr, a);
             } else {
               switch (dt) {
                 case DType::kF32: v = simd ? tr.dot_f32(cols, wr, xt) : cpu::dot_f32_ref(cols, wr, xt); break;
@@ -101,7 +112,12 @@ void init_kernels(nb::module_& m) {
                 case DType::kBF16: v = simd ? tr.dot_f32(cols, wr, xt) : cpu::dot_bf16_ref(cols, wr, xt); break;
                 case DType::kQ8_0:
                 case DType::kQ4_0:
-                case DType::kQ4_1: break;
+                case DType::kQ4_1:
+                case DType::kQ5_0:
+                case DType::kQ5_1:
+                case DType::kQ4_K:
+                case DType::kQ5_K:
+                case DType::kQ6_K: break;
               }
             }
             out[static_cast<size_t>(t * rows + r)] = v;

@@ -67,10 +67,10 @@ constexpr int kKScaleBytes = 12;
 
 // Sub-block j (values 32j .. 32j+31): nib[l] = qs[32 * (j / 2) + l] >> (4 * (j % 2)) & 0xf.
 struct BlockQ4_K {
-  uint16_t d;                      // fp16 super-block scale of the sub-block scales
-  uint16_t dmin;                   // fp16 super-block scale of the sub-block mins
-  uint8_t scales[kKScaleBytes];    // 6-bit sc[8] and m[8], packed as above
-  uint8_t qs[kQK_K / 2];           // 4-bit quants
+  uint16_t d;                    // fp16 super-block scale of the sub-block scales
+  uint16_t dmin;                 // fp16 super-block scale of the sub-block mins
+  uint8_t scales[kKScaleBytes];  // 6-bit sc[8] and m[8], packed as above
+  uint8_t qs[kQK_K / 2];         // 4-bit quants
 };
 static_assert(sizeof(BlockQ4_K) == 144, "BlockQ4_K must be 144 bytes");
 

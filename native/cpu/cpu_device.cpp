@@ -21,6 +21,8 @@ class CpuDevice final : public Device {
     scratch_.act_q.resize(act);
     scratch_.act_d.resize(act / 32 + 1);
     scratch_.act_s.resize(act / 32 + 1);
+    scratch_.act_d8.resize(act / 32 + 1);
+    scratch_.act_s8.resize(act / 32 + 1);
     scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(lim.kv_capacity + 2 * lim.head_dim));
     scratch_.rope_cs.resize(static_cast<size_t>(lim.max_tokens * lim.head_dim));
   }

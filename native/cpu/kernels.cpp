@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "cpu/quants.h"
+#include "cpu/tile.h"
 
 namespace metallic::cpu {
 
@@ -84,7 +85,36 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
       pool.parallel_for(nt, qbody);
     }
   }
+  // Prefill: transpose the activation scales per 8-token tile for the tile kernels.
+  const DotQ8x8Fn tile_fn = tr.act_q8 && nt >= kTile ? dot_q8_x8_fn(c.t[1].dtype) : nullptr;
+  const int64_t n_tiles = tile_fn != nullptr ? nt / kTile : 0;
+  for (int64_t i = 0; i < n_tiles; ++i)
+    for (int64_t b = 0; b < nb; ++b)
+      for (int j = 0; j < kTile; ++j) {
+        s.act_d8[(i * nb + b) * kTile + j] = s.act_d[(i * kTile + j) * nb + b];
+        s.act_s8[(i * nb + b) * kTile + j] = s.act_s[(i * kTile + j) * nb + b];
+      }
   const bool acc = c.p.accumulate;
+  if (nt == 1 && tr.act_q8) {  // decode: a tight loop per weight over this thread's rows
+    const ActQ8 a{s.act_q.data(), s.act_d.data(), s.act_s.data()};
+    pool.parallel_for(
+        rows_total,
+        [&](int64_t b, int64_t e, int) {
+          for (int wi = 0; wi < nw; ++wi) {
+            const int64_t r0 = std::max(b, row_base[wi]) - row_base[wi];
+            const int64_t r1 = std::min(e, row_base[wi + 1]) - row_base[wi];
+            const Tensor& w = c.t[1 + wi];
+            const float* bias = c.t[4 + wi].valid() ? c.t[4 + wi].ptr<const float>() : nullptr;
+            float* o = c.t[7 + wi].ptr<float>();
+            for (int64_t r = r0; r < r1; ++r) {
+              const float v = tr.dot_q8(cols, w.row(r), a) + (bias != nullptr ? bias[r] : 0.f);
+              o[r] = acc ? o[r] + v : v;
+            }
+          }
+        },
+        16);
+    return;
+  }
   pool.parallel_for(
       rows_total,
       [&](int64_t b, int64_t e, int) {
@@ -108,7 +138,14 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
             const int8_t* q = s.act_q.data();
             const float* d = s.act_d.data();
             const float* sm = s.act_s.data();
-            for (; t + 4 <= nt; t += 4) {  // prefill: four tokens per pass over the row
+            for (int64_t i = 0; i < n_tiles; ++i, t += kTile) {  // prefill: 8 tokens per row pass
+              const ActTile8 tile{q + t * cols, cols, s.act_d8.data() + i * nb * kTile,
+                                  s.act_s8.data() + i * nb * kTile};
+              float v8[kTile];
+              tile_fn(cols, wrow, tile, v8);
+              for (int j = 0; j < kTile; ++j) store(t + j, v8[j]);
+            }
+            for (; t + 4 <= nt; t += 4) {  // then four tokens per pass
               const ActQ8 a4[4] = {{q + t * cols, d + t * nb, sm + t * nb},
                                    {q + (t + 1) * cols, d + (t + 1) * nb, sm + (t + 1) * nb},
                                    {q + (t + 2) * cols, d + (t + 2) * nb, sm + (t + 2) * nb},

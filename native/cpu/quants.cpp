@@ -233,13 +233,55 @@ CpuTypeTraits make_traits(DType t) {
               nullptr,
               row_to_f32_q4_1,
               nullptr};
+    case DType::kQ5_0:
+      return {t,
+              true,
+              simd ? x86::dot_q5_0_q8 : dot_q5_0_q8_ref,
+              simd ? x86::dot_q5_0_q8_x4 : dot_q5_0_q8_x4_ref,
+              nullptr,
+              row_to_f32_q5_0,
+              nullptr};
+    case DType::kQ5_1:
+      return {t,
+              true,
+              simd ? x86::dot_q5_1_q8 : dot_q5_1_q8_ref,
+              simd ? x86::dot_q5_1_q8_x4 : dot_q5_1_q8_x4_ref,
+              nullptr,
+              row_to_f32_q5_1,
+              nullptr};
+    case DType::kQ4_K:
+      return {t,
+              true,
+              simd ? x86::dot_q4_K_q8 : dot_q4_K_q8_ref,
+              simd ? x86::dot_q4_K_q8_x4 : dot_q4_K_q8_x4_ref,
+              nullptr,
+              row_to_f32_q4_K,
+              nullptr};
+    case DType::kQ5_K:
+      return {t,
+              true,
+              simd ? x86::dot_q5_K_q8 : dot_q5_K_q8_ref,
+              simd ? x86::dot_q5_K_q8_x4 : dot_q5_K_q8_x4_ref,
+              nullptr,
+              row_to_f32_q5_K,
+              nullptr};
+    case DType::kQ6_K:
+      return {t,
+              true,
+              simd ? x86::dot_q6_K_q8 : dot_q6_K_q8_ref,
+              simd ? x86::dot_q6_K_q8_x4 : dot_q6_K_q8_x4_ref,
+              nullptr,
+              row_to_f32_q6_K,
+              nullptr};
   }
   return {t, false, nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 
 struct TraitsTable {
   CpuTypeTraits f32 = make_traits(DType::kF32), f16 = make_traits(DType::kF16), bf16 = make_traits(DType::kBF16),
-                q8_0 = make_traits(DType::kQ8_0), q4_0 = make_traits(DType::kQ4_0), q4_1 = make_traits(DType::kQ4_1);
+                q8_0 = make_traits(DType::kQ8_0), q4_0 = make_traits(DType::kQ4_0), q4_1 = make_traits(DType::kQ4_1),
+                q5_0 = make_traits(DType::kQ5_0), q5_1 = make_traits(DType::kQ5_1), q4_k = make_traits(DType::kQ4_K),
+                q5_k = make_traits(DType::kQ5_K), q6_k = make_traits(DType::kQ6_K);
 };
 
 const TraitsTable& table() {
@@ -258,6 +300,11 @@ const CpuTypeTraits& cpu_traits(DType t) {
     case DType::kQ8_0: return tt.q8_0;
     case DType::kQ4_0: return tt.q4_0;
     case DType::kQ4_1: return tt.q4_1;
+    case DType::kQ5_0: return tt.q5_0;
+    case DType::kQ5_1: return tt.q5_1;
+    case DType::kQ4_K: return tt.q4_k;
+    case DType::kQ5_K: return tt.q5_k;
+    case DType::kQ6_K: return tt.q6_k;
   }
   fail(ErrorCode::kUnsupportedDType, "cpu_traits", "no CPU kernels for this dtype");
 }

@@ -1,10 +1,9 @@
 // Row dot products and activation quantization for the CPU device.
 //
-// Quantized weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K) are multiplied against activations quantized per block of
-// 32 to int8 ("q8a"): d = amax / 127, q = rint(x * 127 / amax) (round half to even), and
-// s = d * sum(q) for the Q4 offset terms. This is the deliberate precision trade that lets the
-// dots run in integer SIMD; tests measure its cost against the fp32 reference.
-// Float weights (F32, F16, BF16) are multiplied against f32 activations.
+// Quantized weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K) are multiplied against activations
+// quantized per block of 32 to int8 ("q8a"): d = amax / 127, q = rint(x * 127 / amax) (round half to even), and s = d *
+// sum(q) for the Q4 offset terms. This is the deliberate precision trade that lets the dots run in integer SIMD; tests
+// measure its cost against the fp32 reference. Float weights (F32, F16, BF16) are multiplied against f32 activations.
 //
 // Every function has a scalar `_ref` version that is always compiled and tested; the selected
 // version (SIMD where the build has it) is reached only through `cpu_traits(dtype)`.

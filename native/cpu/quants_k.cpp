@@ -141,8 +141,8 @@ float dot_k_q8_ref(int64_t n, const void* w, ActQ8 a) {
       const int64_t ab = s * 8 + j;  // activation block
       int32_t sum = 0;
       for (int l = 0; l < 32; ++l) sum += k_code(blk[s], j, l) * a.q[ab * kQK + l];
-      acc += d * static_cast<float>(sc[j]) * a.d[ab] * static_cast<float>(sum) -
-             dmin * static_cast<float>(m[j]) * a.s[ab];
+      acc +=
+          d * static_cast<float>(sc[j]) * a.d[ab] * static_cast<float>(sum) - dmin * static_cast<float>(m[j]) * a.s[ab];
     }
   }
   return acc;

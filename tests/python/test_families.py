@@ -318,8 +318,8 @@ def test_check_tensors():
         check_tensors(cfg, {**t, "blk.2.attn_q.weight": (DType.F16, (64, 64))}, "llama", "s")
     with pytest.raises(UnsupportedDType, match="output_norm.weight: dtype Q8_0"):
         check_tensors(cfg, {**t, "output_norm.weight": (DType.Q8_0, (64,))}, "llama", "s")
-    with pytest.raises(UnsupportedDType, match="Q4_K"):
-        check_tensors(cfg, table(cfg, DType.Q4_K), "llama", "s")
+    with pytest.raises(UnsupportedDType, match="Q2_K"):
+        check_tensors(cfg, table(cfg, DType.Q2_K), "llama", "s")
     with pytest.raises(ShapeMismatch, match="token_embd.weight: expected 100x64, got 99x64"):
         check_tensors(cfg, {**t, "token_embd.weight": (DType.F16, (99, 64))}, "llama", "s")
     huge = {**cfg, "n_layer": 10**9}

@@ -474,7 +474,7 @@ def test_matmul_errors(fn):
     _raises(errors.ShapeMismatch, tag, f, Q8_0, raw, 0, 64, x)  # no rows
     _raises(errors.ShapeMismatch, tag, f, Q8_0, raw, 2, 64, x[:, :63])  # x not a multiple
     _raises(errors.ShapeMismatch, tag, f, F32, np.zeros(0, np.uint8), 1, 0, x)  # cols == 0
-    for bad in (4, 6, 12, 99, -1):  # Q4_2 (removed), Q5_0, Q4_K: valid GGML ids, no kernels
+    for bad in (4, 10, 11, 99, -1):  # Q4_2 (removed), Q2_K, Q3_K: valid GGML ids, no kernels
         msg = _raises(errors.UnsupportedDType, "[dtype]", f, bad, raw, 2, 64, x)
         assert f"kernels.{fn}" in msg and str(bad) in msg
 

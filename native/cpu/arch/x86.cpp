@@ -10,8 +10,8 @@
 #include "cpu/quants.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
 #define METALLIC_HAVE_AVX2 1
+#include "cpu/arch/x86_simd.h"
 #endif
 
 namespace metallic::cpu::x86 {
@@ -20,41 +20,7 @@ namespace metallic::cpu::x86 {
 
 bool available() { return true; }
 
-namespace {
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  const __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  __m128 sums = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, sums);
-  sums = _mm_add_ss(sums, sh);
-  return _mm_cvtss_f32(sums);
-}
-
-// Sum over groups of four u8*s8 products into eight int32 lanes.
-inline __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#else
-  const __m256i p16 = _mm256_maddubs_epi16(u, s);
-  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-#endif
-}
-
-// 16 packed bytes -> 32 nibbles (elements 0..15 = low nibbles, 16..31 = high nibbles).
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  const __m128i lo = _mm_and_si128(raw, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-  return _mm256_set_m128i(hi, lo);
-}
-
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-}  // namespace
+using namespace simd;
 
 void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) {
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
@@ -99,43 +65,53 @@ void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) {
   }
 }
 
+// One activation against one row. Blocks are taken in pairs with separate accumulators so the
+// FMA latency chains (vector and scalar offset) overlap; an odd last block goes to the first.
+template <bool kSigned, typename Decode, typename Scale, typename Offset>
+inline float dot1(int64_t n, const ActQ8& a, Decode decode, Scale scale, Offset offset) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float off0 = 0.f, off1 = 0.f;
+  auto block = [&](int64_t b, __m256& acc, float& off) {
+    __m256i raw;
+    const __m256i u = decode(b, raw);
+    __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
+    if constexpr (kSigned) av = _mm256_sign_epi8(av, raw);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(scale(b) * a.d[b]), _mm256_cvtepi32_ps(dot_u8s8(u, av)), acc);
+    if constexpr (!kSigned) off += offset(b) * a.s[b];
+  };
+  const int64_t nb = n / kQK;
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    block(b, acc0, off0);
+    block(b + 1, acc1, off1);
+  }
+  if (b < nb) block(b, acc0, off0);
+  return hsum(_mm256_add_ps(acc0, acc1)) + (off0 + off1);
+}
+
 float dot_q8_0_q8(int64_t n, const void* w, ActQ8 a) {
   const auto* blk = static_cast<const BlockQ8_0*>(w);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[b].qs));
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
-    const __m256i p = dot_u8s8(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk[b].d) * a.d[b]), _mm256_cvtepi32_ps(p), acc);
-  }
-  return hsum(acc);
+  return dot1<true>(
+      n, a,
+      [&](int64_t b, __m256i& raw) {
+        raw = load32(blk[b].qs);
+        return _mm256_sign_epi8(raw, raw);
+      },
+      [&](int64_t b) { return h2f(blk[b].d); }, [](int64_t) { return 0.f; });
 }
 
 float dot_q4_0_q8(int64_t n, const void* w, ActQ8 a) {
   const auto* blk = static_cast<const BlockQ4_0*>(w);
-  __m256 acc = _mm256_setzero_ps();
-  float offset = 0.f;
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
-    const __m256i p = dot_u8s8(unpack_nibbles(blk[b].qs), av);
-    const float dw = h2f(blk[b].d);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d[b]), _mm256_cvtepi32_ps(p), acc);
-    offset += dw * a.s[b];
-  }
-  return hsum(acc) - 8.f * offset;
+  return dot1<false>(
+      n, a, [&](int64_t b, __m256i&) { return unpack_nibbles(blk[b].qs); }, [&](int64_t b) { return h2f(blk[b].d); },
+      [&](int64_t b) { return -8.f * h2f(blk[b].d); });
 }
 
 float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a) {
   const auto* blk = static_cast<const BlockQ4_1*>(w);
-  __m256 acc = _mm256_setzero_ps();
-  float offset = 0.f;
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
-    const __m256i p = dot_u8s8(unpack_nibbles(blk[b].qs), av);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk[b].d) * a.d[b]), _mm256_cvtepi32_ps(p), acc);
-    offset += h2f(blk[b].m) * a.s[b];
-  }
-  return hsum(acc) + offset;
+  return dot1<false>(
+      n, a, [&](int64_t b, __m256i&) { return unpack_nibbles(blk[b].qs); }, [&](int64_t b) { return h2f(blk[b].d); },
+      [&](int64_t b) { return h2f(blk[b].m); });
 }
 
 // Four activations against one row: the weight block is loaded and unpacked once.
