@@ -50,12 +50,12 @@ def random_weights(dtype: DType, rows: int, cols: int, rng) -> np.ndarray:
     return blocks.reshape(-1)
 
 
-def best_time(fn, reps: int) -> float:
-    fn()  # warm caches and pages
+def best_time(reps: int, fn, *args) -> float:
+    fn(*args)  # warm caches and pages
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
+        fn(*args)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -77,11 +77,11 @@ def main() -> None:
         raw = random_weights(dt, rows, cols, rng)
         one_row = raw[: len(raw) // rows]
         gb = raw.nbytes / 1e9
-        t_mv = best_time(lambda: K.matvec(int(dt), raw, rows, cols, x1, True), args.reps)
-        t_m1 = best_time(lambda: K.matmul(int(dt), raw, rows, cols, x1, 1), args.reps)
-        t_m2 = best_time(lambda: K.matmul(int(dt), raw, rows, cols, x1, 2), args.reps)
-        t_o2 = best_time(lambda: K.matmul(int(dt), one_row, 1, cols, x1, 2), args.reps)
-        t_x4 = best_time(lambda: K.matmul(int(dt), raw, rows, cols, x4, 1), args.reps)
+        t_mv = best_time(args.reps, K.matvec, int(dt), raw, rows, cols, x1, True)
+        t_m1 = best_time(args.reps, K.matmul, int(dt), raw, rows, cols, x1, 1)
+        t_m2 = best_time(args.reps, K.matmul, int(dt), raw, rows, cols, x1, 2)
+        t_o2 = best_time(args.reps, K.matmul, int(dt), one_row, 1, cols, x1, 2)
+        t_x4 = best_time(args.reps, K.matmul, int(dt), raw, rows, cols, x4, 1)
         print(
             f"{dt.name:6} {raw.nbytes / 1e6:6.2f} {gb / t_mv:7.1f} {gb / t_m1:7.1f} "
             f"{gb / t_m2:7.1f} {gb / max(t_m2 - t_o2, 1e-9):7.1f} {4 * gb / t_x4:7.1f}"

@@ -9,4 +9,11 @@ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTAB
 cmake --build "$BUILD_DIR" -j"$(nproc)"
 so=$(ls "$BUILD_DIR"/_core*.so)
 ln -sf "$(realpath "$so")" "src/metallic/$(basename "$so")"
+# The Metal emulator's kernels (built only when clang++-19 exists), dlopen'ed from the package dir.
+emu="$BUILD_DIR/libmetallic_shaders_emu.so"
+if [ -f "$emu" ]; then
+  ln -sf "$(realpath "$emu")" "src/metallic/libmetallic_shaders_emu.so"
+else
+  rm -f "src/metallic/libmetallic_shaders_emu.so"
+fi
 echo "built $so"

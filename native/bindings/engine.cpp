@@ -85,7 +85,7 @@ void init_engine(nb::module_& m) {
       .def(
           "__init__",
           [](PyEngine* self, const ModelConfig& cfg, const std::unordered_map<std::string, PyWeight>& weights,
-             const std::string& device, int threads, int64_t context_length, int kv_dtype) {
+             const std::string& device, int threads, int64_t context_length, int kv_dtype, bool weights_evictable) {
             new (self) PyEngine();
             WeightMap wm;
             wm.reserve(weights.size());
@@ -100,10 +100,11 @@ void init_engine(nb::module_& m) {
             }
             const DType kv = dtype_from_int(kv_dtype, "kv_dtype");
             nb::gil_scoped_release release;
-            self->engine = std::make_unique<Engine>(cfg, wm, device, threads, context_length, kv);
+            self->engine = std::make_unique<Engine>(cfg, wm, device, threads, context_length, kv, weights_evictable);
           },
           nb::arg("config"), nb::arg("weights"), nb::arg("device") = "cpu", nb::arg("threads") = 0,
-          nb::arg("context_length") = 4096, nb::arg("kv_dtype") = static_cast<int>(DType::kF16))
+          nb::arg("context_length") = 4096, nb::arg("kv_dtype") = static_cast<int>(DType::kF16),
+          nb::arg("weights_evictable") = false)
       .def(
           "forward",
           [](PyEngine& self, Tokens tokens, int64_t start_pos, Logits2D logits_out, bool all_logits) {
@@ -135,6 +136,26 @@ void init_engine(nb::module_& m) {
                                                                     nb::find(&self));
           },
           nb::rv_policy::reference_internal, "View of the last position's logits (valid until the next call).")
+      .def(
+          "kv_bytes", [](PyEngine& self, int64_t n) { return self.get("engine.kv_bytes").kv_bytes(n); },
+          nb::arg("n_tokens"), "Bytes of KV cache rows for positions [0, n_tokens) (read_kv / write_kv).")
+      .def(
+          "read_kv",
+          [](PyEngine& self, int64_t n, nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> out) {
+            Engine& e = self.get("engine.read_kv");
+            nb::gil_scoped_release release;
+            e.read_kv(n, out.data(), out.shape(0));
+          },
+          nb::arg("n_tokens"), nb::arg("out"), "Copies the KV rows of positions [0, n_tokens) into out (uint8).")
+      .def(
+          "write_kv",
+          [](PyEngine& self, int64_t n, Bytes data) {
+            Engine& e = self.get("engine.write_kv");
+            nb::gil_scoped_release release;
+            e.write_kv(n, data.data(), data.shape(0));
+          },
+          nb::arg("n_tokens"), nb::arg("data"), "Overwrites the KV rows of positions [0, n_tokens) from data.")
+      .def_prop_ro("kv_dtype", [](PyEngine& self) { return static_cast<int>(self.get("engine").kv_dtype()); })
       .def("cancel",
            [](PyEngine& self) {
              if (self.engine) self.engine->cancel();

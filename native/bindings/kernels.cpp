@@ -1,6 +1,7 @@
 // Test entry points: each CPU kernel (reference and selected SIMD version) and each device op,
 // callable from numpy so tests/python/test_kernels.py can check them against numpy references.
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
@@ -9,7 +10,9 @@
 
 #include "bindings/bindings.h"
 #include "core/device.h"
+#include "cpu/quantize.h"
 #include "cpu/quants.h"
+#include "cpu/thread_pool.h"
 
 namespace nb = nanobind;
 
@@ -155,7 +158,8 @@ void init_kernels(nb::module_& m) {
   // Device-level ops on the CPU device (threads as given), for op tests with edge sizes.
   k.def(
       "matmul",
-      [](int dtype, BytesIn w, int64_t rows, int64_t cols, F32In x, int threads) {
+      [](int dtype, BytesIn w, int64_t rows, int64_t cols, F32In x, int threads, bool repack, std::optional<F32In> bias,
+         std::optional<F32In> accumulate_into) {
         const DType dt = dtype_from_int(dtype, "kernels.matmul");
         checked_cols(dt, cols, "kernels.matmul");
         check(w.shape(0) == row_bytes(dt, cols) * static_cast<size_t>(rows) && rows > 0, ErrorCode::kShapeMismatch,
@@ -163,25 +167,93 @@ void init_kernels(nb::module_& m) {
         check(x.size() % static_cast<size_t>(cols) == 0 && x.size() > 0, ErrorCode::kShapeMismatch, "kernels.matmul",
               "x: expected a multiple of cols values");
         const int64_t nt = static_cast<int64_t>(x.size()) / cols;
+        check(!bias || static_cast<int64_t>(bias->size()) == rows, ErrorCode::kShapeMismatch, "kernels.matmul",
+              "bias: expected rows values");
+        check(!accumulate_into || static_cast<int64_t>(accumulate_into->size()) == nt * rows, ErrorCode::kShapeMismatch,
+              "kernels.matmul", "accumulate_into: expected (tokens, rows) values");
         DeviceLimits lim;
         lim.max_tokens = nt;
         lim.max_cols = cols;
         auto dev = make_device("cpu", threads, lim);
         std::vector<float> out(static_cast<size_t>(nt * rows));
+        if (accumulate_into) std::memcpy(out.data(), accumulate_into->data(), out.size() * sizeof(float));
         OpCall c{OpCode::kMatMul};
         c.t[0] = host_tensor(*dev, x.data(), DType::kF32, nt, cols);
         c.t[1] = host_tensor(*dev, w.data(), dt, rows, cols);
+        if (bias) c.t[4] = host_tensor(*dev, bias->data(), DType::kF32, 1, rows);
         c.t[7] = host_tensor(*dev, out.data(), DType::kF32, nt, rows);
         c.p.n_tokens = nt;
         c.p.n_weights = 1;
+        c.p.accumulate = accumulate_into.has_value();
         {
           nb::gil_scoped_release release;
+          if (repack) c.t[1] = dev->prepare_weight(c.t[1], false);
           dev->run(c);
           dev->synchronize();
         }
         return owned_array(std::move(out), {static_cast<size_t>(nt), static_cast<size_t>(rows)});
       },
-      nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("threads") = 2);
+      nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("threads") = 2,
+      nb::arg("repack") = false, nb::arg("bias") = nb::none(), nb::arg("accumulate_into") = nb::none(),
+      "The device matmul op; repack=True first lets the device repack W as it does at load.");
+
+  k.def(
+      "embed",
+      [](int dtype, BytesIn w, int64_t rows, int64_t cols, nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig> ids,
+         bool repack) {
+        const DType dt = dtype_from_int(dtype, "kernels.embed");
+        checked_cols(dt, cols, "kernels.embed");
+        check(w.shape(0) == row_bytes(dt, cols) * static_cast<size_t>(rows) && rows > 0, ErrorCode::kShapeMismatch,
+              "kernels.embed", "weight bytes do not match rows x cols");
+        const auto nt = static_cast<int64_t>(ids.shape(0));
+        for (int64_t i = 0; i < nt; ++i)
+          check(ids.data()[i] >= 0 && ids.data()[i] < rows, ErrorCode::kInvalidArgument, "kernels.embed",
+                "token id outside the table");
+        DeviceLimits lim;
+        lim.max_tokens = std::max<int64_t>(nt, 1);
+        lim.max_cols = cols;
+        auto dev = make_device("cpu", 2, lim);
+        std::vector<float> out(static_cast<size_t>(nt * cols));
+        OpCall c{OpCode::kEmbed};
+        c.t[0] = host_tensor(*dev, w.data(), dt, rows, cols);
+        if (repack) c.t[0] = dev->prepare_weight(c.t[0], false);
+        c.t[1] = host_tensor(*dev, ids.data(), DType::kF32, 1, std::max<int64_t>(nt, 1));
+        c.t[2] = host_tensor(*dev, out.data(), DType::kF32, nt, cols);
+        c.p.n_tokens = nt;
+        c.p.scale = 1.f;
+        dev->run(c);
+        return owned_array(std::move(out), {static_cast<size_t>(nt), static_cast<size_t>(cols)});
+      },
+      nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"), nb::arg("ids"), nb::arg("repack") = false);
+
+  k.def(
+      "quantize",
+      [](int from, BytesIn src, int64_t rows, int64_t cols, int to, int threads, const std::string& name) {
+        const DType f = dtype_from_int(from, "kernels.quantize");
+        const DType t = dtype_from_int(to, "kernels.quantize");
+        check(rows > 0 && cols > 0 && cols % dtype_info(f).block_elems == 0, ErrorCode::kShapeMismatch,
+              "kernels.quantize", name + ": bad shape " + std::to_string(rows) + "x" + std::to_string(cols));
+        check(src.shape(0) == row_bytes(f, cols) * static_cast<size_t>(rows), ErrorCode::kShapeMismatch,
+              "kernels.quantize", name + ": byte count does not match rows x cols");
+        check(cols % 32 == 0, ErrorCode::kShapeMismatch, "kernels.quantize",
+              name + ": row length " + std::to_string(cols) + " is not a multiple of 32");
+        std::vector<uint8_t> out(row_bytes(t, cols) * static_cast<size_t>(rows));
+        {
+          nb::gil_scoped_release release;
+          cpu::ThreadPool pool(threads);
+          pool.parallel_for(
+              rows,
+              [&](int64_t r0, int64_t r1, int) {
+                cpu::quantize_rows(f, src.data(), t, out.data(), r0, r1, cols, name.c_str());
+              },
+              8);
+        }
+        const size_t n = out.size();
+        return owned_array(std::move(out), {n});
+      },
+      nb::arg("src_dtype"), nb::arg("src"), nb::arg("rows"), nb::arg("cols"), nb::arg("dst_dtype"),
+      nb::arg("threads") = 2, nb::arg("name") = "tensor",
+      "Quantizes F32/F16/BF16 rows to Q8_0 or Q4_0 (GGML reference rounding); returns the bytes.");
 
   k.def(
       "rms_norm",

@@ -24,7 +24,14 @@ struct Buffer {
   void* handle = nullptr;
 };
 
-// A 2-D view (rows, cols) into a buffer; row r starts at offset + r * row_stride bytes.
+// How a weight's rows are laid out in its buffer.
+enum class Layout : int32_t {
+  kRows,          // row r at offset + r * row_stride
+  kInterleaved8,  // a device repack: groups of 8 rows interleaved block by block (group g at
+                  // offset + g * group_stride), then the rows % 8 tail rows row-major
+};
+
+// A 2-D view (rows, cols) into a buffer; row r starts at offset + r * row_stride bytes (kRows).
 struct Tensor {
   Buffer buf;
   size_t offset = 0;
@@ -32,6 +39,8 @@ struct Tensor {
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_stride = 0;  // bytes
+  Layout layout = Layout::kRows;
+  size_t group_stride = 0;  // kInterleaved8: bytes per group of 8 rows
 
   template <typename T>
   T* ptr() const {
@@ -91,6 +100,11 @@ class Device {
   // Zero-copy view of caller-owned host memory that outlives the buffer.
   virtual Buffer wrap_host(const void* ptr, size_t nbytes) = 0;
   virtual void release(Buffer& buf) = 0;
+  // Once per weight at load: returns the tensor to compute with. A device may repack it into a
+  // layout of its own (its memory, freed with the device); the view's contents stay valid.
+  // `evictable`: the view is a read-only shared file mapping, so after a repack the device may
+  // drop its pages from the process (madvise DONTNEED re-reads them from the file if touched).
+  virtual Tensor prepare_weight(const Tensor& view, bool evictable) = 0;
   virtual void copy_in(const Buffer& dst, size_t offset, const void* src, size_t nbytes) = 0;
   virtual void copy_out(const Buffer& src, size_t offset, void* dst, size_t nbytes) = 0;
   virtual bool supports(OpCode op, DType dtype) const = 0;

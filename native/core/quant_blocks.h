@@ -17,7 +17,11 @@
 // The layouts of the packed fields are spelled out at each struct.
 #pragma once
 
+#ifdef __METAL_VERSION__
+#include <metal_stdlib>  // shaders: fixed-width integer types come with the standard library
+#else
 #include <cstdint>
+#endif
 
 namespace metallic {
 

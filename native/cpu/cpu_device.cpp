@@ -1,12 +1,18 @@
 // The CPU device: host memory buffers, a persistent thread pool, and the kernels in kernels.cpp.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "core/device.h"
 #include "cpu/kernels.h"
+#include "cpu/quants.h"
+#include "cpu/repack.h"
 
 namespace metallic {
 
@@ -25,6 +31,10 @@ class CpuDevice final : public Device {
     scratch_.act_s8.resize(act / 32 + 1);
     scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(lim.kv_capacity + 2 * lim.head_dim));
     scratch_.rope_cs.resize(static_cast<size_t>(lim.max_tokens * lim.head_dim));
+  }
+
+  ~CpuDevice() override {
+    for (Buffer& b : prepared_) release(b);
   }
 
   const char* name() const override { return "cpu"; }
@@ -48,6 +58,29 @@ class CpuDevice final : public Device {
   void release(Buffer& buf) override {
     if (buf.handle != nullptr) std::free(buf.handle);
     buf = Buffer{};
+  }
+
+  Tensor prepare_weight(const Tensor& view, bool evictable) override {
+    // Repack 32-wide quantized weights into 8-row interleaved blocks when this build has the
+    // kernels (Q8_0's +128 storage needs VNNI: without it vpmaddubsw would saturate).
+    const size_t bb = cpu::interleaved_block_bytes(view.dtype);
+    const bool q8_ok = view.dtype != DType::kQ8_0 || kHaveVnni;
+    if (bb == 0 || !q8_ok || view.rows < 8 || view.layout != Layout::kRows || cpu::dot_x8_fn(view.dtype) == nullptr)
+      return view;
+    const int64_t groups = view.rows / 8;
+    const size_t group_stride = bb * static_cast<size_t>(view.cols / 32);
+    const size_t tail = static_cast<size_t>(view.rows % 8) * view.row_stride;
+    Buffer b = alloc(static_cast<size_t>(groups) * group_stride + tail);
+    prepared_.push_back(b);
+    Tensor out = view;
+    out.buf = b;
+    out.offset = 0;
+    out.layout = Layout::kInterleaved8;
+    out.group_stride = group_stride;
+    pool_.parallel_for(groups, [&](int64_t g0, int64_t g1, int) { cpu::repack_groups(view, out, g0, g1); }, 8);
+    if (tail != 0) std::memcpy(static_cast<char*>(b.host) + groups * group_stride, view.row(groups * 8), tail);
+    if (evictable) drop_pages(view.row(0), view.row_stride * static_cast<size_t>(view.rows));
+    return out;
   }
 
   void copy_in(const Buffer& dst, size_t offset, const void* src, size_t nbytes) override {
@@ -87,6 +120,22 @@ class CpuDevice final : public Device {
   void synchronize() override {}  // ops run synchronously
 
  private:
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  static constexpr bool kHaveVnni = true;
+#else
+  static constexpr bool kHaveVnni = false;
+#endif
+
+  // Drops the whole pages inside [p, p + n) of a read-only shared file mapping from this
+  // process (they stay in the page cache and re-fault from the file if ever touched again).
+  static void drop_pages(const void* p, size_t n) {
+    const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const auto begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // best effort
+  }
+
+  std::vector<Buffer> prepared_;  // repacked weights owned by the device
   cpu::ThreadPool pool_;
   cpu::Scratch scratch_;
 };

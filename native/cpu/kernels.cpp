@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "cpu/quants.h"
+#include "cpu/repack.h"
 #include "cpu/tile.h"
 
 namespace metallic::cpu {
@@ -24,10 +25,19 @@ void op_embed(const OpCall& c, ThreadPool& pool) {
   const Tensor& out = c.t[2];
   const RowToF32Fn to_f32 = cpu_traits(table.dtype).to_f32;
   const float scale = c.p.scale;
+  const bool interleaved = table.layout == Layout::kInterleaved8;
+  const int64_t grouped = table.rows / 8 * 8;
   pool.parallel_for(c.p.n_tokens, [&](int64_t b, int64_t e, int) {
     for (int64_t t = b; t < e; ++t) {
       float* o = out.ptr<float>() + t * out.cols;
-      to_f32(table.cols, table.row(tokens[t]), o);
+      const int64_t r = tokens[t];
+      if (!interleaved) {
+        to_f32(table.cols, table.row(r), o);
+      } else if (r < grouped) {
+        interleaved_row_to_f32(table, r, o);
+      } else {
+        to_f32(table.cols, interleaved_tail_row(table, r), o);
+      }
       if (scale != 1.f)
         for (int64_t i = 0; i < out.cols; ++i) o[i] *= scale;
     }
@@ -57,6 +67,51 @@ void op_rms_norm(const OpCall& c, ThreadPool& pool) {
   }
 }
 
+// Weights repacked into 8-row groups (cpu/repack.h): parallel over groups (and tail rows) of
+// all weights of the call; each group computes its 8 rows for every token.
+static void matmul_interleaved(const OpCall& c, ThreadPool& pool, Scratch& s, const CpuTypeTraits& tr) {
+  const int64_t nt = c.p.n_tokens;
+  const int64_t cols = c.t[0].cols;
+  const int64_t nb = cols / 32;
+  const int nw = c.p.n_weights;
+  const DotX8Fn fn = dot_x8_fn(c.t[1].dtype);
+  int64_t base[4] = {0, 0, 0, 0};  // unit = one group of 8 rows or one tail row
+  for (int i = 0; i < nw; ++i) base[i + 1] = base[i] + c.t[1 + i].rows / 8 + c.t[1 + i].rows % 8;
+  const ActRows a{s.act_q.data(), s.act_d.data(), s.act_s.data(), nt};
+  const bool acc = c.p.accumulate;
+  pool.parallel_for(
+      base[nw],
+      [&](int64_t b, int64_t e, int) {
+        for (int wi = 0; wi < nw; ++wi) {
+          const Tensor& w = c.t[1 + wi];
+          const float* bias = c.t[4 + wi].valid() ? c.t[4 + wi].ptr<const float>() : nullptr;
+          const Tensor& out = c.t[7 + wi];
+          const int64_t groups = w.rows / 8;
+          const int64_t u0 = std::max(b, base[wi]) - base[wi];
+          const int64_t u1 = std::min(e, base[wi + 1]) - base[wi];
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t r0 = u < groups ? 8 * u : 8 * groups + (u - groups);
+            float* o = out.ptr<float>() + r0;
+            if (u < groups) {
+              fn(cols, static_cast<const char*>(w.buf.host) + w.offset + static_cast<size_t>(u) * w.group_stride, a, o,
+                 out.cols, acc);
+              if (bias != nullptr)
+                for (int64_t t = 0; t < nt; ++t)
+                  for (int i = 0; i < 8; ++i) o[t * out.cols + i] += bias[r0 + i];
+              continue;
+            }
+            const void* row = interleaved_tail_row(w, r0);
+            for (int64_t t = 0; t < nt; ++t) {
+              const float v =
+                  tr.dot_q8(cols, row, ActQ8{a.q + t * cols, a.d + t * nb, a.s + t * nb}) + (bias ? bias[r0] : 0.f);
+              o[t * out.cols] = acc ? o[t * out.cols] + v : v;
+            }
+          }
+        }
+      },
+      2);
+}
+
 void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const Tensor& x = c.t[0];
   const int64_t nt = c.p.n_tokens;
@@ -84,6 +139,10 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
     } else {
       pool.parallel_for(nt, qbody);
     }
+  }
+  if (c.t[1].layout == Layout::kInterleaved8) {
+    matmul_interleaved(c, pool, s, tr);
+    return;
   }
   // Prefill: transpose the activation scales per 8-token tile for the tile kernels.
   const DotQ8x8Fn tile_fn = tr.act_q8 && nt >= kTile ? dot_q8_x8_fn(c.t[1].dtype) : nullptr;

@@ -85,7 +85,15 @@ void ThreadPool::parallel_for(int64_t n, const Fn& fn, int64_t grain) {
   }
   cv_.notify_all();
   run_chunk(0);
-  while (pending_.load(std::memory_order_acquire) != 0) METALLIC_PAUSE();
+  // Spin briefly (the usual hand-off is sub-microsecond), then yield: on a machine where another
+  // process holds a core, pure spinning would burn whole time slices the worker needs.
+  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+    if (spin < kSpinIterations) {
+      METALLIC_PAUSE();
+    } else {
+      std::this_thread::yield();
+    }
+  }
   fn_ = nullptr;
   if (error_) std::rethrow_exception(error_);
 }

@@ -47,8 +47,8 @@ Tensor row_view(const Tensor& t, int64_t first_row, int64_t rows) {
 }  // namespace
 
 Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
-               int64_t context_length, DType kv_dtype)
-    : cfg_(cfg), ctx_(context_length), kv_dtype_(kv_dtype) {
+               int64_t context_length, DType kv_dtype, bool weights_evictable)
+    : cfg_(cfg), ctx_(context_length), kv_dtype_(kv_dtype), weights_evictable_(weights_evictable) {
   const ModelConfig& c = cfg_;
   check_cfg(c.n_vocab > 0 && c.n_embd > 0 && c.n_layer > 0 && c.n_head > 0 && c.n_head_kv > 0 && c.n_ff > 0,
             "n_vocab, n_embd, n_layer, n_head, n_head_kv and n_ff must all be > 0");
@@ -168,7 +168,7 @@ Tensor Engine::weight(const WeightMap& w, const std::string& name, int64_t rows,
   check(device_->supports(OpCode::kMatMul, s.dtype), ErrorCode::kUnsupportedDType, "engine",
         "tensor " + name + ": " + info.name + " matmul is not supported on " + device_->name());
   Buffer b = device_->wrap_host(s.data, s.nbytes);
-  return Tensor{b, 0, s.dtype, rows, cols, rb};
+  return device_->prepare_weight(Tensor{b, 0, s.dtype, rows, cols, rb}, weights_evictable_);
 }
 
 Tensor Engine::vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required) {
@@ -220,7 +220,8 @@ Tensor Engine::activations(int64_t cols) {
 
 void Engine::matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
                     std::initializer_list<const Tensor*> outs, bool accumulate) {
-  // Weights sharing x are issued together when their dtypes match (one activation quantization).
+  // Weights sharing x are issued together when dtype and layout match (one activation
+  // quantization).
   const auto* w_it = wb.begin();
   const auto* o_it = outs.begin();
   while (w_it != wb.end()) {
@@ -230,7 +231,8 @@ void Engine::matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<
     call.p.accumulate = accumulate;
     int k = 0;
     const DType dt = w_it->first->dtype;
-    while (w_it != wb.end() && k < 3 && w_it->first->dtype == dt) {
+    const Layout lay = w_it->first->layout;
+    while (w_it != wb.end() && k < 3 && w_it->first->dtype == dt && w_it->first->layout == lay) {
       call.t[1 + k] = *w_it->first;
       if (w_it->second != nullptr) call.t[4 + k] = *w_it->second;
       call.t[7 + k] = **o_it;
@@ -347,6 +349,41 @@ void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float*
     batch(tokens + done, m, start_pos + done, all_logits ? out : (last_chunk ? logits_out : nullptr),
           all_logits && out != nullptr, all_logits || last_chunk);
   }
+}
+
+size_t Engine::kv_bytes(int64_t n) const {
+  const size_t elem = kv_dtype_ == DType::kF16 ? 2 : 4;
+  return static_cast<size_t>(n) * static_cast<size_t>(cfg_.n_layer * 2 * cfg_.n_head_kv * cfg_.head_dim) * elem;
+}
+
+void Engine::copy_kv(int64_t n, void* dst, const void* src, size_t nbytes, const char* where) {
+  check_open(where);
+  BusyGuard guard(busy_);
+  check(n >= 0 && n <= ctx_, ErrorCode::kInvalidArgument, where,
+        "n_tokens: expected 0.." + std::to_string(ctx_) + ", got " + std::to_string(n));
+  check(nbytes == kv_bytes(n), ErrorCode::kShapeMismatch, where,
+        "buffer: expected " + std::to_string(kv_bytes(n)) + " bytes for " + std::to_string(n) + " tokens, got " +
+            std::to_string(nbytes));
+  if (dst != nullptr) device_->synchronize();
+  size_t at = 0;
+  for (const Layer& L : layers_)
+    for (const Tensor* t : {&L.k_cache, &L.v_cache})
+      for (int64_t h = 0; h < cfg_.n_head_kv; ++h) {
+        const size_t off = t->offset + static_cast<size_t>(h * ctx_) * t->row_stride;
+        const size_t len = static_cast<size_t>(n) * t->row_stride;
+        if (dst != nullptr) {
+          device_->copy_out(t->buf, off, static_cast<uint8_t*>(dst) + at, len);
+        } else {
+          device_->copy_in(t->buf, off, static_cast<const uint8_t*>(src) + at, len);
+        }
+        at += len;
+      }
+}
+
+void Engine::read_kv(int64_t n, void* dst, size_t nbytes) { copy_kv(n, dst, nullptr, nbytes, "engine.read_kv"); }
+
+void Engine::write_kv(int64_t n, const void* src, size_t nbytes) {
+  copy_kv(n, nullptr, src, nbytes, "engine.write_kv");
 }
 
 int32_t Engine::decode(int32_t token, int64_t pos, Sampler& sampler) {

@@ -20,8 +20,10 @@ namespace metallic {
 class Engine {
  public:
   // Validates config and every weight (names, dtypes, shapes, byte sizes); throws typed errors.
+  // `weights_evictable`: every weight is a view of a read-only shared file mapping (see
+  // Device::prepare_weight); false for weights in ordinary memory.
   Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
-         int64_t context_length, DType kv_dtype);
+         int64_t context_length, DType kv_dtype, bool weights_evictable = false);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -31,6 +33,13 @@ class Engine {
   void forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits);
   // One token at `pos`; returns the token sampled from its logits.
   int32_t decode(int32_t token, int64_t pos, Sampler& sampler);
+
+  // KV rows of positions [0, n) of every layer, laid out (layer, K then V, kv head, position,
+  // head_dim) in the cache dtype: kv_bytes(n) bytes. For prompt-cache files; n <= context.
+  size_t kv_bytes(int64_t n) const;
+  void read_kv(int64_t n, void* dst, size_t nbytes);
+  void write_kv(int64_t n, const void* src, size_t nbytes);
+  DType kv_dtype() const { return kv_dtype_; }
 
   const float* last_logits() const { return last_logits_.data(); }
   void cancel() { cancel_.store(true, std::memory_order_release); }
@@ -53,11 +62,14 @@ class Engine {
   void matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
               std::initializer_list<const Tensor*> outs, bool accumulate);
   void check_open(const char* where) const;
+  // Exactly one of dst (read) and src (write) is non-null; see read_kv / write_kv.
+  void copy_kv(int64_t n, void* dst, const void* src, size_t nbytes, const char* where);
 
   ModelConfig cfg_;
   int64_t ctx_;
   int64_t max_batch_;
   DType kv_dtype_;
+  bool weights_evictable_;
   std::unique_ptr<Device> device_;
   std::vector<Buffer> owned_;  // buffers to release at close
   Tensor tok_embd_, output_norm_, output_, inv_freq_;

@@ -34,37 +34,116 @@ Sampler::Sampler(int64_t n_vocab, const SamplerParams& p) : n_vocab_(n_vocab), p
               p.repetition_penalty);
   check_param(p.repetition_window >= 0 && p.repetition_window <= (1 << 20), "repetition_window", "in [0, 1048576]",
               p.repetition_window);
+  check_param(std::isfinite(p.presence_penalty), "presence_penalty", "a finite value", p.presence_penalty);
+  check_param(std::isfinite(p.frequency_penalty), "frequency_penalty", "a finite value", p.frequency_penalty);
+  check_param(p.min_tokens >= 0, "min_tokens", ">= 0", p.min_tokens);
+  check_param(p.top_logprobs >= -1 && p.top_logprobs <= kMaxTopLogprobs, "top_logprobs",
+              "in [-1, " + std::to_string(kMaxTopLogprobs) + "]", p.top_logprobs);
+  for (const auto& [id, bias] : p.logit_bias) {
+    check_param(id >= 0 && id < n_vocab, "logit_bias", "token ids in [0, " + std::to_string(n_vocab) + ")", id);
+    check_param(std::isfinite(bias), "logit_bias", "finite biases", bias);
+  }
+  for (int32_t id : p.suppress_ids)
+    check_param(id >= 0 && id < n_vocab, "suppress_ids", "token ids in [0, " + std::to_string(n_vocab) + ")", id);
   work_.resize(static_cast<size_t>(n_vocab));
   idx_.resize(static_cast<size_t>(n_vocab));
   seen_.assign(static_cast<size_t>(n_vocab), 0);
+  counts_.assign(static_cast<size_t>(n_vocab), 0);
   history_.assign(static_cast<size_t>(p.repetition_window), 0);
+  mask_.assign(static_cast<size_t>((n_vocab + 31) / 32), 0xffffffffu);
+  if (p.top_logprobs >= 0) {
+    lp_val_.assign(static_cast<size_t>(p.top_logprobs) + 1, -INFINITY);
+    lp_id_.assign(static_cast<size_t>(p.top_logprobs) + 1, 0);
+  }
+  penalties_ = p.repetition_window > 0 &&
+               (p.repetition_penalty != 1.f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f);
 }
 
 void Sampler::reset() {
   state_ = p_.seed;
+  for (int64_t i = 0; i < hist_len_; ++i) counts_[static_cast<size_t>(history_[static_cast<size_t>(i)])] = 0;
   hist_pos_ = 0;
   hist_len_ = 0;
+  drawn_ = 0;
 }
 
 void Sampler::accept(int32_t token) {
   if (history_.empty() || token < 0 || token >= n_vocab_) return;
-  history_[static_cast<size_t>(hist_pos_)] = token;
-  hist_pos_ = (hist_pos_ + 1) % static_cast<int64_t>(history_.size());
-  hist_len_ = std::min<int64_t>(hist_len_ + 1, static_cast<int64_t>(history_.size()));
+  const int64_t cap = static_cast<int64_t>(history_.size());
+  int32_t& slot = history_[static_cast<size_t>(hist_pos_)];
+  if (hist_len_ == cap) --counts_[static_cast<size_t>(slot)];  // the oldest token leaves the window
+  slot = token;
+  ++counts_[static_cast<size_t>(token)];
+  hist_pos_ = (hist_pos_ + 1) % cap;
+  hist_len_ = std::min<int64_t>(hist_len_ + 1, cap);
 }
 
 double Sampler::next_uniform() { return static_cast<double>(splitmix64(state_) >> 11) * 0x1.0p-53; }
 
 int32_t Sampler::sample(const float* logits) {
+  const int32_t token = draw(logits);
+  ++drawn_;
+  if (!lp_val_.empty()) logprobs(logits, token);
+  return token;
+}
+
+void Sampler::logprobs(const float* logits, int32_t chosen) {
+  const int64_t n = n_vocab_;
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(std::exp(logits[i] - mx));
+  const double lse = static_cast<double>(mx) + std::log(sum);
+  lp_val_[0] = static_cast<float>(static_cast<double>(logits[chosen]) - lse);
+  lp_id_[0] = chosen;
+  // Top k by one scan with a sorted insertion window; ascending ids keep ties by lowest id.
+  const int64_t k = static_cast<int64_t>(lp_val_.size()) - 1;
+  if (k == 0) return;
+  float* val = lp_val_.data() + 1;
+  int32_t* ids = lp_id_.data() + 1;
+  int64_t filled = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = logits[i];
+    if (filled == k && !(x > val[k - 1])) continue;
+    int64_t j = filled < k ? filled++ : k - 1;
+    while (j > 0 && x > val[j - 1]) {
+      val[j] = val[j - 1];
+      ids[j] = ids[j - 1];
+      --j;
+    }
+    val[j] = x;
+    ids[j] = static_cast<int32_t>(i);
+  }
+  for (int64_t j = 0; j < k; ++j) val[j] = static_cast<float>(static_cast<double>(val[j]) - lse);
+}
+
+int32_t Sampler::draw(const float* logits) {
   const int64_t n = n_vocab_;
   float* w = work_.data();
   std::copy(logits, logits + n, w);
-  if (p_.repetition_penalty != 1.f) {
+  for (const auto& [id, bias] : p_.logit_bias) w[id] += bias;
+  if (mask_on_) {
+    const int64_t words = static_cast<int64_t>(mask_.size());
+    for (int64_t wi = 0; wi < words; ++wi) {
+      const uint32_t m = mask_[static_cast<size_t>(wi)];
+      if (m == 0xffffffffu) continue;
+      const int64_t base = wi * 32;
+      const int64_t end = std::min<int64_t>(32, n - base);
+      for (int64_t b = 0; b < end; ++b)
+        if (!((m >> b) & 1u)) w[base + b] = -INFINITY;
+    }
+  }
+  if (drawn_ < p_.min_tokens)
+    for (int32_t id : p_.suppress_ids) w[id] = -INFINITY;
+  if (penalties_) {
+    // Each distinct token of the window once: repetition (llama.cpp rule: logit > 0 → /p, else
+    // *p), then presence and frequency (OpenAI: - presence - frequency * count).
     for (int64_t i = 0; i < hist_len_; ++i) {
-      const int32_t t = history_[static_cast<size_t>(i)];
-      if (seen_[static_cast<size_t>(t)]) continue;
-      seen_[static_cast<size_t>(t)] = 1;
-      w[t] = w[t] > 0.f ? w[t] / p_.repetition_penalty : w[t] * p_.repetition_penalty;
+      const auto t = static_cast<size_t>(history_[static_cast<size_t>(i)]);
+      if (seen_[t]) continue;
+      seen_[t] = 1;
+      if (p_.repetition_penalty != 1.f) w[t] = w[t] > 0.f ? w[t] / p_.repetition_penalty : w[t] * p_.repetition_penalty;
+      w[t] -= p_.presence_penalty + p_.frequency_penalty * static_cast<float>(counts_[t]);
     }
     for (int64_t i = 0; i < hist_len_; ++i) seen_[static_cast<size_t>(history_[static_cast<size_t>(i)])] = 0;
   }
@@ -72,6 +151,8 @@ int32_t Sampler::sample(const float* logits) {
     int64_t best = 0;
     for (int64_t i = 1; i < n; ++i)
       if (w[i] > w[best]) best = i;
+    check(w[best] > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
+          "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
     return static_cast<int32_t>(best);
   }
   // Candidates: all ids, or the top_k by logit.
@@ -85,6 +166,8 @@ int32_t Sampler::sample(const float* logits) {
   }
   float mx = -INFINITY;
   for (int64_t i = 0; i < m; ++i) mx = std::max(mx, w[idx[i]]);
+  check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
+        "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
   const float inv_t = 1.f / p_.temperature;
   double total = 0.0;
   for (int64_t i = 0; i < m; ++i) {
@@ -143,7 +226,11 @@ int32_t Sampler::sample(const float* logits) {
     c += w[idx[i]];
     if (u < c) return idx[i];
   }
-  return idx[m - 1];
+  // Rounding left u at or past the running sum: the last candidate with non-zero probability
+  // (never a masked or underflowed one).
+  for (int64_t i = m - 1; i > 0; --i)
+    if (w[idx[i]] > 0.f) return idx[i];
+  return idx[0];
 }
 
 }  // namespace metallic

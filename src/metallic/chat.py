@@ -13,12 +13,24 @@ Error mapping (all messages start with ``[tokenizer] chat_template:``):
   a sandbox violation) → :class:`~metallic.errors.InvalidArgument` (usually the messages);
 * ``messages`` is not a list of ``{"role": str, "content": str}`` dicts →
   :class:`~metallic.errors.InvalidArgument`.
+
+A template comes from a file that may be hostile, so rendering is bounded: the sandbox already
+blocks attribute tricks and caps one ``range`` at 100k items; on top of that ``*`` may not build
+a sequence over :data:`MAX_SEQUENCE` items, ``**`` may not build an integer over
+:data:`MAX_POWER_BITS` bits, ``%`` / ``format`` / ``center`` may not ask for widths of
+:data:`MAX_WIDTH` or more, and one render may execute at most :data:`MAX_STEPS` template lines
+(counted by a ``sys.settrace`` hook on the template's own frames only, removed afterwards), so
+nested loops end in :class:`~metallic.errors.InvalidArgument` instead of hanging.
+DEBT: other amplifiers (``str.replace`` of a long string by a long one) are only bounded by the
+memory allocator, whose ``MemoryError`` also ends in ``InvalidArgument``.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
+import sys
 from typing import Any
 
 import jinja2
@@ -39,8 +51,70 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+MAX_SEQUENCE = 1 << 22  # items a `*` may build (characters of a str, elements of a list)
+MAX_POWER_BITS = 1 << 16  # bits of an integer a `**` may build
+MAX_WIDTH = 100_000  # field width / precision in `%`, `format`, `center`
+MAX_STEPS = 2_000_000  # template source lines executed in one render (~1 s)
+_WIDE = re.compile(rf"\d{{{len(str(MAX_WIDTH))},}}")  # a number of MAX_WIDTH or more
+
+
 class _RaisedByTemplate(Exception):
     """Raised by the template's own ``raise_exception(msg)`` call."""
+
+
+class _LimitExceeded(Exception):
+    """A render went past one of the resource caps above."""
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_format(fmt: object) -> None:
+    if isinstance(fmt, str) and _WIDE.search(fmt):
+        raise _LimitExceeded(f"a format width or precision of {MAX_WIDTH} or more in {fmt!r:.60}")
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus size caps on the operators that amplify their input."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if _is_int(n) and hasattr(seq, "__len__") and len(seq) * n > MAX_SEQUENCE:
+                    raise _LimitExceeded(f"`*` would build {len(seq) * n} items")
+        elif operator == "**":
+            bits = left.bit_length() * right if _is_int(left) and _is_int(right) else 0
+            if bits > MAX_POWER_BITS:
+                raise _LimitExceeded(f"`**` would build a {bits}-bit int")
+        elif operator == "%":
+            _check_format(left)
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:  # value is str.format / str.format_map of a template string
+            _check_format(value.__self__)
+        return wrapped
+
+
+class _StepBudget:
+    """Counts lines executed in template frames (filename ``<template>``); raises past the cap."""
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        return self._local if frame.f_code.co_filename == "<template>" else None
+
+    def _local(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            self.left -= 1
+            if self.left < 0:
+                raise _LimitExceeded(f"the render ran more than {MAX_STEPS} template steps")
+        return self._local
 
 
 def _raise_exception(message: object) -> None:
@@ -55,8 +129,19 @@ def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False) -
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
 
 
+def _capped_format(value: Any, *args: Any, **kwargs: Any) -> str:
+    _check_format(value)
+    return jinja2.filters.do_format(value, *args, **kwargs)
+
+
+def _capped_center(value: Any, width: int = 80) -> str:
+    if not _is_int(width) or width >= MAX_WIDTH:
+        raise _LimitExceeded(f"center width {width!r:.20}, expected an int below {MAX_WIDTH}")
+    return jinja2.filters.do_center(value, width)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _Sandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[jinja2.ext.loopcontrols],
@@ -65,6 +150,8 @@ def _environment() -> ImmutableSandboxedEnvironment:
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
+    env.filters["format"] = _capped_format
+    env.filters["center"] = _capped_center
     return env
 
 
@@ -147,6 +234,8 @@ class ChatTemplate:
         """
         checked = validate_messages(messages)
         template = self._template()
+        previous = sys.gettrace()
+        sys.settrace(_StepBudget(MAX_STEPS))
         try:
             return template.render(
                 messages=checked,
@@ -158,7 +247,13 @@ class ChatTemplate:
             raise errors.InvalidArgument(
                 f"{_TAG}: expected messages the template accepts, got its error: {exc}"
             ) from exc
-        except Exception as exc:  # any failure inside user-supplied template code
+        except _LimitExceeded as exc:
+            raise errors.InvalidArgument(
+                f"{_TAG}: expected a template within the render limits, got {exc}"
+            ) from exc
+        except (Exception, RecursionError) as exc:  # any failure inside user-supplied code
             raise errors.InvalidArgument(
                 f"{_TAG}: expected the template to render, got {type(exc).__name__}: {exc}"
             ) from exc
+        finally:
+            sys.settrace(previous)

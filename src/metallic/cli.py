@@ -1,7 +1,8 @@
 """``metallic-run``: generate text from a model on the command line.
 
 This module only parses and validates arguments, then calls the public API
-(``metallic.load`` → ``model.stream_generate``). Generated text goes to stdout as it arrives; the
+(``metallic.load`` → ``model.stream_generate``), or runs the chat REPL (``metallic.repl``) for
+``--interactive`` or ``--chat`` without ``--prompt``. Generated text goes to stdout as it arrives; the
 run summary, progress and errors go to stderr. ``metallic`` is imported only after the arguments
 are valid, so ``--help`` and argument errors stay instant.
 
@@ -82,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prompt",
-        default=DEFAULT_PROMPT,
-        help="prompt text; '-' reads it from stdin (default: %(default)r)",
+        default=None,
+        help=f"prompt text; '-' reads it from stdin (default: {DEFAULT_PROMPT!r}; with --chat "
+        "and no --prompt: the interactive chat REPL)",
     )
     p.add_argument(
         "--max-tokens",
@@ -121,7 +123,52 @@ def build_parser() -> argparse.ArgumentParser:
         type=_float_in(0.0, math.inf, lo_open=True, what="a finite float > 0"),
         help="penalty on recently seen tokens, 1 = off (default: %(default)s)",
     )
+    p.add_argument(
+        "--presence-penalty",
+        type=_float_in(-2.0, 2.0),
+        default=0.0,
+        help="OpenAI presence penalty in [-2, 2] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--frequency-penalty",
+        type=_float_in(-2.0, 2.0),
+        default=0.0,
+        help="OpenAI frequency penalty in [-2, 2] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-tokens",
+        type=_int_in(0),
+        default=0,
+        help="tokens to generate before EOS may end the reply (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        type=_nonempty("--stop"),
+        default=None,
+        help="stop string (repeatable); generation ends before it, and it is never printed",
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument(
+        "--json-schema",
+        default=None,
+        help="constrain the output to JSON valid for this schema (JSON text or @file)",
+    )
+    fmt.add_argument("--regex", default=None, help="constrain the output to match this regex")
     p.add_argument("--seed", type=_int_in(0, 2**64 - 1), default=None, help="sampling seed")
+    p.add_argument(
+        "--interactive",
+        "-i",
+        action="store_true",
+        help="chat REPL: keeps the conversation and its KV cache; /reset, /exit",
+    )
+    p.add_argument("--system", default=None, help="system message for chat and the REPL")
+    p.add_argument(
+        "--prompt-cache",
+        default=None,
+        metavar="FILE",
+        help="load the KV cache from FILE if it exists, and save it there after the run",
+    )
     p.add_argument(
         "--chat",
         action=argparse.BooleanOptionalAction,
@@ -140,6 +187,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verbose", action="store_true", help="print the model path and load time")
     return p
+
+
+def _nonempty(flag: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError("expected a non-empty string, got ''")
+        return text
+
+    return parse
+
+
+def _response_format(args: argparse.Namespace) -> dict | None:
+    """``--json-schema`` / ``--regex`` as a response_format dict (validated JSON)."""
+    if args.regex is not None:
+        if not args.regex:
+            raise UsageError("argument --regex: expected a non-empty regex, got ''")
+        return {"type": "regex", "regex": args.regex}
+    if args.json_schema is None:
+        return None
+    import json
+
+    text = args.json_schema
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"argument --json-schema: expected a readable file, got {exc}"
+            ) from None
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"argument --json-schema: expected JSON, got {exc}") from None
+    if not isinstance(schema, (dict, bool)):
+        raise UsageError(
+            f"argument --json-schema: expected a JSON object, got {type(schema).__name__}"
+        )
+    return {"type": "json_schema", "schema": schema}
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """stream_generate keyword arguments; the newer options only when set."""
+    kwargs: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temp,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+    }
+    optional = {
+        "presence_penalty": (args.presence_penalty, 0.0),
+        "frequency_penalty": (args.frequency_penalty, 0.0),
+        "min_tokens": (args.min_tokens, 0),
+        "stop": (args.stop, None),
+        "response_format": (_response_format(args), None),
+    }
+    kwargs.update({k: v for k, (v, default) in optional.items() if v != default})
+    return kwargs
 
 
 def _read_prompt(arg: str) -> str:
@@ -194,25 +301,36 @@ def _print_summary(last: Any) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _generate(model: Any, args: argparse.Namespace, prompt: str) -> int:
+def _generate(model: Any, args: argparse.Namespace, prompt: str | None) -> int:
     tokenizer = model.tokenizer
     template = tokenizer.chat_template
     use_chat = bool(template) if args.chat is None else args.chat
     if use_chat and not template:
         raise UsageError("argument --chat: expected a model with a chat template, got none")
+    sampling = _sampling(args)
+    if prompt is None:  # the REPL
+        if not template:
+            raise UsageError(
+                "argument --interactive: expected a model with a chat template, got none"
+            )
+        from . import repl
+
+        interactive = sys.stdin.isatty() and sys.stderr.isatty()
+        return repl.run(
+            model,
+            sampling,
+            inp=sys.stdin,
+            out=sys.stdout,
+            err=sys.stderr,
+            interactive=interactive,
+            system=args.system,
+        )
     # Chat: the template writes any BOS itself, so Model.stream_chat tokenizes its rendering
     # without adding one (the same path as Model.chat).
     run = model.stream_chat if use_chat else model.stream_generate
-    stream = run(
-        [{"role": "user", "content": prompt}] if use_chat else prompt,
-        max_tokens=args.max_tokens,
-        temperature=args.temp,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": prompt})
+    stream = run(messages if use_chat else prompt, **sampling)
     last = None
     out = sys.stdout
     for response in stream:
@@ -227,11 +345,32 @@ def _generate(model: Any, args: argparse.Namespace, prompt: str) -> int:
     return 0
 
 
+def _with_prompt_cache(model: Any, args: argparse.Namespace, prompt: str | None) -> int:
+    """Runs _generate between loading and saving ``--prompt-cache`` (when given)."""
+    path = args.prompt_cache
+    if path is None:
+        return _generate(model, args, prompt)
+    if Path(path).is_file():
+        n = model.load_prompt_cache(path)
+        if args.verbose:
+            print(f"[{PROG}] prompt cache: {n} tokens from {path}", file=sys.stderr)
+    code = _generate(model, args, prompt)
+    model.save_prompt_cache(path)
+    return code
+
+
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        prompt = _read_prompt(args.prompt)
+        repl = args.interactive or (args.chat is True and args.prompt is None)
+        if repl and args.prompt is not None:
+            raise UsageError("argument --interactive: expected no --prompt, got one")
+        if repl and args.chat is False:
+            raise UsageError("argument --interactive: expected chat mode, got --no-chat")
+        prompt = (
+            None if repl else _read_prompt(DEFAULT_PROMPT if args.prompt is None else args.prompt)
+        )
         path = _model_path(args.model)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
@@ -264,7 +403,7 @@ def _run(argv: Sequence[str] | None) -> int:
             print(f"[{PROG}] model: {path}", file=sys.stderr)
             print(f"[{PROG}] loaded in {time.perf_counter() - start:.3f} s", file=sys.stderr)
         try:
-            return _generate(model, args, prompt)
+            return _with_prompt_cache(model, args, prompt)
         finally:
             model.close()
     except (MetallicError, OSError) as exc:

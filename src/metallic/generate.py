@@ -1,7 +1,9 @@
-"""The generation loop: one native call for the prompt, one per generated token.
+"""The generation loop: one native call for the (uncached part of the) prompt, one per token.
 
-``stream_tokens`` is the single internal step generator (token, logits view); ``stream`` turns
-it into ``GenerationResponse`` objects with streaming detokenization, stop strings and timing.
+``stream`` runs the prompt, then turns each sampled token into a ``GenerationResponse`` with
+streaming detokenization, stop strings, log-probabilities, constrained decoding and timing. It
+keeps ``cache`` (the token ids whose KV rows are valid in the engine) up to date after every
+native call, so a later prompt that shares a prefix recomputes only the rest.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -26,12 +29,18 @@ class GenerationResponse:
             character or a possible stop string is held back).
         token: the token id generated at this step.
         prompt_tokens: number of prompt tokens.
-        prompt_tps: prompt processing speed, tokens per second.
+        prompt_tps: prompt processing speed, tokens per second (over the tokens actually
+            computed, i.e. prompt_tokens - cached_tokens).
         generation_tokens: tokens generated so far (including this one).
         generation_tps: generation speed so far, tokens per second.
         peak_memory: peak resident memory of the process, bytes.
-        finish_reason: "stop" (EOS or a stop string), "length" (max_tokens or the context is
-            full), or None while generation goes on.
+        finish_reason: "stop" (EOS, a stop string, or the output constraint is complete),
+            "length" (max_tokens or the context is full), or None while generation goes on.
+        cached_tokens: prompt tokens whose KV was reused from the previous call (not computed).
+        logprob: with ``logprobs=True``, log-probability of ``token`` (log_softmax of the
+            model's raw logits: before logit_bias, penalties, mask and temperature); else None.
+        top_logprobs: with ``top_logprobs=k``, the k most likely (token, logprob) pairs of the
+            same distribution, most likely first; else None.
     """
 
     text: str
@@ -42,6 +51,19 @@ class GenerationResponse:
     generation_tps: float
     peak_memory: int
     finish_reason: str | None
+    cached_tokens: int = 0
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+
+
+class Constraint(Protocol):
+    """Per-request output constraint (see metallic.constrain): fills the sampler's mask."""
+
+    def start(self, sampler) -> None:
+        """Write the mask of the first token into ``sampler.mask`` and enable it."""
+
+    def advance(self, token: int) -> bool:
+        """Consume ``token``; True if the output is complete, else write the next mask."""
 
 
 def peak_rss_bytes() -> int:
@@ -111,6 +133,52 @@ class _StopMatcher:
         return out
 
 
+class TextStream:
+    """Token ids → text as it streams: UTF-8-safe detokenization, then stop strings."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self._detok = tokenizer.detokenizer()
+        self._stop = _StopMatcher(stops)
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """(text safe to emit now, a stop string was reached)."""
+        return self._stop.push(self._detok.add(token))
+
+    def finish(self) -> tuple[str, bool]:
+        """Flushes held-back bytes and text: (the rest to emit, a stop string was reached)."""
+        tail, stopped = self._stop.push(self._detok.finalize())
+        return (tail if stopped else tail + self._stop.flush()), stopped
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token id sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def prefill(engine, cache: list[int], ids: Sequence[int], logits_buf: np.ndarray | None) -> int:
+    """Makes the engine's KV hold ``ids``, reusing the longest cached prefix; returns its length.
+
+    At least the last token is recomputed when ``logits_buf`` is given (its logits are needed).
+    ``cache`` is truncated before the native call and extended after it succeeds, so it never
+    names a row that a failed or cancelled call may have left half written.
+    """
+    n = len(ids)
+    reuse = common_prefix(cache, ids)
+    if logits_buf is not None:
+        reuse = min(reuse, n - 1)
+    del cache[reuse:]
+    if reuse < n:
+        rest = np.ascontiguousarray(ids[reuse:], dtype=np.int32)
+        out = logits_buf if logits_buf is not None else np.empty((1, engine.n_vocab), np.float32)
+        engine.forward(rest, reuse, out, False)
+        cache.extend(int(t) for t in rest)
+    return reuse
+
+
 def stream(
     engine,
     sampler,
@@ -121,38 +189,47 @@ def stream(
     stops: tuple[str, ...],
     logits_buf: np.ndarray,
     penalty_window: int,
+    cache: list[int],
+    logprobs: bool = False,
+    constraint: Constraint | None = None,
 ) -> Iterator[GenerationResponse]:
     """Runs the prompt, then yields one response per generated token (see GenerationResponse)."""
-    ids = np.ascontiguousarray(prompt_ids, dtype=np.int32)
-    n_prompt = int(ids.shape[0])
+    n_prompt = len(prompt_ids)
     ctx = engine.context_length
     eos = tokenizer.eos_ids
-    if penalty_window > 0:  # the repetition penalty also sees the end of the prompt
-        for t in ids[-penalty_window:]:
+    if penalty_window > 0:  # the penalties also see the end of the prompt
+        for t in prompt_ids[-penalty_window:]:
             sampler.accept(int(t))
+    lp_val = sampler.logprob_values if logprobs else None
+    lp_ids = sampler.logprob_ids if logprobs else None
+    if constraint is not None:
+        constraint.start(sampler)
     t0 = time.perf_counter()
-    engine.forward(ids, 0, logits_buf, False)
+    cached = prefill(engine, cache, prompt_ids, logits_buf)
     token = sampler.sample(logits_buf[0])
     t1 = time.perf_counter()
-    prompt_tps = n_prompt / max(t1 - t0, 1e-9)
-    detok = tokenizer.detokenizer()
-    matcher = _StopMatcher(stops)
+    prompt_tps = (n_prompt - cached) / max(t1 - t0, 1e-9)
+    texts = TextStream(tokenizer, stops)
     pos = n_prompt
     for i in range(1, max_tokens + 1):
         finish = None
         if token in eos:
-            text, finish = detok.finalize(), "stop"
-            text, _ = matcher.push(text)
-            text += matcher.flush()
+            text, finish = texts.finish()[0], "stop"
         else:
-            text, stopped = matcher.push(detok.add(token))
-            if stopped:
+            text, stopped = texts.add(token)
+            if stopped or (constraint is not None and constraint.advance(token)):
                 finish = "stop"
             elif i == max_tokens or pos >= ctx:
-                tail, _ = matcher.push(detok.finalize())
-                text += tail + matcher.flush()
                 finish = "length"
+            if finish is not None and not stopped:
+                tail, stopped = texts.finish()
+                text += tail
+                finish = "stop" if stopped else finish
         elapsed = max(time.perf_counter() - t1, 1e-9)
+        lp = top = None
+        if lp_val is not None:
+            lp = float(lp_val[0])
+            top = tuple(zip(lp_ids[1:].tolist(), lp_val[1:].tolist(), strict=True))
         yield GenerationResponse(
             text=text,
             token=int(token),
@@ -162,8 +239,13 @@ def stream(
             generation_tps=i / elapsed,
             peak_memory=peak_rss_bytes(),
             finish_reason=finish,
+            cached_tokens=cached,
+            logprob=lp,
+            top_logprobs=top,
         )
         if finish is not None:
             return
-        token = engine.decode(int(token), pos, sampler)
+        fed = int(token)
+        token = engine.decode(fed, pos, sampler)
+        cache.append(fed)  # its KV row at `pos` is now valid
         pos += 1

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import constrain as _constrain
 from . import generate as _gen
+from . import prompt_cache as _prompt_cache
 from .errors import Busy, Closed, ContextOverflow, InvalidArgument
 from .generate import GenerationResponse
-from .sampling import SamplingParams
+from .sampling import SamplingParams, check_logprobs, make_sampler
 
 DEVICES = ("auto", "cpu", "metal", "metal-emulated")
 _KV_DTYPES = {"f16": 1, "f32": 0}
@@ -75,6 +77,9 @@ class Model:
         self._lock = threading.Lock()
         self._n_vocab = int(engine.n_vocab)
         self._logits1 = np.zeros((1, self._n_vocab), dtype=np.float32)
+        self._cache: list[int] = []  # token ids whose KV rows are valid (positions 0..n-1)
+        self._llg_index = None  # constrain.TokenizerIndex, built on first use
+        self._fp: str | None = None  # prompt-cache fingerprint, computed on first use
         self.load_seconds = load_seconds
         self.arch = bundle.arch
         self.source = bundle.source
@@ -87,6 +92,7 @@ class Model:
         with self._lock:
             self._engine.close()
             self._engine = None
+            self._cache.clear()
             self._bundle.close()
 
     def __enter__(self) -> Model:
@@ -165,41 +171,66 @@ class Model:
         repetition_penalty: float = 1.0,
         seed: int | None = None,
         stop=None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: dict[int, float] | None = None,
+        min_tokens: int = 0,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        response_format: dict | None = None,
         _special: bool = True,
     ) -> Iterator[GenerationResponse]:
         """Yields a GenerationResponse per generated token (see its docstring).
+
+        The KV of the longest prefix shared with the previous call's prompt + output is reused
+        (``cached_tokens`` in each response); only the rest of the prompt is computed.
 
         Args:
             prompt: text (tokenized; BOS added only if the model's tokenizer adds it) or a list
                 of token ids used exactly as given.
             max_tokens: tokens to generate at most (> 0).
-            temperature, top_k, top_p, min_p, repetition_penalty, seed: see SamplingParams.
+            temperature, top_k, top_p, min_p, repetition_penalty, seed, presence_penalty,
+                frequency_penalty, logit_bias, min_tokens: see SamplingParams.
             stop: a string or list of strings; generation ends before the first occurrence,
-                which is never emitted.
+                which is never emitted (it may span tokens).
+            logprobs: report each token's log-probability (``response.logprob``).
+            top_logprobs: also the k (0..100) most likely alternatives (implies logprobs).
+            response_format: constrain the output (see metallic.constrain): ``{"type":
+                "json_schema", "schema": {...}}``, ``{"type": "json_object"}`` or ``{"type":
+                "regex", "regex": "..."}``. Needs ``pip install metallic[constrained]``.
         """
         engine = self._live("stream_generate")
-        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed=seed)
+        params = SamplingParams(
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed=seed,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            logit_bias=logit_bias,
+            min_tokens=min_tokens,
+        )
         max_tokens = _gen.check_max_tokens(max_tokens)
         stops = _gen.check_stop(stop)
+        k = check_logprobs(logprobs, top_logprobs)
+        grammar = None if response_format is None else _constrain.grammar_of(response_format)
         ids = self._prompt_ids(prompt, special=_special)
-        return self._run(engine, params, ids, max_tokens, stops)
+        sampler = make_sampler(_core(), self._n_vocab, params, self._tokenizer.eos_ids, k)
+        constraint = None
+        if grammar is not None:
+            if self._llg_index is None:
+                self._llg_index = _constrain.TokenizerIndex(self._tokenizer, self._n_vocab)
+            constraint = _constrain.GrammarConstraint(self._llg_index, grammar)
+        return self._run(engine, sampler, params, ids, max_tokens, stops, k >= 0, constraint)
 
-    def _run(self, engine, params, ids, max_tokens, stops) -> Iterator[GenerationResponse]:
+    def _run(self, engine, sampler, params, ids, max_tokens, stops, logprobs, constraint):
         if not self._lock.acquire(blocking=False):
             raise Busy(
                 "[generate] another generation is running on this model; use one model per thread"
             )
         try:
-            sampler = _core().Sampler(
-                self._n_vocab,
-                temperature=params.temperature,
-                top_k=params.top_k,
-                top_p=params.top_p,
-                min_p=params.min_p,
-                repetition_penalty=params.repetition_penalty,
-                repetition_window=params.repetition_window,
-                seed=params.resolved_seed(),
-            )
             yield from _gen.stream(
                 engine,
                 sampler,
@@ -208,7 +239,10 @@ class Model:
                 max_tokens=max_tokens,
                 stops=stops,
                 logits_buf=self._logits1,
-                penalty_window=params.repetition_window if params.repetition_penalty != 1.0 else 0,
+                penalty_window=params.penalty_window,
+                cache=self._cache,
+                logprobs=logprobs,
+                constraint=constraint,
             )
         finally:
             self._lock.release()
@@ -217,13 +251,16 @@ class Model:
         """Generates and returns the whole text (same arguments as stream_generate)."""
         return "".join(r.text for r in self.stream_generate(prompt, **kwargs))
 
-    def _chat_prompt(self, messages) -> str:
-        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    def _chat_prompt(self, messages, add_generation_prompt: bool = True) -> str:
+        return self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt
+        )
 
     def stream_chat(self, messages: Sequence[dict], **kwargs) -> Iterator[GenerationResponse]:
         """stream_generate over the chat template's rendering of ``messages``.
 
         The template writes any BOS itself, so the rendering is tokenized without adding one.
+        Earlier turns are usually a prefix of the new rendering, so their KV is reused.
         """
         return self.stream_generate(self._chat_prompt(messages), _special=False, **kwargs)
 
@@ -232,7 +269,10 @@ class Model:
         return "".join(r.text for r in self.stream_chat(messages, **kwargs))
 
     def logits(self, token_ids) -> np.ndarray:
-        """float32 logits of shape (len(token_ids), vocab) for the ids in a fresh context."""
+        """float32 logits of shape (len(token_ids), vocab) for the ids in a fresh context.
+
+        Nothing cached is reused; afterwards the KV cache holds ``token_ids``.
+        """
         engine = self._live("logits")
         if isinstance(token_ids, str):
             raise InvalidArgument("[logits] token_ids: expected a list of token ids, got a str")
@@ -245,10 +285,78 @@ class Model:
         if not self._lock.acquire(blocking=False):
             raise Busy("[logits] another call is running on this model")
         try:
+            self._cache.clear()
             engine.forward(np.asarray(ids, dtype=np.int32), 0, out, True)
+            self._cache.extend(ids)
         finally:
             self._lock.release()
         return out
+
+    # ------------------------------------------------------------------ prompt cache
+    @property
+    def cached_tokens(self) -> tuple[int, ...]:
+        """Token ids whose KV rows the engine holds now (positions 0..n-1)."""
+        return tuple(self._cache)
+
+    def reset_cache(self) -> None:
+        """Forget the cached KV: the next call recomputes its whole prompt."""
+        if not self._lock.acquire(blocking=False):
+            raise Busy("[reset_cache] a generation is running on this model")
+        try:
+            self._cache.clear()
+        finally:
+            self._lock.release()
+
+    def save_prompt_cache(self, path, prompt=None, *, messages=None) -> int:
+        """Writes a prompt-cache file (see metallic.prompt_cache); returns its token count.
+
+        With ``prompt`` (text or ids, tokenized as in generate) or ``messages`` (rendered with
+        the chat template, no generation prompt), that prefix is computed first (reusing what
+        is cached); without either, the current cache (``cached_tokens``) is saved.
+        """
+        engine = self._live("save_prompt_cache")
+        if prompt is not None and messages is not None:
+            raise InvalidArgument(
+                "[save_prompt_cache] prompt, messages: expected at most one, got both"
+            )
+        ids = None
+        if messages is not None:
+            text = self._chat_prompt(messages, add_generation_prompt=False)
+            ids = self._prompt_ids(text, special=False)
+        elif prompt is not None:
+            ids = self._prompt_ids(prompt)
+        if not self._lock.acquire(blocking=False):
+            raise Busy("[save_prompt_cache] another call is running on this model")
+        try:
+            if ids is not None:
+                _gen.prefill(engine, self._cache, ids, None)
+                del self._cache[len(ids) :]
+            _prompt_cache.save(path, engine, self._fingerprint(), self._cache)
+            return len(self._cache)
+        finally:
+            self._lock.release()
+
+    def load_prompt_cache(self, path) -> int:
+        """Loads a file from save_prompt_cache into the KV cache; returns its token count.
+
+        Raises InvalidArgument when the file was made by another model (fingerprint) or with
+        another KV dtype, CorruptFile / UnsupportedFormat for a damaged or foreign file.
+        """
+        engine = self._live("load_prompt_cache")
+        if not self._lock.acquire(blocking=False):
+            raise Busy("[load_prompt_cache] another call is running on this model")
+        try:
+            fp = self._fingerprint()
+            self._cache.clear()
+            self._cache.extend(_prompt_cache.load(path, engine, fp))
+            return len(self._cache)
+        finally:
+            self._lock.release()
+
+    def _fingerprint(self) -> str:
+        if self._fp is None:
+            self._fp = _prompt_cache.fingerprint(self._bundle)
+        return self._fp
 
 
 def load(
@@ -327,6 +435,7 @@ def load(
             threads=threads or _default_threads(),
             context_length=context_length,
             kv_dtype=_KV_DTYPES[kv_cache_dtype],
+            weights_evictable=True,  # loader tensors are views of read-only file mappings
         )
     except BaseException:
         bundle.close()

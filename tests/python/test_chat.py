@@ -70,3 +70,49 @@ def test_message_validation(bad):
         validate_messages(bad)
     with pytest.raises(errors.InvalidArgument):
         ChatTemplate(DEFAULT_CHAT_TEMPLATE).render(bad)
+
+
+# Found by the fuzzer (tests/fuzz): a hostile template could hang the process (nested loops) or
+# allocate gigabytes (`*`, `**`, format widths) before any error. Each now ends in
+# InvalidArgument quickly.
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "steps",
+        ),
+        (
+            "{% for a in 'x' * 100000 %}{% for b in 'y' * 100000 %}x{% endfor %}{% endfor %}",
+            "steps",
+        ),
+        ("{{ 'x' * 10000000000 }}", r"`\*` would build"),
+        ("{{ [1] * 100000000 }}", r"`\*` would build"),
+        ("{{ 2 ** 99999999999 }}", r"`\*\*` would build"),
+        ("{{ '{:>2000000000}'.format('a') }}", "format width"),
+        ("{{ '{0:>2000000000}'.format_map({'0': 1}) }}", "format width"),
+        ("{{ '%2000000000d' % 1 }}", "format width"),
+        ("{{ '%2000000000d' | format(1) }}", "format width"),
+        ("{{ 'x' | center(2000000000) }}", "center width"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+    ],
+)
+def test_render_limits(source, fragment):
+    import sys
+    import time
+
+    before = sys.gettrace()
+    t0 = time.monotonic()
+    with pytest.raises(errors.InvalidArgument, match=fragment):
+        ChatTemplate(source).render(MESSAGES)
+    assert time.monotonic() - t0 < 10
+    assert sys.gettrace() is before  # the step counter is removed again
+
+
+def test_render_limits_leave_normal_templates_alone():
+    long = [{"role": "user", "content": "x" * 1000}] * 500
+    text = ChatTemplate(DEFAULT_CHAT_TEMPLATE).render(long)
+    assert text.count("<|im_start|>") == 501
+    assert ChatTemplate("{{ 'ab' * 3 }}{{ 2 ** 10 }}{{ '%5d' % 7 }}").render(MESSAGES) == (
+        "ababab1024    7"
+    )

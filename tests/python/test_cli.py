@@ -171,6 +171,15 @@ def test_help_works_and_lists_flags(capsys):
         "--device",
         "--context-length",
         "--verbose",
+        "--interactive",
+        "--stop",
+        "--presence-penalty",
+        "--frequency-penalty",
+        "--min-tokens",
+        "--json-schema",
+        "--regex",
+        "--system",
+        "--prompt-cache",
     ):
         assert flag in out
 
@@ -378,3 +387,62 @@ def test_end_to_end_smollm2(capsys):
     assert code == 0, err
     assert out.strip()
     assert "Generation: " in err and "Peak memory: " in err
+
+
+# ---- generation controls and the prompt cache ---------------------------------------------------
+
+
+def test_new_generation_flags_reach_the_api(capsys, fake_api, tmp_path):
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object"}')
+    code, _, _ = run(
+        capsys,
+        "--prompt", "Hi", "--stop", "END", "--stop", "\n\n", "--presence-penalty", "0.5",
+        "--frequency-penalty", "-0.25", "--min-tokens", "3", "--json-schema", f"@{schema}",
+    )  # fmt: skip
+    assert code == 0
+    kwargs = fake_api["model"].calls[0][1]
+    assert kwargs["stop"] == ["END", "\n\n"]
+    assert kwargs["presence_penalty"] == 0.5 and kwargs["frequency_penalty"] == -0.25
+    assert kwargs["min_tokens"] == 3
+    assert kwargs["response_format"] == {"type": "json_schema", "schema": {"type": "object"}}
+    fake_api["model"] = FakeModel()
+    assert run(capsys, "--prompt", "Hi", "--regex", "[0-9]+")[0] == 0
+    assert fake_api["model"].calls[0][1]["response_format"] == {"type": "regex", "regex": "[0-9]+"}
+
+
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["--presence-penalty", "3"], "--presence-penalty"),
+        (["--min-tokens", "-1"], "--min-tokens"),
+        (["--stop", ""], "--stop"),
+        (["--json-schema", "{nope"], "--json-schema"),
+        (["--json-schema", "[1]"], "--json-schema"),
+        (["--json-schema", "@/no/such/file.json"], "--json-schema"),
+        (["--json-schema", "{}", "--regex", "a"], "--regex"),
+    ],
+)
+def test_new_flag_errors_are_one_line(capsys, fake_api, argv, what):
+    code, out, err = run(capsys, "--prompt", "Hi", *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and what in err, err
+
+
+def test_system_message_in_one_shot_chat(capsys, fake_api):
+    assert run(capsys, "--prompt", "Hi", "--system", "be brief")[0] == 0
+    messages, add = fake_api["model"].tokenizer.rendered[0]
+    assert messages[0] == {"role": "system", "content": "be brief"} and add
+
+
+def test_prompt_cache_flag_loads_then_saves(capsys, fake_api, tmp_path):
+    events = []
+    model = fake_api["model"]
+    model.load_prompt_cache = lambda p: events.append(("load", p)) or 7
+    model.save_prompt_cache = lambda p: events.append(("save", p)) or 9
+    path = tmp_path / "c.mkv"
+    assert run(capsys, "--prompt", "Hi", "--prompt-cache", str(path))[0] == 0
+    assert events == [("save", str(path))]  # no file yet: nothing to load
+    path.write_bytes(b"x")
+    events.clear()
+    assert run(capsys, "--prompt", "Hi", "--prompt-cache", str(path), "--verbose")[0] == 0
+    assert events == [("load", str(path)), ("save", str(path))]

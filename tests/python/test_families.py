@@ -279,9 +279,33 @@ def test_qwen2_switches():
 )
 def test_config_validation(change, fragment):
     fam = get_family("llama")
-    args = fam.args_from_hf({**HF_LLAMA, **change})
-    with pytest.raises(CorruptFile, match=fragment):
+    with pytest.raises(CorruptFile, match=fragment):  # from args_from_hf or native_config
+        args = fam.args_from_hf({**HF_LLAMA, **change}, source="cfg.json")
         fam.native_config(args, "hf", source="cfg.json")
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        # Found by the fuzzer (tests/fuzz): values of the wrong JSON type reached arithmetic and
+        # comparisons as TypeError / numpy ValueError instead of a typed error.
+        ({"rope_theta": "1e4"}, "key rope_theta: expected a finite number"),
+        ({"rope_theta": float("nan")}, "key rope_theta"),
+        ({"sliding_window": {"v": 4}}, "key sliding_window: expected an integer or null"),
+        ({"num_key_value_heads": []}, "key num_key_value_heads"),
+        ({"head_dim": 2**63}, "key head_dim: expected an integer in 1..16777216"),
+        ({"hidden_size": 2**64 + 1}, "key hidden_size"),
+        ({"rope_scaling": "linear"}, "key rope_scaling: expected an object or null"),
+        ({"tie_word_embeddings": "yes"}, "key tie_word_embeddings: expected true or false"),
+        ({"rms_norm_eps": None}, "key rms_norm_eps"),
+    ],
+)
+def test_config_value_types(change, fragment):
+    for family in ("llama", "qwen2"):
+        fam = get_family(family)
+        with pytest.raises(CorruptFile, match=fragment):
+            args = fam.args_from_hf({**HF_LLAMA, **change}, source="cfg.json")
+            fam.native_config(args, "hf", source="cfg.json")
 
 
 def test_head_dim_given_need_not_divide():

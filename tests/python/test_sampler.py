@@ -321,3 +321,148 @@ def test_sampling_params_valid():
     assert SamplingParams(seed=(1 << 64) - 1).resolved_seed() == (1 << 64) - 1
     with pytest.raises(AttributeError):
         p.top_k = 3  # frozen
+
+
+# ----------------------------------------------------------------------------- bias, mask, penalties
+
+
+def adjusted(logits, history, *, rep=1.0, presence=0.0, frequency=0.0, window=64, bias=None):
+    """Reference of the steps before greedy: bias → penalties (float32, as the kernel)."""
+    w = np.array(logits, np.float32)
+    for t, b in (bias or {}).items():
+        w[t] += np.float32(b)
+    recent = history[-window:] if window else []
+    for t in set(recent):
+        if rep != 1.0:
+            w[t] = w[t] / np.float32(rep) if w[t] > 0 else w[t] * np.float32(rep)
+        w[t] -= np.float32(presence) + np.float32(frequency) * np.float32(recent.count(t))
+    return w
+
+
+@FAST
+@given(
+    logits=_logits(2, 30),
+    history=st.lists(st.integers(0, 29), max_size=20),
+    rep=st.sampled_from([1.0, 1.3, 0.7]),
+    presence=st.floats(-2, 2),
+    frequency=st.floats(-2, 2),
+    window=st.integers(0, 8),
+    bias=st.dictionaries(st.integers(0, 29), st.floats(-100, 100), max_size=4),
+)
+def test_penalties_and_bias_greedy(logits, history, rep, presence, frequency, window, bias):
+    n = len(logits)
+    history = [h % n for h in history]
+    bias = {t % n: b for t, b in bias.items()}
+    s = Sampler(
+        n,
+        0.0,
+        0,
+        1.0,
+        0.0,
+        rep,
+        window,
+        0,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        logit_bias=list(bias.items()),
+    )
+    for h in history:
+        s.accept(h)
+    w = adjusted(
+        logits, history, rep=rep, presence=presence, frequency=frequency, window=window, bias=bias
+    )
+    got = s.sample(logits)
+    # The kernel may fuse presence + frequency * count into one FMA (one rounding fewer than
+    # numpy), and the bias add and penalty subtract each round once: the adjusted logits agree to
+    # a few ulp of the largest magnitude involved, so near-ties within 4 ulp may go either way.
+    scale = max(float(np.max(np.abs(w))), 1.0) + 100.0
+    assert w[got] >= w.max() - 4 * float(np.spacing(np.float32(scale)))
+
+
+def test_frequency_counts_occurrences_in_the_window():
+    x = np.array([3.0, 2.0, 0.0], np.float32)
+    s = Sampler(3, repetition_window=4, frequency_penalty=0.6)
+    for t in (0, 0):
+        s.accept(t)
+    assert s.sample(x) == 1  # 3 - 1.2 = 1.8 < 2
+    for t in (2, 2, 2):  # token 0 leaves the 4-token window once, then is seen once: 3 - 0.6
+        s.accept(t)
+    assert s.sample(x) == 0
+    s = Sampler(3, repetition_window=4, presence_penalty=1.5)
+    s.accept(0)
+    s.accept(0)
+    assert s.sample(x) == 1  # once, whatever the count: 3 - 1.5 = 1.5 < 2
+
+
+def test_min_tokens_masks_suppressed_ids_then_releases_them():
+    x = np.array([0.0, 5.0, 1.0], np.float32)
+    s = Sampler(3, min_tokens=2, suppress_ids=[1])
+    assert [s.sample(x) for _ in range(3)] == [2, 2, 1]
+    s.reset()
+    assert s.sample(x) == 2
+
+
+@FAST
+@given(
+    logits=_logits(1, 70),
+    bits=st.lists(st.booleans(), min_size=70, max_size=70),
+    t=st.sampled_from([0.0, 0.7, 1.5]),
+    top_k=st.integers(0, 5),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_mask_is_never_violated(logits, bits, t, top_k, seed):
+    n = len(logits)
+    allowed_ids = [i for i in range(n) if bits[i]]
+    s = Sampler(n, t, top_k, 0.9, 0.05, 1.0, 64, seed)
+    words = np.zeros((n + 31) // 32, np.uint32)
+    for i in allowed_ids:
+        words[i // 32] |= np.uint32(1 << (i % 32))
+    s.mask[:] = words
+    s.mask_enabled = True
+    if not allowed_ids:
+        with pytest.raises(errors.InvalidArgument, match=r"^\[sampler\] mask"):
+            s.sample(logits)
+        return
+    got = set(draws(s, logits, 20).tolist())
+    assert got <= set(allowed_ids)
+    if t == 0.0:
+        best = max(allowed_ids, key=lambda i: (logits[i], -i))
+        assert got == {best}
+    s.mask_enabled = False
+    assert s.sample(logits) in range(n)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("presence_penalty", {"presence_penalty": float("nan")}),
+        ("frequency_penalty", {"frequency_penalty": float("inf")}),
+        ("min_tokens", {"min_tokens": -1}),
+        ("top_logprobs", {"top_logprobs": 101}),
+        ("top_logprobs", {"top_logprobs": -2}),
+        ("logit_bias", {"logit_bias": [(8, 1.0)]}),
+        ("logit_bias", {"logit_bias": [(0, float("nan"))]}),
+        ("suppress_ids", {"suppress_ids": [-1]}),
+    ],
+)
+def test_native_sampler_rejects_bad_new_params(name, kw):
+    with pytest.raises(errors.InvalidArgument, match=rf"^\[sampler\] {name}:"):
+        Sampler(8, **kw)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("presence_penalty", {"presence_penalty": 2.5}),
+        ("frequency_penalty", {"frequency_penalty": "1"}),
+        ("logit_bias", {"logit_bias": {-1: 1.0}}),
+        ("logit_bias", {"logit_bias": {1: 101.0}}),
+        ("logit_bias", {"logit_bias": {True: 1.0}}),
+        ("logit_bias", {"logit_bias": [(1, 1.0)]}),
+        ("min_tokens", {"min_tokens": -1}),
+        ("min_tokens", {"min_tokens": 1.0}),
+    ],
+)
+def test_sampling_params_rejects_bad_new_values(name, kw):
+    with pytest.raises(errors.InvalidArgument, match=rf"^\[sampling\] {name}:"):
+        SamplingParams(**kw)

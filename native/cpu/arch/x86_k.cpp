@@ -16,7 +16,7 @@
 #include "cpu/quants.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
+#include "cpu/arch/x86_simd.h"
 #define METALLIC_HAVE_AVX2 1
 #endif
 
@@ -26,27 +26,11 @@ namespace metallic::cpu::x86 {
 
 namespace {
 
-// DEBT: hsum / dot_u8s8 / h2f repeat the helpers of arch/x86.cpp; move both files onto one
-// shared header (cpu/arch/x86_simd.h) when x86.cpp is next open for editing.
-inline float hsum(__m256 v) {
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
-
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-
-// Sum over groups of four u8*s8 products into eight int32 lanes.
-inline __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
-}
+using simd::dot_u8s8;
+using simd::h2f;
+using simd::hsum;
+using simd::load32;
+using simd::unpack_nibbles;
 
 // Same as dot_u8s8(u - c, s) for codes u, c in 0..63 (u - c may be negative).
 inline __m256i dot_u8s8_minus(__m256i u, __m256i c, __m256i s) {
@@ -56,13 +40,6 @@ inline __m256i dot_u8s8_minus(__m256i u, __m256i c, __m256i s) {
   const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(c, s));
   return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 #endif
-}
-
-// 16 packed bytes -> 32 nibbles (elements 0..15 = low nibbles, 16..31 = high nibbles).
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
 }
 
 // Bit i of the little-endian uint32 at qh -> 0x10 in byte i (the fifth bit of Q5 code i).

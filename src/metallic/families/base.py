@@ -24,6 +24,7 @@ from ..errors import (
     UnsupportedArchitecture,
     UnsupportedDType,
 )
+from .validate import check_field_types, check_sizes
 
 TAG = "open_model"
 FLOAT_DTYPES = frozenset({DType.F32, DType.F16, DType.BF16})
@@ -120,7 +121,9 @@ def hf_args(cls: type, config: dict[str, Any], source: str) -> Any:
         )
     if config.get("partial_rotary_factor", 1.0) != 1.0:
         raise NotImplementedFeature(f"[{TAG}] {source}: key partial_rotary_factor: not supported")
-    return cls.from_dict(config)
+    args = cls.from_dict(config)
+    check_field_types(args, source)
+    return args
 
 
 # ---------------------------------------------------------------------------- GGUF metadata
@@ -363,7 +366,7 @@ def llama_like_config(
     Returns:
         Dict of ModelConfig fields; ``activation`` is the ``_core.Activation`` member name.
     """
-    _positive(args, source)
+    check_sizes(args, source)
     heads, hidden = args.num_attention_heads, args.hidden_size
     kv = args.num_key_value_heads if args.num_key_value_heads is not None else heads
     if kv <= 0 or heads % kv:
@@ -399,19 +402,6 @@ def llama_like_config(
         "activation": "SILU",
         "embed_scale": 1.0,
     }
-
-
-def _positive(args: Any, source: str) -> None:
-    keys = "vocab_size hidden_size num_hidden_layers intermediate_size num_attention_heads"
-    for key in (*keys.split(), "max_position_embeddings"):
-        v = getattr(args, key)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise CorruptFile(
-                f"[{TAG}] {source}: key {key}: expected a positive integer, got {v!r}"
-            )
-    eps = args.rms_norm_eps
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
-        raise CorruptFile(f"[{TAG}] {source}: key rms_norm_eps: expected 0 < eps < 1, got {eps!r}")
 
 
 def expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,93 @@
+// Kernel argument structs, defined once for host code (gcc / clang, C++20) and shaders (MSL and
+// the emulator). Each is bound as `constant XArgs& a [[buffer(i)]]`. All fields are 32-bit so
+// the layout is the same everywhere; strides count elements, not bytes, unless named *_bytes.
+// Grid constants the host needs for sizing live here too.
+#pragma once
+
+#ifndef __METAL_VERSION__
+#include <cstdint>
+#endif
+
+namespace metallic {
+
+// rms_norm: grid (n_rows); each threadgroup normalises one row.
+struct RmsNormArgs {
+  uint32_t n;           // row length
+  uint32_t x_stride;    // elements between rows of x
+  uint32_t out_stride;  // elements between rows of out
+  float eps;
+};
+
+// gemv: grid (ceil(rows / kGemvRowsPerGroup), n_tokens), kGemvSimdgroups * 32 threads.
+enum : uint32_t {
+  kGemvSimdgroups = 2,
+  kGemvRowsPerSimdgroup = 2,
+  kGemvRowsPerGroup = kGemvSimdgroups * kGemvRowsPerSimdgroup,
+};
+struct GemvArgs {
+  uint32_t rows;        // output features
+  uint32_t cols;        // input features (a multiple of the weight's block)
+  uint32_t row_bytes;   // bytes per weight row
+  uint32_t x_stride;    // elements between tokens of x
+  uint32_t out_stride;  // elements between tokens of out
+  uint32_t accumulate;  // 1: out += result (residual add in the epilogue)
+  uint32_t has_bias;    // 1: add bias[row]
+  uint32_t pad0;
+};
+
+// rope_kv: grid (n_tokens), any threadgroup size.
+struct RopeKvArgs {
+  uint32_t n_head;
+  uint32_t n_head_kv;
+  uint32_t head_dim;
+  uint32_t neox;  // 1: pairs (i, i + head_dim/2); 0: pairs (2i, 2i+1)
+  uint32_t pos0;  // position of token 0
+  uint32_t kv_capacity;  // cache rows per KV head
+  uint32_t q_stride;     // elements between tokens of q (and of k, v below)
+  uint32_t k_stride;
+  uint32_t v_stride;
+  uint32_t pad0, pad1, pad2;
+};
+
+// attention_decode: grid (n_head, n_tokens), kAttnSimdgroups * 32 threads.
+enum : uint32_t {
+  kAttnSimdgroups = 4,
+  kAttnMaxHeadDim = 256,
+  kAttnMaxDimsPerLane = kAttnMaxHeadDim / 32,
+};
+struct AttnArgs {
+  uint32_t n_head;
+  uint32_t n_head_kv;
+  uint32_t head_dim;  // <= kAttnMaxHeadDim
+  uint32_t pos0;      // token t attends to cache positions 0 .. pos0 + t
+  uint32_t kv_capacity;
+  uint32_t q_stride;    // elements between tokens of q
+  uint32_t out_stride;  // elements between tokens of out
+  float scale;          // score scale, usually 1/sqrt(head_dim)
+};
+
+// swiglu and embed: grid (ceil(cols / kElementwiseThreads), n_tokens).
+enum : uint32_t { kElementwiseThreads = 256 };
+struct SwiGluArgs {
+  uint32_t cols;
+  uint32_t gate_stride;
+  uint32_t up_stride;
+  uint32_t pad0;
+};
+struct EmbedArgs {
+  uint32_t cols;       // embedding width
+  uint32_t row_bytes;  // bytes per table row
+  uint32_t out_stride;
+  float scale;
+};
+
+#ifndef __METAL_VERSION__
+static_assert(sizeof(RmsNormArgs) == 16, "RmsNormArgs layout");
+static_assert(sizeof(GemvArgs) == 32, "GemvArgs layout");
+static_assert(sizeof(RopeKvArgs) == 48, "RopeKvArgs layout");
+static_assert(sizeof(AttnArgs) == 32, "AttnArgs layout");
+static_assert(sizeof(SwiGluArgs) == 16, "SwiGluArgs layout");
+static_assert(sizeof(EmbedArgs) == 16, "EmbedArgs layout");
+#endif
+
+}  // namespace metallic

@@ -1,0 +1,78 @@
+// Attention for one query row per threadgroup, online softmax, GQA: grid = (n_head, n_tokens),
+// kAttnSimdgroups * 32 threads. Query t of head h attends to cache positions 0 .. pos0 + t of KV
+// head h / (n_head / n_head_kv). Simdgroup s takes positions s, s + kAttnSimdgroups, ...; lane l
+// holds dims l, l + 32, ... of q and of its running output. Per position: one simd_sum for the
+// score, then the running max / sum / output are rescaled (flash-attention style), so the cache
+// is read once. The simdgroups' partial results are merged through threadgroup memory.
+#pragma once
+
+#include "args.h"
+#include "defines.h"
+
+namespace metallic {
+
+template <typename C>  // cache element: float or half
+[[kernel]] void attention_decode(device const float* q [[buffer(0)]], device const C* kc [[buffer(1)]],
+                                 device const C* vc [[buffer(2)]], device float* out [[buffer(3)]],
+                                 constant AttnArgs& a [[buffer(4)]], uint2 tg [[threadgroup_position_in_grid]],
+                                 ushort sg [[simdgroup_index_in_threadgroup]],
+                                 ushort lane [[thread_index_in_simdgroup]], uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup float tg_m[kAttnSimdgroups];
+  threadgroup float tg_l[kAttnSimdgroups];
+  threadgroup float tg_o[kAttnSimdgroups * kAttnMaxHeadDim];
+  const uint h = tg.x, t = tg.y;
+  const uint g = h / (a.n_head / a.n_head_kv);
+  const uint n_ctx = a.pos0 + t + 1;
+  const uint dpl = (a.head_dim + 31) / 32;
+  device const float* qh = q + ulong(t) * a.q_stride + h * a.head_dim;
+  float qv[kAttnMaxDimsPerLane];
+  float o[kAttnMaxDimsPerLane];
+  for (uint j = 0; j < dpl; ++j) {
+    const uint d = lane + 32 * j;
+    qv[j] = d < a.head_dim ? qh[d] * a.scale : 0.f;
+    o[j] = 0.f;
+  }
+  device const C* kh = kc + ulong(g) * a.kv_capacity * a.head_dim;
+  device const C* vh = vc + ulong(g) * a.kv_capacity * a.head_dim;
+  float m = -INFINITY, l = 0.f;
+  for (uint p = sg; p < n_ctx; p += kAttnSimdgroups) {  // uniform across the simdgroup
+    device const C* kr = kh + ulong(p) * a.head_dim;
+    device const C* vr = vh + ulong(p) * a.head_dim;
+    float s = 0.f;
+    for (uint j = 0; j < dpl; ++j) {
+      const uint d = lane + 32 * j;
+      if (d < a.head_dim) s += qv[j] * float(kr[d]);
+    }
+    s = simd_sum(s);
+    const float m_new = max(m, s);
+    const float corr = exp(m - m_new);
+    const float e = exp(s - m_new);
+    l = l * corr + e;
+    for (uint j = 0; j < dpl; ++j) {
+      const uint d = lane + 32 * j;
+      if (d < a.head_dim) o[j] = o[j] * corr + e * float(vr[d]);
+    }
+    m = m_new;
+  }
+  if (lane == 0) {
+    tg_m[sg] = m;
+    tg_l[sg] = l;
+  }
+  for (uint j = 0; j < dpl; ++j) {
+    const uint d = lane + 32 * j;
+    if (d < a.head_dim) tg_o[sg * kAttnMaxHeadDim + d] = o[j];
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float mx = -INFINITY;
+  for (uint s = 0; s < kAttnSimdgroups; ++s) mx = max(mx, tg_m[s]);
+  float sum = 0.f;
+  for (uint s = 0; s < kAttnSimdgroups; ++s) sum += tg_l[s] * exp(tg_m[s] - mx);
+  device float* oh = out + ulong(t) * a.out_stride + h * a.head_dim;
+  for (uint d = tid; d < a.head_dim; d += kAttnSimdgroups * 32) {
+    float acc = 0.f;
+    for (uint s = 0; s < kAttnSimdgroups; ++s) acc += tg_o[s * kAttnMaxHeadDim + d] * exp(tg_m[s] - mx);
+    oh[d] = acc / sum;
+  }
+}
+
+}  // namespace metallic

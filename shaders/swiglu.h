@@ -1,0 +1,19 @@
+// SwiGLU: gate[t, i] = silu(gate[t, i]) * up[t, i], in place, float math.
+// One thread per element: grid = (ceil(cols / kElementwiseThreads), n_tokens).
+#pragma once
+
+#include "args.h"
+#include "defines.h"
+
+namespace metallic {
+
+template <typename T>
+[[kernel]] void swiglu(device T* gate [[buffer(0)]], device const T* up [[buffer(1)]],
+                       constant SwiGluArgs& a [[buffer(2)]], uint2 gid [[thread_position_in_grid]]) {
+  if (gid.x >= a.cols) return;
+  device T* g = gate + ulong(gid.y) * a.gate_stride + gid.x;
+  const float v = float(*g);
+  *g = T(v / (1.f + exp(-v)) * float(up[ulong(gid.y) * a.up_stride + gid.x]));
+}
+
+}  // namespace metallic
