@@ -39,6 +39,8 @@ mkdir -p "$pkg"
 cp -r src/metallic "$pkg/metallic"
 find "$pkg/metallic" -name '_core*.so' -delete
 find "$pkg/metallic" -name __pycache__ -prune -exec rm -rf {} +
+mkdir -p "$pkg/metallic/models"
+cp models/registry.json "$pkg/metallic/models/"  # where the wheel puts it
 ln -s "$(realpath "$so")" "$pkg/metallic/$(basename "$so")"
 
 asan_rt=$(gcc -print-file-name=libasan.so)
@@ -46,21 +48,38 @@ if [[ ! -e "$asan_rt" ]]; then
   echo "sanitize.sh: gcc's libasan.so not found (apt-get install libasan8)" >&2
   exit 2
 fi
+# libstdc++ is preloaded too: the python binary does not link it, and ASan's __cxa_throw
+# interceptor must find the real one when it initialises, or the first C++ throw aborts.
+preload="$asan_rt $(gcc -print-file-name=libstdc++.so.6)"
+# pytest captures fd 2 and an abort loses it, so reports also go to files printed on failure.
+reports="$PWD/$BUILD_DIR/reports"
+rm -rf "$reports"
+mkdir -p "$reports"
+show_reports() {
+  local rc=$?
+  if compgen -G "$reports/*" >/dev/null; then
+    echo "== sanitizer reports:" >&2
+    cat "$reports"/* >&2
+    rc=1
+  fi
+  exit "$rc"
+}
+trap show_reports EXIT
 export PYTHONPATH="$PWD/$pkg${PYTHONPATH:+:$PYTHONPATH}"
-export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$reports/ubsan"
 export METALLIC_FUZZ_MEM_MB=0 METALLIC_FUZZ_CASES="${SANITIZE_FUZZ_CASES:-300}"
 export METALLIC_FUZZ_TIMEOUT=120 TOKENIZERS_PARALLELISM=false
-common=abort_on_error=1:allocator_may_return_null=1:strict_string_checks=1:check_initialization_order=1
+common="abort_on_error=1:allocator_may_return_null=1:check_initialization_order=1"
+common+=":strict_string_checks=1:log_path=$reports/asan"
 tests=(tests/python/test_kernels.py tests/python/test_kquants.py tests/python/test_sampler.py
   tests/python/test_model_forward.py tests/python/test_model.py tests/python/test_fuzz.py)
 
-"$PY" - "$pkg" <<'EOF'
-import sys, metallic._core as c
-assert c.__file__.startswith(sys.argv[1]) or "/asan/" in c.__file__, c.__file__
-EOF
+# The sanitized package must shadow any installed metallic (checked without importing _core).
+"$PY" -c 'import importlib.util as u, sys; p = u.find_spec("metallic").origin
+sys.exit(0 if "/asan/pkg/" in p else f"sanitize.sh: metallic resolves to {p}")'
 
 echo "== ASan+UBSan: ${tests[*]}"
-ASAN_OPTIONS="$common:detect_leaks=0" LD_PRELOAD="$asan_rt" \
+ASAN_OPTIONS="$common:detect_leaks=0" LD_PRELOAD="$preload" \
   "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"
 
 # Stacks (4 frames deep) that reach the interpreter or a third-party extension are theirs.
@@ -70,6 +89,6 @@ printf 'leak:%s\n' python3 libpython _multiarray_umath _umath libopenblas libsci
 echo "== LeakSanitizer: tests/python/test_kernels.py tests/python/test_sampler.py"
 ASAN_OPTIONS="$common:detect_leaks=1:malloc_context_size=4" \
   LSAN_OPTIONS="suppressions=$PWD/$supp:print_suppressions=0" \
-  LD_PRELOAD="$asan_rt" "$PY" -m pytest -q -p no:cacheprovider \
+  LD_PRELOAD="$preload" "$PY" -m pytest -q -p no:cacheprovider \
   tests/python/test_kernels.py tests/python/test_sampler.py "$@"
 echo "sanitize.sh: clean"

@@ -6,8 +6,9 @@
 """
 
 from . import errors
+from ._load import load
 from .generate import GenerationResponse
-from .model import Model, load
+from .model import Model
 from .sampling import SamplingParams
 
 __version__ = "0.1.0"

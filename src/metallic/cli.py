@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         help="KV cache length in tokens (default: %(default)s)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=("q8_0", "q4_0"),
+        default=None,
+        help="quantize float (F32/F16/BF16) weights at load (default: as stored)",
+    )
     p.add_argument("--verbose", action="store_true", help="print the model path and load time")
     return p
 
@@ -398,6 +404,7 @@ def _run(argv: Sequence[str] | None) -> int:
             threads=args.threads,
             context_length=args.context_length,
             progress=sys.stderr.isatty(),
+            **({"quantize": args.quantize} if args.quantize else {}),
         )
         if args.verbose:
             print(f"[{PROG}] model: {path}", file=sys.stderr)

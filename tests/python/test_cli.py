@@ -280,6 +280,13 @@ def test_defaults_use_registry_default(capsys, fake_api):
     assert sampling["seed"] is None
 
 
+def test_quantize_flag_reaches_load(capsys, fake_api):
+    code, _, _ = run(capsys, "--quantize", "q4_0")
+    assert code == 0 and fake_api["load_calls"][0][1]["quantize"] == "q4_0"
+    code, _, err = run(capsys, "--quantize", "q3")
+    assert code == 2 and "--quantize" in err and len(err.strip().splitlines()) == 1
+
+
 def test_registry_name_and_verbose(capsys, fake_api):
     code, _, err = run(capsys, "--model", "SmolLM2", "--verbose")
     assert code == 0
