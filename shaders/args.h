@@ -40,8 +40,8 @@ struct RopeKvArgs {
   uint32_t n_head;
   uint32_t n_head_kv;
   uint32_t head_dim;
-  uint32_t neox;  // 1: pairs (i, i + head_dim/2); 0: pairs (2i, 2i+1)
-  uint32_t pos0;  // position of token 0
+  uint32_t neox;         // 1: pairs (i, i + head_dim/2); 0: pairs (2i, 2i+1)
+  uint32_t pos0;         // position of token 0
   uint32_t kv_capacity;  // cache rows per KV head
   uint32_t q_stride;     // elements between tokens of q (and of k, v below)
   uint32_t k_stride;

@@ -32,9 +32,7 @@ struct Fmt<half> {
 template <>
 struct Fmt<Bf16> {
   enum { kElems = 1, kBytes = 2 };
-  static float get(device const uchar* b, uint i) {
-    return as_type<float>(uint(((device const Bf16*)b)->bits) << 16);
-  }
+  static float get(device const uchar* b, uint i) { return as_type<float>(uint(((device const Bf16*)b)->bits) << 16); }
   static float dot(device const uchar* b, device const float* x) { return get(b, 0) * x[0]; }
 };
 
@@ -64,8 +62,7 @@ struct Fmt<BlockQ4_0> {
   static float dot(device const uchar* b, device const float* x) {
     device const BlockQ4_0* q = (device const BlockQ4_0*)b;
     float s = 0.f;
-    for (int i = 0; i < 16; ++i)
-      s += float(int(q->qs[i] & 0xF) - 8) * x[i] + float(int(q->qs[i] >> 4) - 8) * x[i + 16];
+    for (int i = 0; i < 16; ++i) s += float(int(q->qs[i] & 0xF) - 8) * x[i] + float(int(q->qs[i] >> 4) - 8) * x[i + 16];
     return float(as_type<half>(q->d)) * s;
   }
 };

@@ -27,8 +27,8 @@ template <typename C>  // cache element: float or half
     const float ang = pos * inv_freq[i];
     const float co = precise::cos(ang), si = precise::sin(ang);
     const bool is_q = h < a.n_head;
-    device float* p = is_q ? q + ulong(t) * a.q_stride + h * a.head_dim
-                           : k + ulong(t) * a.k_stride + (h - a.n_head) * a.head_dim;
+    device float* p =
+        is_q ? q + ulong(t) * a.q_stride + h * a.head_dim : k + ulong(t) * a.k_stride + (h - a.n_head) * a.head_dim;
     const float x0 = p[i0], x1 = p[i1];
     const float y0 = x0 * co - x1 * si, y1 = x0 * si + x1 * co;
     p[i0] = y0;

@@ -56,7 +56,9 @@ def _args(name: str, fields: list[tuple[str, str]]) -> np.dtype:
     return np.dtype([(f, "<u4" if t == "u" else "<f4") for f, t in fields], align=False)
 
 
-RmsNormArgs = _args("RmsNormArgs", [("n", "u"), ("x_stride", "u"), ("out_stride", "u"), ("eps", "f")])
+RmsNormArgs = _args(
+    "RmsNormArgs", [("n", "u"), ("x_stride", "u"), ("out_stride", "u"), ("eps", "f")]
+)
 GemvArgs = _args(
     "GemvArgs",
     [("rows", "u"), ("cols", "u"), ("row_bytes", "u"), ("x_stride", "u"), ("out_stride", "u")]
@@ -72,8 +74,12 @@ AttnArgs = _args(
     [(f, "u") for f in ("n_head", "n_head_kv", "head_dim", "pos0", "kv_capacity", "q_stride")]
     + [("out_stride", "u"), ("scale", "f")],
 )
-SwiGluArgs = _args("SwiGluArgs", [("cols", "u"), ("gate_stride", "u"), ("up_stride", "u"), ("pad0", "u")])
-EmbedArgs = _args("EmbedArgs", [("cols", "u"), ("row_bytes", "u"), ("out_stride", "u"), ("scale", "f")])
+SwiGluArgs = _args(
+    "SwiGluArgs", [("cols", "u"), ("gate_stride", "u"), ("up_stride", "u"), ("pad0", "u")]
+)
+EmbedArgs = _args(
+    "EmbedArgs", [("cols", "u"), ("row_bytes", "u"), ("out_stride", "u"), ("scale", "f")]
+)
 
 
 def _constants() -> dict[str, int]:
@@ -87,7 +93,9 @@ def _constants() -> dict[str, int]:
     mirror |= {"AttnArgs": AttnArgs, "SwiGluArgs": SwiGluArgs, "EmbedArgs": EmbedArgs}
     for name, dt in mirror.items():
         if int(sizes[name]) != dt.itemsize:
-            raise AssertionError(f"[emu_harness] {name}: args.h says {sizes[name]} bytes, mirror has {dt.itemsize}")
+            raise AssertionError(
+                f"[emu_harness] {name}: args.h says {sizes[name]} bytes, mirror has {dt.itemsize}"
+            )
     return out
 
 
@@ -123,10 +131,18 @@ class EmuLib:
         self._n_recorded = 0
         self._lib = ctypes.CDLL(str(self.path))
         self._lib.emu_kernel_name.restype = ctypes.c_char_p
-        self._lib.emu_dispatch.argtypes = [ctypes.POINTER(_Dispatch), ctypes.c_char_p, ctypes.c_uint64]
-        self.kernels = [self._lib.emu_kernel_name(i).decode() for i in range(self._lib.emu_kernel_count())]
+        self._lib.emu_dispatch.argtypes = [
+            ctypes.POINTER(_Dispatch),
+            ctypes.c_char_p,
+            ctypes.c_uint64,
+        ]
+        self.kernels = [
+            self._lib.emu_kernel_name(i).decode() for i in range(self._lib.emu_kernel_count())
+        ]
 
-    def dispatch(self, kernel, groups, threads, buffers, tg_bytes=None, workers=2, reverse=False) -> None:
+    def dispatch(
+        self, kernel, groups, threads, buffers, tg_bytes=None, workers=2, reverse=False
+    ) -> None:
         """groups / threads: up to 3 ints; buffers: {index: C-contiguous numpy array}."""
         groups = [groups[i] if i < len(groups) else 1 for i in range(3)]
         threads = [threads[i] if i < len(threads) else 1 for i in range(3)]
@@ -155,10 +171,19 @@ class EmuLib:
             raise EmuError(rc, err.value.decode(errors="replace"))
 
 
-def build(out: Path, dirs: list[Path], sanitize: str = "none", replay: bool = False, headers=()) -> Path:
+def build(
+    out: Path, dirs: list[Path], sanitize: str = "none", replay: bool = False, headers=()
+) -> Path:
     """Compiles an emulator library (or, with `replay`, the emu_replay executable) with clang++-19.
     `headers`: shader directories that are only included (e.g. shaders/ for defines.h)."""
-    cmd = [sys.executable, str(BUILD_EMU), "--out", str(out), "--work", str(out.parent / (out.name + ".work"))]
+    cmd = [
+        sys.executable,
+        str(BUILD_EMU),
+        "--out",
+        str(out),
+        "--work",
+        str(out.parent / (out.name + ".work")),
+    ]
     cmd += ["--cxx", CLANG, "--sanitize", sanitize]
     cmd += ["--driver", str(ROOT / "native" / "metal_emu" / "replay.cpp")] if replay else []
     for h in headers:

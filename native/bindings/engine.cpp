@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "bindings/bindings.h"
+#include "bindings/sigint.h"
 
 namespace nb = nanobind;
 
@@ -117,6 +118,7 @@ void init_engine(nb::module_& m) {
                   "logits_out: expected " + std::to_string(want) + "x" + std::to_string(e.n_vocab()) + ", got " +
                       std::to_string(logits_out.shape(0)) + "x" + std::to_string(logits_out.shape(1)));
             nb::gil_scoped_release release;
+            SigintCancel ctrl_c(e);
             e.forward(tokens.data(), n, start_pos, logits_out.data(), all_logits);
           },
           nb::arg("tokens"), nb::arg("start_pos"), nb::arg("logits_out"), nb::arg("all_logits"))
@@ -125,6 +127,7 @@ void init_engine(nb::module_& m) {
           [](PyEngine& self, int32_t token, int64_t pos, Sampler& sampler) {
             Engine& e = self.get("engine.decode");
             nb::gil_scoped_release release;
+            SigintCancel ctrl_c(e);
             return e.decode(token, pos, sampler);
           },
           nb::arg("token"), nb::arg("pos"), nb::arg("sampler"))

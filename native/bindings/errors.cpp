@@ -15,9 +15,16 @@ namespace {
 
 void raise_typed(ErrorCode code, const char* message) {
   // metallic.errors is pure Python and imported lazily (it is importable whenever _core is).
-  nb::object errors = nb::module_::import_("metallic.errors");
-  nb::object exc = errors.attr("from_code")(static_cast<int>(code), message);
-  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  // Building the exception runs Python code, where a pending signal (Ctrl-C that also cancelled
+  // the native call) may raise first: then that exception (KeyboardInterrupt) is the one to
+  // surface, never a RuntimeError wrapping it.
+  try {
+    nb::object errors = nb::module_::import_("metallic.errors");
+    nb::object exc = errors.attr("from_code")(static_cast<int>(code), message);
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  } catch (nb::python_error& e) {
+    e.restore();
+  }
 }
 
 }  // namespace

@@ -19,6 +19,7 @@ namespace metallic {
 namespace {
 
 constexpr size_t kAlign = 64;
+constexpr size_t kMapThreshold = size_t{1} << 20;  // buffers from this size up are mmap'd
 
 class CpuDevice final : public Device {
  public:
@@ -40,10 +41,16 @@ class CpuDevice final : public Device {
   const char* name() const override { return "cpu"; }
 
   Buffer alloc(size_t nbytes) override {
+    if (nbytes >= kMapThreshold) {
+      // Large buffers (weights repacks, KV cache, activations) come straight from the kernel:
+      // zero pages that cost no RSS until touched, and munmap returns them at release (a heap
+      // block would stay in the process after free).
+      void* p = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED)
+        fail(ErrorCode::kOutOfMemory, "cpu.alloc", "cannot map " + std::to_string(nbytes) + " bytes");
+      return Buffer{p, nbytes, p};
+    }
     const size_t rounded = (nbytes + kAlign - 1) / kAlign * kAlign;
-    // calloc-style zeroing through aligned_alloc + memset would touch every page; large KV
-    // caches rely on untouched pages not counting in RSS, so use calloc semantics via mmap'd
-    // allocations of the C library (glibc serves big calloc requests with fresh zero pages).
     void* p = std::calloc(1, rounded + kAlign);
     if (p == nullptr)
       fail(ErrorCode::kOutOfMemory, "cpu.alloc", "cannot allocate " + std::to_string(nbytes) + " bytes");
@@ -56,7 +63,13 @@ class CpuDevice final : public Device {
   Buffer wrap_host(const void* ptr, size_t nbytes) override { return Buffer{const_cast<void*>(ptr), nbytes, nullptr}; }
 
   void release(Buffer& buf) override {
-    if (buf.handle != nullptr) std::free(buf.handle);
+    if (buf.handle != nullptr) {
+      if (buf.nbytes >= kMapThreshold) {
+        munmap(buf.handle, buf.nbytes);
+      } else {
+        std::free(buf.handle);
+      }
+    }
     buf = Buffer{};
   }
 

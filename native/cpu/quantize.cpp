@@ -15,20 +15,22 @@ void quantize_block_q8_0(const float* x, BlockQ8_0& out) {
   float amax = 0.f;
   for (int i = 0; i < kQK; ++i) amax = std::fmax(amax, std::fabs(x[i]));
   const float d = amax / 127.f;
-  const float id = d != 0.f ? 1.f / d : 0.f;
+  float id = d != 0.f ? 1.f / d : 0.f;
+  if (!std::isfinite(id)) id = 0.f;  // d subnormal: the block is zero at fp16 anyway (d -> 0)
   out.d = f32_to_fp16(d);
   for (int i = 0; i < kQK; ++i) out.qs[i] = static_cast<int8_t>(std::roundf(x[i] * id));
 }
 
 void quantize_block_q4_0(const float* x, BlockQ4_0& out) {
-  float amax = 0.f, max = 0.f;
-  for (int i = 0; i < kQK; ++i)
+  float amax = std::fabs(x[0]), max = x[0];  // first element of largest |x|, as the reference
+  for (int i = 1; i < kQK; ++i)
     if (std::fabs(x[i]) > amax) {
       amax = std::fabs(x[i]);
       max = x[i];
     }
   const float d = max / -8.f;
-  const float id = d != 0.f ? 1.f / d : 0.f;
+  float id = d != 0.f ? 1.f / d : 0.f;
+  if (!std::isfinite(id)) id = 0.f;  // d subnormal: the block is zero at fp16 anyway (d -> 0)
   out.d = f32_to_fp16(d);
   for (int i = 0; i < kQK / 2; ++i) {
     const auto lo = static_cast<uint8_t>(std::fmin(15.f, std::trunc(x[i] * id + 8.5f)));

@@ -4,6 +4,8 @@
 //   Q8_0: d = amax / 127, q = roundf(x / d)           (half away from zero)
 //   Q4_0: d = m / -8 (m: the element of largest |x|, first on ties), q = min(15, trunc(x / d + 8.5))
 // with 1/d computed once per block in float32, and d stored as fp16 (round to nearest even).
+// A block whose 1/d overflows (|d| tiny: it is 0 in fp16 too) takes 1/d = 0, which keeps every
+// code in range instead of the reference's undefined float → int conversion of inf / NaN.
 #pragma once
 
 #include <cstdint>

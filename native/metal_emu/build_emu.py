@@ -41,7 +41,13 @@ BASE_FLAGS = [
 SANITIZE = {
     "none": ["-O2"],
     "thread": ["-O1", "-g", "-fsanitize=thread"],
-    "address": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
+    "address": [
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+    ],
 }
 
 
@@ -75,7 +81,14 @@ def _run(cmd: list[str]) -> None:
 
 
 def build(
-    out: Path, work: Path, dirs: list[Path], cxx: str, sanitize: str, driver: Path | None, jobs: int, headers=()
+    out: Path,
+    work: Path,
+    dirs: list[Path],
+    cxx: str,
+    sanitize: str,
+    driver: Path | None,
+    jobs: int,
+    headers=(),
 ) -> None:
     gen = work / "gen"
     include = ["-I", str(HERE), "-I", str(NATIVE)]
@@ -128,7 +141,9 @@ def main() -> int:
     ap.add_argument("--sanitize", default="none", choices=sorted(SANITIZE))
     ap.add_argument("--driver", type=Path)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--headers", type=Path, action="append", default=[], help="shader dir only included")
+    ap.add_argument(
+        "--headers", type=Path, action="append", default=[], help="shader dir only included"
+    )
     ap.add_argument("dirs", nargs="+", type=Path)
     a = ap.parse_args()
     try:

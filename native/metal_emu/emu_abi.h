@@ -15,9 +15,9 @@ extern "C" {
 
 enum {
   EMU_OK = 0,
-  EMU_ERR_INVALID = 1,   /* bad dispatch: unknown kernel, zero threads, too many threads */
-  EMU_ERR_UNBOUND = 2,   /* a buffer / threadgroup memory the kernel declares is not bound */
-  EMU_ERR_KERNEL = 3,    /* the kernel misbehaved: divergent barrier / simd call, early return */
+  EMU_ERR_INVALID = 1, /* bad dispatch: unknown kernel, zero threads, too many threads */
+  EMU_ERR_UNBOUND = 2, /* a buffer / threadgroup memory the kernel declares is not bound */
+  EMU_ERR_KERNEL = 3,  /* the kernel misbehaved: divergent barrier / simd call, early return */
 };
 
 enum {
@@ -25,18 +25,18 @@ enum {
 };
 
 typedef struct {
-  void* ptr;       /* NULL: unbound */
+  void* ptr; /* NULL: unbound */
   uint64_t nbytes;
 } emu_buffer;
 
 typedef struct {
-  const char* kernel;                   /* host name, e.g. "rms_norm_f32" */
-  uint32_t groups[3];                   /* threadgroups per grid */
-  uint32_t threads[3];                  /* threads per threadgroup (product <= 1024) */
-  emu_buffer buffers[EMU_MAX_BUFFERS];  /* [[buffer(i)]] */
-  uint32_t tg_bytes[EMU_MAX_TG_MEM];    /* [[threadgroup(i)]] lengths; 0: unbound */
-  int32_t workers;                      /* OS threads; <= 0: hardware concurrency */
-  uint32_t flags;                       /* EMU_FLAG_* */
+  const char* kernel;                  /* host name, e.g. "rms_norm_f32" */
+  uint32_t groups[3];                  /* threadgroups per grid */
+  uint32_t threads[3];                 /* threads per threadgroup (product <= 1024) */
+  emu_buffer buffers[EMU_MAX_BUFFERS]; /* [[buffer(i)]] */
+  uint32_t tg_bytes[EMU_MAX_TG_MEM];   /* [[threadgroup(i)]] lengths; 0: unbound */
+  int32_t workers;                     /* OS threads; <= 0: hardware concurrency */
+  uint32_t flags;                      /* EMU_FLAG_* */
 } emu_dispatch_t;
 
 int emu_abi_version(void);

@@ -35,7 +35,9 @@ BUILTINS = {
 }
 
 _HALF_LIT = re.compile(r"(?<![\w.])((?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+)[hH]\b")
-_TG_ARRAY = re.compile(r"\bthreadgroup\s+([A-Za-z_][\w:<>, ]*?)\s+([A-Za-z_]\w*)\s*((?:\[[^\]]+\]\s*)+);")
+_TG_ARRAY = re.compile(
+    r"\bthreadgroup\s+([A-Za-z_][\w:<>, ]*?)\s+([A-Za-z_]\w*)\s*((?:\[[^\]]+\]\s*)+);"
+)
 _KERNEL = re.compile(r"(\[\[\s*kernel\s*\]\]|\bkernel\b)(\s+void\s+)([A-Za-z_]\w*)\s*\(")
 _TEMPLATE = re.compile(r"template\s*<([^<>]*)>\s*(?://[^\n]*\s*)*$")
 _ATTR = re.compile(r"\[\[\s*([A-Za-z_]\w*)\s*(?:\(\s*(\d+)\s*\))?\s*\]\]")
@@ -148,21 +150,25 @@ def _launcher(k: Kernel, display: str) -> str:
     for p in k.params:
         if p.kind == "kBuffer":
             args.append(f"::emu::buffer_arg<{p.ctype}>(c, {p.index})")
-            infos.append(f'{{::emu::ParamKind::kBuffer, {p.index}, "{p.name}", ::emu::ref_size<{p.ctype}>()}}')
+            infos.append(
+                f'{{::emu::ParamKind::kBuffer, {p.index}, "{p.name}", ::emu::ref_size<{p.ctype}>()}}'
+            )
         elif p.kind == "kThreadgroup":
             args.append(f"::emu::tg_arg<{p.ctype}>(c, {p.index})")
             infos.append(f'{{::emu::ParamKind::kThreadgroup, {p.index}, "{p.name}", 0}}')
         else:
             args.append(f"::emu::builtin_arg<{p.ctype}>(c, {p.index})")
-            infos.append(f'{{::emu::ParamKind::kBuiltin, static_cast<int32_t>({p.index}), "{p.name}", 0}}')
+            infos.append(
+                f'{{::emu::ParamKind::kBuiltin, static_cast<int32_t>({p.index}), "{p.name}", 0}}'
+            )
     n = len(k.params)
-    infos_txt = ", ".join(infos) if infos else "{::emu::ParamKind::kBuiltin, 0, \"\", 0}"
+    infos_txt = ", ".join(infos) if infos else '{::emu::ParamKind::kBuiltin, 0, "", 0}'
     out = (
         f"{tmpl}[[maybe_unused]] static void __emu_launch_{k.name}(const ::emu::LaneCtx& c) {{ "
         f"{k.name}{targs}({', '.join(args)}); }} "
         f"{tmpl}[[maybe_unused]] static const ::emu::KernelInfo& __emu_info_{k.name}() {{ "
         f"static const ::emu::ParamInfo p[] = {{{infos_txt}}}; "
-        f"static const ::emu::KernelInfo i{{p, {n}, &__emu_launch_{k.name}{targs}, \"{display}\"}}; "
+        f'static const ::emu::KernelInfo i{{p, {n}, &__emu_launch_{k.name}{targs}, "{display}"}}; '
         f"return i; }}"
     )
     if not k.template:
@@ -187,14 +193,22 @@ def rewrite(src: str, display: str) -> str:
         params = [_parse_param(t, where) for _, t in _split_params(plist)]
         kernels.append(Kernel(m.group(3), template, params, body_close + 1))
         new_plist = _ATTR.sub(lambda a: _blank(a.group(0)), plist)
-        out = out[: m.start()] + _blank(m.group(1)) + out[m.end(1) : m.end()] + new_plist + out[close:]
+        out = (
+            out[: m.start()]
+            + _blank(m.group(1))
+            + out[m.end(1) : m.end()]
+            + new_plist
+            + out[close:]
+        )
     # Launchers go right after each kernel (same namespace), on the kernel's last line so that
     # no line number moves; insert from the back so earlier offsets stay valid.
     for k in reversed(kernels):
         out = out[: k.end] + " " + _launcher(k, display) + out[k.end :]
     out = _TG_ARRAY.sub(
-        lambda a: f"static thread_local {a.group(1)} {a.group(2)}{a.group(3).strip()}; "
-        f"::emu::tg_declare({a.group(2)}, sizeof({a.group(2)}));",
+        lambda a: (
+            f"static thread_local {a.group(1)} {a.group(2)}{a.group(3).strip()}; "
+            f"::emu::tg_declare({a.group(2)}, sizeof({a.group(2)}));"
+        ),
         out,
     )
     out = _HALF_LIT.sub(lambda a: f"((half){a.group(1)})", out)

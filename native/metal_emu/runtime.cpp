@@ -284,8 +284,8 @@ void resolve_barrier(Group& g) {
     if (first < 0) {
       first = i;
     } else if (!same_site(l.at, g.lanes[first].at)) {
-      g.error = "lanes wait at different barriers: lane " + std::to_string(first) + " at " +
-                where(g.lanes[first].at) + ", lane " + std::to_string(i) + " at " + where(l.at);
+      g.error = "lanes wait at different barriers: lane " + std::to_string(first) + " at " + where(g.lanes[first].at) +
+                ", lane " + std::to_string(i) + " at " + where(l.at);
       return;
     }
   }
@@ -367,7 +367,6 @@ void release_stacks(std::vector<void*> s) {
 struct Worker {
   const emu_dispatch_t* d;
   const KernelInfo* info;
-  void* const* tg_mem_unused;
   std::atomic<uint64_t>* next;
   uint64_t total;
   std::mutex* err_mu;
@@ -535,9 +534,7 @@ extern "C" {
 
 __attribute__((visibility("default"))) int emu_abi_version(void) { return EMU_ABI_VERSION; }
 
-__attribute__((visibility("default"))) int emu_kernel_count(void) {
-  return static_cast<int>(emu::names().size());
-}
+__attribute__((visibility("default"))) int emu_kernel_count(void) { return static_cast<int>(emu::names().size()); }
 
 __attribute__((visibility("default"))) const char* emu_kernel_name(int i) {
   if (i < 0 || i >= emu_kernel_count()) return nullptr;
@@ -582,7 +579,9 @@ __attribute__((visibility("default"))) int emu_dispatch(const emu_dispatch_t* d,
   std::atomic<bool> stop{false};
   std::mutex err_mu;
   std::string msg;
-  const emu::Worker w{d, &info, nullptr, &next, total, &err_mu, &msg, &stop};
+  const emu::Worker w{d, &info, &next, total, &err_mu, &msg, &stop};
+  // DEBT: worker threads are spawned per dispatch (~20 us each); a persistent pool is owed once
+  // the emulated-Metal device runs whole models through here.
   std::vector<std::thread> threads;
   for (int i = 1; i < workers; ++i) threads.emplace_back([&w] { emu::worker_main(w); });
   emu::worker_main(w);

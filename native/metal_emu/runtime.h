@@ -33,9 +33,9 @@ enum class Builtin : int32_t {
 
 struct ParamInfo {
   ParamKind kind;
-  int32_t index;      // buffer / threadgroup index, or the Builtin
-  const char* name;   // parameter name in the .metal source
-  size_t ref_bytes;   // bytes the kernel reads through a reference parameter (0 for pointers)
+  int32_t index;     // buffer / threadgroup index, or the Builtin
+  const char* name;  // parameter name in the .metal source
+  size_t ref_bytes;  // bytes the kernel reads through a reference parameter (0 for pointers)
 };
 
 // Everything one lane's launcher needs.

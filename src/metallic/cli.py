@@ -384,7 +384,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         import metallic
         from metallic import registry
-        from metallic.errors import MetallicError
+        from metallic.errors import Cancelled, MetallicError
     except ImportError as exc:
         print(f"{PROG}: ImportError: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
@@ -416,6 +416,8 @@ def _run(argv: Sequence[str] | None) -> int:
     except (MetallicError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             raise
+        if isinstance(exc, Cancelled):  # Ctrl-C inside a native call: quiet, like KeyboardInterrupt
+            return EXIT_INTERRUPTED
         print(f"{PROG}: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -103,34 +103,47 @@ def check_stop(stop: object) -> tuple[str, ...]:
 
 
 class _StopMatcher:
-    """Finds stop strings across token boundaries; holds back text that may start one."""
+    """Finds stop strings across token boundaries; holds back text that may start one.
+
+    The result does not depend on how the text is split into chunks: generation stops before the
+    earliest-starting stop string of the whole text. A stop found at position c is therefore
+    only acted on once no other stop string could still complete at a start before c.
+    """
 
     def __init__(self, stops: tuple[str, ...]):
         self.stops = stops
         self.pending = ""
 
+    def _partial(self, buf: str) -> int:
+        """Earliest p where buf[p:] is a proper prefix of some stop (len(buf) if none)."""
+        for p in range(len(buf)):
+            rest = buf[p:]
+            if any(len(s) > len(rest) and s.startswith(rest) for s in self.stops):
+                return p
+        return len(buf)
+
+    def _resolve(self, buf: str, final: bool) -> tuple[str, bool]:
+        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        hold = len(buf) if final else self._partial(buf)
+        if cut >= 0 and (final or cut <= hold):
+            self.pending = ""
+            return buf[:cut], True
+        keep = min(hold, cut) if cut >= 0 else hold
+        self.pending = buf[keep:]
+        return buf[:keep], False
+
     def push(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, stopped)."""
         if not self.stops:
             return text, False
-        buf = self.pending + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.pending = ""
-            return buf[:cut], True
-        # Hold back the longest suffix of buf that is a proper prefix of some stop string.
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(buf)), hold, -1):
-                if buf.endswith(s[:k]):
-                    hold = k
-                    break
-        self.pending = buf[len(buf) - hold :] if hold else ""
-        return buf[: len(buf) - hold], False
+        return self._resolve(self.pending + text, final=False)
 
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
+    def flush(self) -> tuple[str, bool]:
+        """End of text: (the rest to emit, whether a held-back stop string ended it)."""
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        return self._resolve(self.pending, final=True)
 
 
 class TextStream:
@@ -147,7 +160,10 @@ class TextStream:
     def finish(self) -> tuple[str, bool]:
         """Flushes held-back bytes and text: (the rest to emit, a stop string was reached)."""
         tail, stopped = self._stop.push(self._detok.finalize())
-        return (tail if stopped else tail + self._stop.flush()), stopped
+        if stopped:
+            return tail, True
+        rest, stopped = self._stop.flush()
+        return tail + rest, stopped
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

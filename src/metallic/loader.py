@@ -136,6 +136,13 @@ def _open_gguf(p: Path) -> ModelBundle:
         args = dataclasses.replace(args, tie_word_embeddings="output.weight" not in g.tensors)
         factors = _rope_freqs(g, args, src)
         config = fam.native_config(args, "gguf", factors, source=src)
+        tokens = md.get("tokenizer.ggml.tokens")
+        if isinstance(tokens, list) and len(tokens) != config["n_vocab"]:
+            # llama.cpp's rule: one embedding row per token, no more, no fewer.
+            raise CorruptFile(
+                f"[{TAG}] {src}: key tokenizer.ggml.tokens: expected {config['n_vocab']} "
+                f"tokens (the vocabulary size), got {len(tokens)}"
+            )
         table = {n: (t.dtype, t.shape) for n, t in g.tensors.items() if n not in GGUF_IGNORED}
         _check(fam, config, table, src)
         weights: Weights = {n: (dt, shp, g.data(n)) for n, (dt, shp) in table.items()}

@@ -11,7 +11,7 @@ import numpy as np
 from . import constrain as _constrain
 from . import generate as _gen
 from . import prompt_cache as _prompt_cache
-from .errors import Busy, Closed, ContextOverflow, InvalidArgument
+from .errors import Busy, Cancelled, Closed, ContextOverflow, InvalidArgument
 from .generate import GenerationResponse
 from .sampling import SamplingParams, check_logprobs, make_sampler
 
@@ -20,6 +20,9 @@ def _core():
     from . import _core as core  # deferred: keeps `import metallic` cheap
 
     return core
+
+
+_INTERRUPTED = "[generate] interrupted (Ctrl-C): stopped at a layer boundary; the model is ready"
 
 
 class Model:
@@ -200,6 +203,8 @@ class Model:
                 logprobs=logprobs,
                 constraint=constraint,
             )
+        except (KeyboardInterrupt, Cancelled) as exc:  # Ctrl-C: the native call stopped early
+            raise Cancelled(_INTERRUPTED) from exc
         finally:
             self._lock.release()
 
@@ -244,6 +249,8 @@ class Model:
             self._cache.clear()
             engine.forward(np.asarray(ids, dtype=np.int32), 0, out, True)
             self._cache.extend(ids)
+        except (KeyboardInterrupt, Cancelled) as exc:
+            raise Cancelled(_INTERRUPTED) from exc
         finally:
             self._lock.release()
         return out

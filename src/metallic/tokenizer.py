@@ -200,6 +200,10 @@ class Tokenizer:
         gen = _read_json(folder / "generation_config.json")
         model_cfg = _read_json(folder / "config.json")
         n_vocab = hf.get_vocab_size(with_added_tokens=True)
+        rows = model_cfg.get("vocab_size")
+        if isinstance(rows, int) and not isinstance(rows, bool) and n_vocab > rows:
+            # The model may pad its embedding past the tokenizer, never the other way round.
+            raise corrupt(f"{file}", f"at most {rows} tokens (config.json vocab_size)", n_vocab)
 
         def token_of(key: str) -> int | None:
             value = cfg.get(key)

@@ -323,3 +323,27 @@ def test_smollm2_bundle():
         dt, shape, data = b.weights["blk.3.attn_k.weight"]
         assert dt == DType.Q4_1 and shape == (192, 576) and data.nbytes == 192 * 18 * 20
         assert b.gguf_metadata["tokenizer.ggml.model"] == "gpt2"
+
+
+def test_gguf_token_count_must_match_vocab(tmp_path):
+    # Found by the fuzzer: a GGUF whose tokenizer.ggml.tokens had one entry fewer than the
+    # embedding rows loaded, then failed mid-generation when the model sampled the last id.
+    import tiny_models
+    from fuzz import mutators
+
+    model = tiny_models.make_model(tmp_path, "llama", "q8_0", "gguf", True)
+    files = {"model.gguf": model.path.read_bytes()}
+    meta = _gguf_tokens(model.path)
+    for tokens in (meta[:-1], [*meta, "\u0120extra"]):
+        op = ["gkv", "tokenizer.ggml.tokens", 9, [8, tokens]]
+        out = tmp_path / f"t{len(tokens)}.gguf"
+        out.write_bytes(mutators.apply(files, [op])["model.gguf"])
+        with pytest.raises(CorruptFile, match=r"tokenizer\.ggml\.tokens: expected 333 tokens"):
+            open_model(out)
+
+
+def _gguf_tokens(path: Path) -> list[str]:
+    from metallic.gguf import GGUFFile
+
+    with GGUFFile(path) as g:
+        return list(g.metadata["tokenizer.ggml.tokens"])

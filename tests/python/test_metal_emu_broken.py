@@ -18,12 +18,24 @@ import sys
 import numpy as np
 import pytest
 
-from emu_harness import ERR_KERNEL, ERR_UNBOUND, ROOT, EmuError, EmuLib, RmsNormArgs, build, have_clang, pack
+from emu_harness import (
+    ERR_KERNEL,
+    ERR_UNBOUND,
+    ROOT,
+    EmuError,
+    EmuLib,
+    RmsNormArgs,
+    build,
+    have_clang,
+    pack,
+)
 
 BROKEN = ROOT / "tests" / "metal_broken"
 SHADERS = ROOT / "shaders"
 
-pytestmark = pytest.mark.skipif(not have_clang(), reason="clang++-19 is not installed (scripts/install_clang.sh)")
+pytestmark = pytest.mark.skipif(
+    not have_clang(), reason="clang++-19 is not installed (scripts/install_clang.sh)"
+)
 
 
 def line_of(file: str, marker: str) -> int:
@@ -61,8 +73,14 @@ def test_divergent_simd_calls(broken):
     assert e.value.code == ERR_KERNEL
     msg = str(e.value)
     assert "divergent simd_* calls" in msg
-    assert f"simd_sum (tests/metal_broken/divergent_simd.metal:{line_of('divergent_simd.metal', 'SIMD-A')})" in msg
-    assert f"simd_max (tests/metal_broken/divergent_simd.metal:{line_of('divergent_simd.metal', 'SIMD-B')})" in msg
+    assert (
+        f"simd_sum (tests/metal_broken/divergent_simd.metal:{line_of('divergent_simd.metal', 'SIMD-A')})"
+        in msg
+    )
+    assert (
+        f"simd_max (tests/metal_broken/divergent_simd.metal:{line_of('divergent_simd.metal', 'SIMD-B')})"
+        in msg
+    )
 
 
 def test_simd_call_against_barrier(broken):
@@ -108,7 +126,9 @@ def test_unbound_buffer(shaders_lib):
 def test_argument_buffer_too_small(shaders_lib):
     x = np.ones((1, 32), np.float32)
     with pytest.raises(EmuError) as e:
-        shaders_lib.dispatch("rms_norm_f32", (1,), (32,), {0: x, 1: x[0], 2: x, 3: np.zeros(2, np.uint32)})
+        shaders_lib.dispatch(
+            "rms_norm_f32", (1,), (32,), {0: x, 1: x[0], 2: x, 3: np.zeros(2, np.uint32)}
+        )
     assert e.value.code == ERR_UNBOUND
     assert "buffer(3) 'a': expected at least 16 bytes, got 8" in str(e.value)
 
@@ -120,7 +140,10 @@ def test_argument_buffer_too_small(shaders_lib):
 def sanitized(tmp_path_factory):
     """emu_replay built with TSan and with ASan+UBSan, shaders and broken kernels linked in."""
     d = tmp_path_factory.mktemp("emu_san")
-    return {s: build(d / f"emu_replay_{s}", [SHADERS, BROKEN], sanitize=s, replay=True) for s in ("thread", "address")}
+    return {
+        s: build(d / f"emu_replay_{s}", [SHADERS, BROKEN], sanitize=s, replay=True)
+        for s in ("thread", "address")
+    }
 
 
 def replay(exe, cases) -> subprocess.CompletedProcess:
@@ -137,19 +160,25 @@ def test_tsan_reports_missing_barrier(broken, sanitized, tmp_path):
     assert "WARNING: ThreadSanitizer: data race" in r.stderr
     write = line_of("missing_barrier.metal", "RACE-WRITE")
     read = line_of("missing_barrier.metal", "RACE-READ")
-    assert re.search(rf"metal_broken/missing_barrier\.metal:({write}|{read}):", r.stderr), r.stderr[:3000]
+    assert re.search(rf"metal_broken/missing_barrier\.metal:({write}|{read}):", r.stderr), r.stderr[
+        :3000
+    ]
 
 
 @pytest.mark.slow
 def test_asan_reports_out_of_bounds_read(broken, sanitized, tmp_path):
     rec = EmuLib(broken.path, record_dir=tmp_path)
     n = np.array([16], np.uint32)
-    rec.dispatch("oob_read", (1,), (32,), {0: np.ones(16, np.float32), 1: np.zeros(16, np.float32), 2: n})
+    rec.dispatch(
+        "oob_read", (1,), (32,), {0: np.ones(16, np.float32), 1: np.zeros(16, np.float32), 2: n}
+    )
     r = replay(sanitized["address"], sorted(tmp_path.glob("*.case")))
     assert r.returncode != 0
     assert "AddressSanitizer: heap-buffer-overflow" in r.stderr
     line = line_of("oob_read.metal", "OOB-READ")
-    assert re.search(rf"READ of size 4.*?metal_broken/oob_read\.metal:{line}:", r.stderr, re.S), r.stderr[:3000]
+    assert re.search(rf"READ of size 4.*?metal_broken/oob_read\.metal:{line}:", r.stderr, re.S), (
+        r.stderr[:3000]
+    )
 
 
 @pytest.mark.slow
@@ -158,7 +187,12 @@ def test_kernel_tests_have_zero_sanitizer_reports(sanitized, tmp_path):
     (fiber-annotated) and ASan+UBSan: no report, no failure."""
     env = dict(os.environ, METALLIC_EMU_RECORD=str(tmp_path))
     kernels = ROOT / "tests" / "python" / "test_metal_emu_kernels.py"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(kernels)], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(kernels)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     cases = sorted(tmp_path.glob("*.case"))
     assert len(cases) > 100

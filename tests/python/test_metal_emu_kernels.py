@@ -14,8 +14,21 @@ import pytest
 
 import reference
 import tiny_models
-from emu_harness import CONST, ROOT, EmuLib, build, have_clang, installed_library, pack
-from emu_harness import AttnArgs, EmbedArgs, GemvArgs, RmsNormArgs, RopeKvArgs, SwiGluArgs
+from emu_harness import (
+    CONST,
+    ROOT,
+    AttnArgs,
+    EmbedArgs,
+    EmuLib,
+    GemvArgs,
+    RmsNormArgs,
+    RopeKvArgs,
+    SwiGluArgs,
+    build,
+    have_clang,
+    installed_library,
+    pack,
+)
 
 U = 2.0**-24
 HALF_U = 2.0**-11  # float16 unit roundoff
@@ -27,7 +40,9 @@ def emu(tmp_path_factory) -> EmuLib:
     if lib is None:
         if not have_clang():
             pytest.skip("clang++-19 is not installed (scripts/install_clang.sh): no Metal emulator")
-        lib = build(tmp_path_factory.mktemp("emu") / "libmetallic_shaders_emu.so", [ROOT / "shaders"])
+        lib = build(
+            tmp_path_factory.mktemp("emu") / "libmetallic_shaders_emu.so", [ROOT / "shaders"]
+        )
     return EmuLib(lib)
 
 
@@ -39,15 +54,26 @@ def run_both_orders(emu: EmuLib, kernel, groups, threads, buffers: dict, outputs
     emu.dispatch(kernel, groups, threads, inputs, reverse=True)
     for i in outputs:
         np.testing.assert_array_equal(
-            buffers[i].view(np.uint8), inputs[i].view(np.uint8), err_msg=f"{kernel}: buffer({i}) depends on lane order"
+            buffers[i].view(np.uint8),
+            inputs[i].view(np.uint8),
+            err_msg=f"{kernel}: buffer({i}) depends on lane order",
         )
     return [buffers[i] for i in outputs]
 
 
 def test_library_lists_every_family(emu):
-    for k in ("rms_norm_f32", "rms_norm_f16", "gemv_q4_1", "rope_kv_f16", "attention_decode_f32", "swiglu_f32"):
+    for k in (
+        "rms_norm_f32",
+        "rms_norm_f16",
+        "gemv_q4_1",
+        "rope_kv_f16",
+        "attention_decode_f32",
+        "swiglu_f32",
+    ):
         assert k in emu.kernels
-    assert {f"embed_{t}" for t in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")} <= set(emu.kernels)
+    assert {f"embed_{t}" for t in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")} <= set(
+        emu.kernels
+    )
 
 
 # ----------------------------------------------------------------------------- rms_norm
@@ -64,7 +90,9 @@ def test_rms_norm(emu, n, dtype):
     out = np.zeros_like(x)
     args = pack(RmsNormArgs, n=n, x_stride=n, out_stride=n, eps=1e-5)
     threads = min(256, (n + 31) // 32 * 32)
-    (got,) = run_both_orders(emu, f"rms_norm_{dtype}", (rows,), (threads,), {0: x, 1: w, 2: out, 3: args}, [2])
+    (got,) = run_both_orders(
+        emu, f"rms_norm_{dtype}", (rows,), (threads,), {0: x, 1: w, 2: out, 3: args}, [2]
+    )
     ref = reference.rms_norm(x.astype(np.float64), w.astype(np.float64), 1e-5)
     # float32: sum of n squares (n U relative), rsqrt and two products (~4 U); f16 adds the
     # final rounding to half (HALF_U relative).
@@ -93,7 +121,9 @@ def test_gemv(emu, dtype, rows, cols, tokens):
     acc0 = rng.standard_normal((tokens, rows)).astype(np.float32)
     for accumulate, has_bias in [(0, 0), (1, 1)]:
         out = acc0.copy()
-        args = pack(GemvArgs, rows=rows, cols=cols, row_bytes=raw.shape[1], x_stride=cols, out_stride=rows)
+        args = pack(
+            GemvArgs, rows=rows, cols=cols, row_bytes=raw.shape[1], x_stride=cols, out_stride=rows
+        )
         args["accumulate"], args["has_bias"] = accumulate, has_bias
         groups = (-(-rows // CONST["kGemvRowsPerGroup"]), tokens)
         threads = (CONST["kGemvSimdgroups"] * 32,)
@@ -126,7 +156,10 @@ def test_gemv_large_rows_exact_on_integers(emu):
 
 @pytest.mark.parametrize("neox", [True, False])
 @pytest.mark.parametrize("cache", ["f32", "f16"])
-@pytest.mark.parametrize(("n_head", "n_kv", "hd", "tokens", "pos0"), [(1, 1, 2, 1, 0), (4, 2, 16, 3, 5), (9, 3, 64, 2, 37)])
+@pytest.mark.parametrize(
+    ("n_head", "n_kv", "hd", "tokens", "pos0"),
+    [(1, 1, 2, 1, 0), (4, 2, 16, 3, 5), (9, 3, 64, 2, 37)],
+)
 def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0):
     rng = np.random.default_rng(hd + tokens)
     cap = pos0 + tokens + 2
@@ -137,11 +170,21 @@ def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0):
     kc = np.full((n_kv * cap, hd), 7, np_c)  # rows outside pos0..pos0+tokens must stay untouched
     vc = np.full((n_kv * cap, hd), 7, np_c)
     inv = reference.rope_inv_freq(hd, 10000.0).astype(np.float32)
-    args = pack(RopeKvArgs, n_head=n_head, n_head_kv=n_kv, head_dim=hd, neox=int(neox), pos0=pos0, kv_capacity=cap)
+    args = pack(
+        RopeKvArgs,
+        n_head=n_head,
+        n_head_kv=n_kv,
+        head_dim=hd,
+        neox=int(neox),
+        pos0=pos0,
+        kv_capacity=cap,
+    )
     args["q_stride"], args["k_stride"], args["v_stride"] = n_head * hd, n_kv * hd, n_kv * hd
     q_ref, k_ref = q.astype(np.float64), k.astype(np.float64)
     bufs = {0: q, 1: k, 2: v, 3: kc, 4: vc, 5: inv, 6: args}
-    gq, gk, gkc, gvc = run_both_orders(emu, f"rope_kv_{cache}", (tokens,), (64,), bufs, [0, 1, 3, 4])
+    gq, gk, gkc, gvc = run_both_orders(
+        emu, f"rope_kv_{cache}", (tokens,), (64,), bufs, [0, 1, 3, 4]
+    )
     pos = np.arange(pos0, pos0 + tokens)
     rot = reference.rope_rotate_halves if neox else reference.rope_interleaved
     rq = rot(q_ref.reshape(tokens, n_head, hd), pos, inv.astype(np.float64)).reshape(tokens, -1)
@@ -186,14 +229,25 @@ def test_attention_decode(emu, cache, n_head, n_kv, hd, tokens, pos0):
     args = pack(AttnArgs, n_head=n_head, n_head_kv=n_kv, head_dim=hd, pos0=pos0, kv_capacity=cap)
     args["q_stride"], args["out_stride"], args["scale"] = n_head * hd, n_head * hd, scale
     threads = (CONST["kAttnSimdgroups"] * 32,)
-    (got,) = run_both_orders(emu, f"attention_decode_{cache}", (n_head, tokens), threads, {0: q, 1: kc, 2: vc, 3: out, 4: args}, [3])
+    (got,) = run_both_orders(
+        emu,
+        f"attention_decode_{cache}",
+        (n_head, tokens),
+        threads,
+        {0: q, 1: kc, 2: vc, 3: out, 4: args},
+        [3],
+    )
     k = kc.astype(np.float64).reshape(n_kv, cap, hd)
     v = vc.astype(np.float64).reshape(n_kv, cap, hd)
     group = n_head // n_kv
     ref = np.zeros((tokens, n_head, hd))
     for t in range(tokens):
         for h in range(n_head):
-            s = k[h // group, : pos0 + t + 1] @ q[t, h * hd : (h + 1) * hd].astype(np.float64) * scale
+            s = (
+                k[h // group, : pos0 + t + 1]
+                @ q[t, h * hd : (h + 1) * hd].astype(np.float64)
+                * scale
+            )
             p = np.exp(s - s.max())
             ref[t, h] = p @ v[h // group, : pos0 + t + 1] / p.sum()
     # Scores: hd-term dot products (2 hd U relative to |q||k|), exp of a difference (a few U
@@ -215,7 +269,9 @@ def test_swiglu(emu, tokens, cols):
     ref = reference.silu(gate.astype(np.float64)) * up
     args = pack(SwiGluArgs, cols=cols, gate_stride=cols, up_stride=cols)
     groups = (-(-cols // CONST["kElementwiseThreads"]), tokens)
-    (got,) = run_both_orders(emu, "swiglu_f32", groups, (CONST["kElementwiseThreads"],), {0: gate, 1: up, 2: args}, [0])
+    (got,) = run_both_orders(
+        emu, "swiglu_f32", groups, (CONST["kElementwiseThreads"],), {0: gate, 1: up, 2: args}, [0]
+    )
     # exp (a few U), 1 + e, the division and the product: within 8 U of the result.
     np.testing.assert_allclose(got, ref, rtol=8 * U, atol=1e-30)
 
@@ -230,7 +286,14 @@ def test_embed(emu, dtype, cols):
     out = np.zeros((len(tokens), cols), np.float32)
     args = pack(EmbedArgs, cols=cols, row_bytes=raw.shape[1], out_stride=cols, scale=0.5)
     groups = (-(-cols // CONST["kElementwiseThreads"]), len(tokens))
-    (got,) = run_both_orders(emu, f"embed_{dtype}", groups, (CONST["kElementwiseThreads"],), {0: raw, 1: tokens, 2: out, 3: args}, [2])
+    (got,) = run_both_orders(
+        emu,
+        f"embed_{dtype}",
+        groups,
+        (CONST["kElementwiseThreads"],),
+        {0: raw, 1: tokens, 2: out, 3: args},
+        [2],
+    )
     # Dequantization is one float32 product (plus the Q4_1 minimum): exactly what numpy does;
     # the scale 0.5 is exact.
     np.testing.assert_array_equal(got, (table[tokens] * 0.5).astype(np.float32))

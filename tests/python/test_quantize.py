@@ -52,13 +52,25 @@ def test_bit_exact_with_ggml_reference(src, dst, rows, cols):
     x=hnp.arrays(
         np.float32,
         st.sampled_from([(1, 32), (2, 64)]),
-        elements=st.floats(-1e4, 1e4, width=32, allow_subnormal=False),
+        elements=st.floats(-1e4, 1e4, width=32, allow_subnormal=True),
     ),
     dst=st.sampled_from([DType.Q8_0, DType.Q4_0]),
 )
 def test_bit_exact_property(x, dst):
     got = K.quantize(int(DType.F32), _raw(x, DType.F32), x.shape[0], x.shape[1], int(dst), 1, "w")
-    np.testing.assert_array_equal(got, gg_quantize(x, GT(int(dst))).reshape(-1))
+    want = gg_quantize(x, GT(int(dst)))
+    got = got.reshape(want.shape)
+    nbytes = 34 if dst == DType.Q8_0 else 18
+    g, w = got.reshape(-1, nbytes), want.reshape(-1, nbytes)
+    # Blocks whose 1/d overflows float32 (max |x| below ~1e-37) are zero at fp16 (d -> 0) and the
+    # reference converts inf/NaN to int there (undefined); we define them (see quantize.h). All
+    # other blocks must match byte for byte.
+    amax = np.abs(x.reshape(-1, 32)).max(-1)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.float32(1) / (amax / np.float32(127 if dst == DType.Q8_0 else 8))
+    tiny = (amax > 0) & ~np.isfinite(inv)
+    np.testing.assert_array_equal(g[~tiny], w[~tiny])
+    assert np.all(g[tiny][:, :2].view("<f2") == 0)  # such blocks dequantize to zero
 
 
 def test_non_finite_weight_is_corrupt_file():

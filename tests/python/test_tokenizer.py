@@ -495,3 +495,15 @@ def test_folder_errors(trained, tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(errors.CorruptFile, match=needle):
             Tokenizer.from_folder(tmp_path)
+
+
+def test_from_folder_more_tokens_than_model_rows(trained, tmp_path):
+    # Found by the fuzzer: a tokenizer.json larger than the model's embedding produced ids the
+    # model rejects only at generation time; it is now a CorruptFile when the folder loads.
+    reference(trained, "smollm", tmp_path).save(str(tmp_path / "tokenizer.json"))
+    n = Tokenizer.from_folder(tmp_path).vocab_size
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": n - 1}))
+    with pytest.raises(errors.CorruptFile, match=f"at most {n - 1} tokens"):
+        Tokenizer.from_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": n + 64}))  # padded model
+    assert Tokenizer.from_folder(tmp_path).vocab_size == n
