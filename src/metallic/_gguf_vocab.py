@@ -55,6 +55,21 @@ _ADD_BOS_DEFAULT = {"llama3"}  # families whose converter default is "add BOS"
 _IGNORE_MERGES = {"llama3"}  # a word that is itself a token is not split (llama3 BPE rule)
 
 _CONTROL, _USER_DEFINED = 3, 4  # GGUF token types matched as whole (added) tokens
+_EOG_TEXTS = frozenset(
+    {
+        "<|endoftext|>",
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<end_of_turn>",
+        "<|end|>",
+        "<|return|>",
+        "<|call|>",
+        "<EOT>",
+        "<|endofturn|>",
+        "</s>",
+    }
+)
 _VALID_TOKEN_TYPES = frozenset(range(7))
 
 
@@ -145,12 +160,18 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     template = metadata.get("tokenizer.chat_template")
     if template is not None and not isinstance(template, str):
         raise corrupt(f"{source}: tokenizer.chat_template", "a string", type(template))
-    eos = frozenset(ids[k] for k in ("eos", "eot", "eom") if ids[k] is not None)
+    eos = set(ids[k] for k in ("eos", "eot", "eom") if ids[k] is not None)
+    # Extra end-of-generation ids, as llama.cpp derives them: control tokens whose text is a
+    # known end-of-turn / end-of-text marker also stop generation (SmolLM2's <|endoftext|>).
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    for tid, kind in enumerate(types):
+        if kind == _CONTROL and tokens[tid] in _EOG_TEXTS:
+            eos.add(tid)
     return GgufVocab(
         hf,
         bos_id=ids["bos"],
         eos_id=ids["eos"] if ids["eos"] is not None else ids["eot"],
-        eos_ids=eos,
+        eos_ids=frozenset(eos),
         add_bos=add_bos,
         add_eos=add_eos,
         chat_template=template,

@@ -180,7 +180,7 @@ def test_gguf_file_roundtrip_via_gguf_writer(trained, tmp_path):
     for text in SAMPLES:
         assert tok.encode(text) == direct.encode(text)
     assert tok.chat_template == "{{ messages[0]['content'] }}"
-    assert tok.bos_id == 1 and tok.eos_ids == frozenset({2})
+    assert tok.bos_id == 1 and tok.eos_ids == frozenset({0, 2})  # + control <|endoftext|> (EOG)
 
 
 def _read_gguf_meta(path: pathlib.Path) -> dict:
@@ -365,7 +365,9 @@ def smol() -> Tokenizer:
 
 
 def test_smollm2_known_ids(smol):
-    assert smol.vocab_size == 49152 and smol.bos_id == 1 and smol.eos_ids == frozenset({2})
+    assert smol.vocab_size == 49152 and smol.bos_id == 1 and smol.eos_ids == frozenset({0, 2})
+    # 2 = <|im_end|> (tokenizer.ggml.eos_token_id); 0 = the control token <|endoftext|>, an
+    # end-of-generation marker (llama.cpp adds such control tokens to its EOG set too).
     for text, ids in SMOL_IDS.items():
         assert smol.encode(text) == ids, text
         assert smol.decode(ids) == text
