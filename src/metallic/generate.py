@@ -149,8 +149,8 @@ class _StopMatcher:
 class TextStream:
     """Token ids → text as it streams: UTF-8-safe detokenization, then stop strings."""
 
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
-        self._detok = tokenizer.detokenizer()
+    def __init__(self, tokenizer, stops: tuple[str, ...], *, model_vocab_size: int | None = None):
+        self._detok = tokenizer.detokenizer(model_vocab_size=model_vocab_size)
         self._stop = _StopMatcher(stops)
 
     def add(self, token: int) -> tuple[str, bool]:
@@ -225,7 +225,7 @@ def stream(
     token = sampler.sample(logits_buf[0])
     t1 = time.perf_counter()
     prompt_tps = (n_prompt - cached) / max(t1 - t0, 1e-9)
-    texts = TextStream(tokenizer, stops)
+    texts = TextStream(tokenizer, stops, model_vocab_size=int(engine.n_vocab))
     pos = n_prompt
     for i in range(1, max_tokens + 1):
         finish = None

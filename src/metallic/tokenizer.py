@@ -332,11 +332,18 @@ class Tokenizer:
         checked = [_check_id(t, self._vocab_size, "decode") for t in ids]
         return self._hf.decode(checked, skip_special_tokens=skip_special_tokens)
 
-    def detokenizer(self, *, skip_special_tokens: bool = False) -> StreamingDetokenizer:
-        """A fresh :class:`StreamingDetokenizer` (one per generated sequence)."""
+    def detokenizer(
+        self, *, skip_special_tokens: bool = False, model_vocab_size: int | None = None
+    ) -> StreamingDetokenizer:
+        """A fresh :class:`StreamingDetokenizer` (one per generated sequence).
+
+        ``model_vocab_size``: the model's embedding rows when they exceed the tokenizer's
+        vocabulary (padded HF checkpoints such as Qwen2.5); ids in the padding decode to "".
+        """
         skip = self._special_ids if skip_special_tokens else frozenset()
+        bound = max(self._vocab_size, model_vocab_size or 0)
         return StreamingDetokenizer(
-            self._token_bytes, self._vocab_size, skip_ids=skip, strip_first_space=self._strip_first
+            self._token_bytes, bound, skip_ids=skip, strip_first_space=self._strip_first
         )
 
     def _token_bytes(self, token: int) -> bytes:

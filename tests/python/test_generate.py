@@ -219,3 +219,14 @@ def test_reset_cache_during_a_generation_is_busy(tiny):
     stream.close()
     tiny.reset_cache()
     assert tiny.cached_tokens == ()
+
+
+def test_padded_vocabulary_ids_decode_to_nothing(smol_tok):
+    """HF checkpoints pad the embedding past the tokenizer (Qwen2.5: 151936 rows, 151665 tokens);
+    a sampled padding id must not end generation with an error."""
+    n = smol_tok.vocab_size
+    ts = TextStream(smol_tok, (), model_vocab_size=n + 64)
+    assert ts.add(smol_tok.encode("Hi")[0])[0] == "Hi"
+    assert ts.add(n + 10) == ("", False)
+    with pytest.raises(errors.InvalidArgument):
+        TextStream(smol_tok, ()).add(n + 10)  # without the model's size the id is out of range
