@@ -1,4 +1,4 @@
-// The one narrow interface every device implements (CPU now; Metal and emulated Metal next).
+// The one narrow interface every device implements (CPU and emulated Metal now; Metal next).
 //
 // The decoder plan (native/model/) is written once against this interface: it allocates buffers,
 // wraps the mmapped weights without copying, and issues a short list of named ops per layer.
@@ -120,8 +120,9 @@ struct DeviceLimits {
   int32_t head_dim = 1;
 };
 
-// Factory: "cpu" (threads <= 0 → hardware concurrency); "metal" / "metal-emulated" throw
-// DeviceUnavailable until those devices are built; anything else throws InvalidArgument.
+// Factory (core/device_factory.cpp; threads <= 0 → hardware concurrency): "cpu"; "metal-emulated"
+// (the Metal shaders run by the emulator library; DeviceUnavailable when it was not built);
+// "metal" throws DeviceUnavailable until that device is built; anything else InvalidArgument.
 std::unique_ptr<Device> make_device(const std::string& name, int threads, const DeviceLimits& limits);
 
 }  // namespace metallic

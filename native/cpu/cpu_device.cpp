@@ -1,4 +1,6 @@
 // The CPU device: host memory buffers, a persistent thread pool, and the kernels in kernels.cpp.
+#include "cpu/cpu_device.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -6,10 +8,8 @@
 #include <cstring>
 #include <new>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "core/device.h"
 #include "cpu/kernels.h"
 #include "cpu/quants.h"
 #include "cpu/repack.h"
@@ -155,18 +155,9 @@ class CpuDevice final : public Device {
 
 }  // namespace
 
-std::unique_ptr<Device> make_device(const std::string& n, int threads, const DeviceLimits& limits) {
-  if (n == "cpu") {
-    if (threads <= 0) {
-      const unsigned hc = std::thread::hardware_concurrency();
-      threads = hc == 0 ? 1 : static_cast<int>(hc);
-    }
-    return std::make_unique<CpuDevice>(threads, limits);
-  }
-  if (n == "metal" || n == "metal-emulated")
-    fail(ErrorCode::kDeviceUnavailable, "device",
-         "device '" + n + "' is not available in this build (the Metal devices are not built yet)");
-  fail(ErrorCode::kInvalidArgument, "device", "unknown device '" + n + "': expected cpu, metal or metal-emulated");
+std::unique_ptr<Device> make_cpu_device(int threads, const DeviceLimits& limits) {
+  check(threads >= 1, ErrorCode::kInvalidArgument, "cpu", "threads: expected >= 1, got " + std::to_string(threads));
+  return std::make_unique<CpuDevice>(threads, limits);
 }
 
 }  // namespace metallic

@@ -255,7 +255,7 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
     }
   };
   const int64_t per_token = nh + nkv;
-  pool.parallel_for(nt * per_token, [&](int64_t b, int64_t e, int) {
+  auto body = [&](int64_t b, int64_t e, int) {
     for (int64_t job = b; job < e; ++job) {
       const int64_t t = job / per_token;
       const int64_t h = job % per_token;
@@ -281,7 +281,12 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
         std::memcpy(const_cast<void*>(vc.row(row)), vh, static_cast<size_t>(hd) * sizeof(float));
       }
     }
-  });
+  };
+  if (nt == 1) {
+    body(0, per_token, 0);  // decode: a few hundred rotations, less than a pool hand-off
+  } else {
+    pool.parallel_for(nt * per_token, body);
+  }
 }
 
 void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
@@ -297,7 +302,7 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const int64_t cap = c.p.kv_capacity;
   const DotF32Fn kdot = cpu_traits(kc.dtype).dot_f32;
   const AxpyFn vaxpy = cpu_traits(vc.dtype).axpy;
-  pool.parallel_for(nt * nh, [&](int64_t b, int64_t e, int tid) {
+  auto body = [&](int64_t b, int64_t e, int tid) {
     float* scores = s.scores.data() + static_cast<size_t>(tid) * static_cast<size_t>(cap + 2 * hd);
     float* acc = scores + cap;
     for (int64_t job = b; job < e; ++job) {
@@ -321,7 +326,14 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       for (int64_t p = 0; p < n_ctx; ++p) vaxpy(hd, scores[p] * inv, vc.row(g * cap + p), acc);
       std::memcpy(out.ptr<float>() + t * out.cols + h * hd, acc, static_cast<size_t>(hd) * sizeof(float));
     }
-  });
+  };
+  // Work ~ heads x positions x head_dim; below ~64K multiply-adds a hand-off costs more than it saves.
+  const int64_t work = nt * nh * (c.p.pos0 + nt) * hd;
+  if (work < (int64_t{1} << 16)) {
+    body(0, nt * nh, 0);
+  } else {
+    pool.parallel_for(nt * nh, body);
+  }
 }
 
 void op_swiglu(const OpCall& c, ThreadPool& pool) {

@@ -3,7 +3,9 @@ streaming responses, stop strings, seeds, lifecycle. Numerics are in test_model_
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,11 +46,24 @@ def test_load_rejects_bad_arguments(tmp_path, kwargs, cls, tag):
         metallic.load(tmp_path / "none.gguf", **kwargs)
 
 
-@pytest.mark.parametrize("device", ["metal", "metal-emulated"])
-def test_metal_devices_are_unavailable_until_built(tmp_path, device):
+def test_metal_device_is_unavailable_until_built(tmp_path):
     m = tiny_models.make_model(tmp_path, "llama", "f32", "gguf")
-    with pytest.raises(errors.DeviceUnavailable, match=device):
-        metallic.load(m.path, device=device)
+    with pytest.raises(errors.DeviceUnavailable, match="metal"):
+        metallic.load(m.path, device="metal")
+
+
+def test_metal_emulated_loads_when_its_library_is_built(tmp_path):
+    # Without clang++-19 the emulator library is not built and the device names what is missing
+    # (both cases in depth: tests/python/test_metal_emu_device.py).
+    m = tiny_models.make_model(tmp_path, "llama", "f32", "gguf")
+    lib = Path(metallic.__file__).resolve().parent / "libmetallic_shaders_emu.so"
+    if not lib.exists() and not os.environ.get("METALLIC_EMU_LIB"):
+        with pytest.raises(errors.DeviceUnavailable, match="clang\\+\\+-19"):
+            metallic.load(m.path, device="metal-emulated")
+        return
+    with metallic.load(m.path, device="metal-emulated", context_length=16) as model:
+        assert model.device == "metal-emulated"
+        assert model.logits([1, 2, 3]).shape == (3, m.cfg["vocab_size"])
 
 
 def test_missing_file_is_file_not_found(tmp_path):
