@@ -112,11 +112,11 @@ void init_engine(nb::module_& m) {
             Engine& e = self.get("engine.forward");
             const int64_t n = static_cast<int64_t>(tokens.shape(0));
             const int64_t want = all_logits ? n : 1;
-            check(static_cast<int64_t>(logits_out.shape(0)) == want &&
-                      static_cast<int64_t>(logits_out.shape(1)) == e.n_vocab(),
-                  ErrorCode::kShapeMismatch, "engine.forward",
-                  "logits_out: expected " + std::to_string(want) + "x" + std::to_string(e.n_vocab()) + ", got " +
-                      std::to_string(logits_out.shape(0)) + "x" + std::to_string(logits_out.shape(1)));
+            if (static_cast<int64_t>(logits_out.shape(0)) != want ||
+                static_cast<int64_t>(logits_out.shape(1)) != e.n_vocab())
+              fail(ErrorCode::kShapeMismatch, "engine.forward",
+                   "logits_out: expected " + std::to_string(want) + "x" + std::to_string(e.n_vocab()) + ", got " +
+                       std::to_string(logits_out.shape(0)) + "x" + std::to_string(logits_out.shape(1)));
             nb::gil_scoped_release release;
             SigintCancel ctrl_c(e);
             e.forward(tokens.data(), n, start_pos, logits_out.data(), all_logits);

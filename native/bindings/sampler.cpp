@@ -44,9 +44,10 @@ void init_sampler(nb::module_& m) {
       .def(
           "sample",
           [](Sampler& s, Vec logits) {
-            check(
-                static_cast<int64_t>(logits.shape(0)) == s.n_vocab(), ErrorCode::kShapeMismatch, "sampler",
-                "logits: expected " + std::to_string(s.n_vocab()) + " values, got " + std::to_string(logits.shape(0)));
+            if (static_cast<int64_t>(logits.shape(0)) != s.n_vocab())
+              fail(ErrorCode::kShapeMismatch, "sampler",
+                   "logits: expected " + std::to_string(s.n_vocab()) + " values, got " +
+                       std::to_string(logits.shape(0)));
             return s.sample(logits.data());
           },
           nb::arg("logits"), "Draws one token id; logits are not modified.")

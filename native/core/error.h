@@ -72,8 +72,15 @@ class Error : public std::runtime_error {
   throw Error(code, m);
 }
 
+// For messages built with std::to_string etc. use `if (!ok) fail(...)` in hot paths: the
+// arguments of check() are evaluated (and allocate) even when the check passes.
 inline void check(bool ok, ErrorCode code, std::string_view where, const std::string& message) {
   if (!ok) fail(code, where, message);
+}
+
+// Literal messages: nothing is built unless the check fails.
+inline void check(bool ok, ErrorCode code, std::string_view where, const char* message) {
+  if (!ok) fail(code, where, std::string(message));
 }
 
 }  // namespace metallic

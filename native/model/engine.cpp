@@ -331,16 +331,19 @@ void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float*
   check_open("engine.forward");
   BusyGuard guard(busy_);
   cancel_.store(false, std::memory_order_release);
+  // Once per call (decode: once per token): no message is built unless a check fails.
   check(n > 0, ErrorCode::kInvalidArgument, "engine.forward", "tokens: expected at least one token, got 0");
-  check(start_pos >= 0, ErrorCode::kInvalidArgument, "engine.forward",
-        "start_pos: expected >= 0, got " + std::to_string(start_pos));
-  check(start_pos + n <= ctx_, ErrorCode::kContextOverflow, "engine.forward",
-        "context overflow: " + std::to_string(start_pos) + " cached + " + std::to_string(n) +
-            " new tokens exceed context_length " + std::to_string(ctx_));
+  if (start_pos < 0)
+    fail(ErrorCode::kInvalidArgument, "engine.forward", "start_pos: expected >= 0, got " + std::to_string(start_pos));
+  if (start_pos + n > ctx_)
+    fail(ErrorCode::kContextOverflow, "engine.forward",
+         "context overflow: " + std::to_string(start_pos) + " cached + " + std::to_string(n) +
+             " new tokens exceed context_length " + std::to_string(ctx_));
   for (int64_t i = 0; i < n; ++i)
-    check(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, ErrorCode::kInvalidArgument, "engine.forward",
-          "token " + std::to_string(i) + ": expected an id in [0, " + std::to_string(cfg_.n_vocab) + "), got " +
-              std::to_string(tokens[i]));
+    if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
+      fail(ErrorCode::kInvalidArgument, "engine.forward",
+           "token " + std::to_string(i) + ": expected an id in [0, " + std::to_string(cfg_.n_vocab) + "), got " +
+               std::to_string(tokens[i]));
   for (int64_t done = 0; done < n; done += max_batch_) {
     const int64_t m = std::min(max_batch_, n - done);
     const bool last_chunk = done + m == n;
@@ -387,8 +390,9 @@ void Engine::write_kv(int64_t n, const void* src, size_t nbytes) {
 }
 
 int32_t Engine::decode(int32_t token, int64_t pos, Sampler& sampler) {
-  check(sampler.n_vocab() == cfg_.n_vocab, ErrorCode::kInvalidArgument, "engine.decode",
-        "sampler vocabulary: expected " + std::to_string(cfg_.n_vocab) + ", got " + std::to_string(sampler.n_vocab()));
+  if (sampler.n_vocab() != cfg_.n_vocab)
+    fail(ErrorCode::kInvalidArgument, "engine.decode",
+         "sampler vocabulary: expected " + std::to_string(cfg_.n_vocab) + ", got " + std::to_string(sampler.n_vocab()));
   forward(&token, 1, pos, nullptr, false);
   sampler.accept(token);
   return sampler.sample(last_logits_.data());
