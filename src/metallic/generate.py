@@ -33,7 +33,8 @@ class GenerationResponse:
             computed, i.e. prompt_tokens - cached_tokens).
         generation_tokens: tokens generated so far (including this one).
         generation_tps: generation speed so far, tokens per second.
-        peak_memory: peak resident memory of the process, bytes.
+        peak_memory: peak resident memory of the process, bytes (refreshed every 32 tokens
+            and on the final response).
         finish_reason: "stop" (EOS, a stop string, or the output constraint is complete),
             "length" (max_tokens or the context is full), or None while generation goes on.
         cached_tokens: prompt tokens whose KV was reused from the previous call (not computed).
@@ -64,6 +65,9 @@ class Constraint(Protocol):
 
     def advance(self, token: int) -> bool:
         """Consume ``token``; True if the output is complete, else write the next mask."""
+
+
+_PEAK_EVERY = 32  # refresh GenerationResponse.peak_memory every this many tokens (and at the end)
 
 
 def peak_rss_bytes() -> int:
@@ -242,6 +246,8 @@ def stream(
                 text += tail
                 finish = "stop" if stopped else finish
         elapsed = max(time.perf_counter() - t1, 1e-9)
+        if finish is not None or i % _PEAK_EVERY == 1:  # a /proc read, not every token
+            peak = peak_rss_bytes()
         lp = top = None
         if lp_val is not None:
             lp = float(lp_val[0])
@@ -253,7 +259,7 @@ def stream(
             prompt_tps=prompt_tps,
             generation_tokens=i,
             generation_tps=i / elapsed,
-            peak_memory=peak_rss_bytes(),
+            peak_memory=peak,
             finish_reason=finish,
             cached_tokens=cached,
             logprob=lp,
