@@ -6,6 +6,7 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "cpu/cpu_device.h"
+#include "metal/metal_device.h"
 #include "metal_emu/emu_device.h"
 
 namespace metallic {
@@ -17,6 +18,9 @@ std::unique_ptr<Device> make_device(const std::string& n, int threads, const Dev
   }
   if (n == "cpu") return make_cpu_device(threads, limits);
   if (n == "metal-emulated") return make_metal_emu_device(threads, limits);
+#ifdef METALLIC_HAVE_METAL
+  if (n == "metal") return make_metal_device(threads, limits);
+#endif
   if (n == "metal")
     fail(ErrorCode::kDeviceUnavailable, "device",
          "device 'metal' is not available in this build (the Metal device needs macOS and is not built yet; "
