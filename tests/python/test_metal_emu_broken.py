@@ -183,12 +183,13 @@ def test_asan_reports_out_of_bounds_read(broken, sanitized, tmp_path):
 
 @pytest.mark.slow
 def test_kernel_tests_have_zero_sanitizer_reports(sanitized, tmp_path):
-    """Records every dispatch of test_metal_emu_kernels.py, then replays them all under TSan
-    (fiber-annotated) and ASan+UBSan: no report, no failure."""
+    """Records every dispatch of the kernel tests (test_metal_emu_kernels*.py, one file per kernel
+    family), then replays them all under TSan (fiber-annotated) and ASan+UBSan: no report, no
+    failure."""
     env = dict(os.environ, METALLIC_EMU_RECORD=str(tmp_path))
-    kernels = ROOT / "tests" / "python" / "test_metal_emu_kernels.py"
+    kernels = sorted((ROOT / "tests" / "python").glob("test_metal_emu_kernels*.py"))
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(kernels)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, kernels)],
         env=env,
         capture_output=True,
         text=True,
