@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--busy-retries", type=int, default=3, help="redos per repetition (0: never)")
     p.add_argument("--bandwidth-mib", type=int, default=512, help="buffer of the bandwidth probe")
     p.add_argument("--json", type=Path, default=None, help="write every raw number here")
+    p.add_argument(
+        "--no-dispatches",
+        action="store_true",
+        help="skip the Metal plan's dispatch count (runs a few tokens on device=metal-emulated)",
+    )
     p.add_argument("--markdown", action="store_true", help="print the README table")
     p.add_argument("--probe", choices=("metallic", "llama"), help=argparse.SUPPRESS)
     return p
@@ -200,6 +205,36 @@ def probe_metallic(payload: dict) -> dict:
     return out
 
 
+def plan_dispatches(path: Path, ids: list[int], n_prompt: int = 4) -> dict | None:
+    """Dispatches per transformer layer of the Metal plan (the Metal device encodes the very
+    launches the emulator runs), for a prefill of ``n_prompt`` tokens and one decoded token, plus
+    the CPU device's ops per layer. None when the emulator library was not built (no clang-19).
+    Counts, not timings: the emulator is slow and its speed means nothing for a GPU."""
+    import metallic
+    from metallic.errors import DeviceUnavailable
+
+    out = {}
+    for device in ("metal-emulated", "cpu"):
+        try:
+            model = metallic.load(path, device=device, threads=2, context_length=16)
+        except DeviceUnavailable:
+            return None
+        with model:
+            model.logits(ids[:n_prompt])
+            prefill = model.stats()
+            model.generate(ids[:n_prompt], max_tokens=2)  # ends on one decoded token
+            decode = model.stats()
+        out[device] = {
+            "n_layer": decode["n_layer"],
+            "prefill_tokens": prefill["last_tokens"],
+            "prefill_per_layer": prefill["dispatches_per_layer"],
+            "decode_tokens": decode["last_tokens"],
+            "decode_per_layer": decode["dispatches_per_layer"],
+            "decode_layer_bytes": decode["last_layer_bytes"],
+        }
+    return out
+
+
 def _record(store: dict, key: str, value) -> None:
     store.setdefault(key, []).append(value)
 
@@ -323,6 +358,10 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
     for name in results:
         runs = results[name]["runs"]
         runs["decode_gbs"] = [accounting["total"] * tps / 1e9 for tps in runs["tg_tps"]]
+    dispatches = None
+    if not args.no_dispatches:
+        log("# Metal plan dispatches (device=metal-emulated, a few tokens)")
+        dispatches = plan_dispatches(path, ids)
     agree = None
     if "llama_cpp" in results:
         agree = _agree_prefix(
@@ -341,6 +380,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
         "machine": machine_info(),
         "engines": results,
         "greedy_agree_prefix": agree,  # tg tokens on which both engines' greedy picks agree
+        "dispatches": dispatches,
     }
 
 

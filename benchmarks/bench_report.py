@@ -118,6 +118,16 @@ def footer(result: dict) -> str:
             + ", ".join(f"{k.split('_')[0]} {v:.2f}" for k, v in paired.items())
             + "."
         )
+    disp = result.get("dispatches")
+    if disp:
+        m_, c_ = disp["metal-emulated"], disp["cpu"]
+        parts.append(
+            f"Metal plan (device=metal-emulated, same launches as device=metal): "
+            f"{m_['decode_per_layer']:g} kernel dispatches per layer per decoded token "
+            f"({m_['decode_layer_bytes'] / m_['n_layer'] / 1e6:.2f} MB bound per layer), "
+            f"{m_['prefill_per_layer']:g} per layer for a {m_['prefill_tokens']}-token prefill; "
+            f"cpu device: {c_['decode_per_layer']:g} ops per layer."
+        )
     if llama:
         parts.append(
             f"llama.cpp: n_batch {llama['n_batch']}, n_ubatch {llama['n_ubatch']}, flash_attn "

@@ -81,7 +81,43 @@ struct EmbedArgs {
   float scale;
 };
 
+// gemv_norm and gemv_norm_swiglu (gemv_fused.h): RMSNorm fused into the GEMVs that read its
+// output. grid (ceil(total rows / kFusedRowsPerGroup), n_tokens), kFusedSimdgroups * 32 threads;
+// the normed row lives in threadgroup memory, so cols <= kFusedNormMaxCols (wider rows: the host
+// runs rms_norm + gemv instead).
+enum : uint32_t {
+  kFusedSimdgroups = 4,
+  kFusedRowsPerSimdgroup = 4,
+  kFusedRowsPerGroup = kFusedSimdgroups * kFusedRowsPerSimdgroup,
+  kFusedNormMaxCols = 6144,
+};
+// Up to three weights of one format sharing the normed x (q, k, v): global row r < rows0 is row
+// r of w0, then rows1 rows of w1, then rows2 of w2 (0 rows: that weight is absent).
+struct GemvNormArgs {
+  uint32_t rows0, rows1, rows2;
+  uint32_t cols;
+  uint32_t row_bytes0, row_bytes1, row_bytes2;
+  uint32_t x_stride;
+  uint32_t out_stride0, out_stride1, out_stride2;
+  uint32_t has_bias;  // bit i: add bias_i
+  float eps;
+  uint32_t pad0, pad1, pad2;
+};
+// out[t, r] = silu(W_gate[r] . xn) * (W_up[r] . xn), xn = rmsnorm(x[t]) * norm_w.
+struct GemvSwiGluArgs {
+  uint32_t rows;
+  uint32_t cols;
+  uint32_t row_bytes_gate;
+  uint32_t row_bytes_up;
+  uint32_t x_stride;
+  uint32_t out_stride;
+  float eps;
+  uint32_t pad0;
+};
+
 #ifndef __METAL_VERSION__
+static_assert(sizeof(GemvNormArgs) == 64, "GemvNormArgs layout");
+static_assert(sizeof(GemvSwiGluArgs) == 32, "GemvSwiGluArgs layout");
 static_assert(sizeof(RmsNormArgs) == 16, "RmsNormArgs layout");
 static_assert(sizeof(GemvArgs) == 32, "GemvArgs layout");
 static_assert(sizeof(RopeKvArgs) == 48, "RopeKvArgs layout");

@@ -1,6 +1,7 @@
 // Weight formats as the kernels read them. Fmt<W> describes one "block" of W: kElems values in
 // kBytes bytes (1 value for plain floats), `get` one value and `dot` a whole block with float
-// activations. Block layouts come from native/core/quant_blocks.h, shared with the host.
+// activations (X: a device or threadgroup float pointer, so fused kernels can feed normed rows
+// from threadgroup memory). Block layouts come from native/core/quant_blocks.h, shared with the host.
 #pragma once
 
 #include "core/quant_blocks.h"
@@ -19,21 +20,30 @@ template <>
 struct Fmt<float> {
   enum { kElems = 1, kBytes = 4 };
   static float get(device const uchar* b, uint i) { return *(device const float*)b; }
-  static float dot(device const uchar* b, device const float* x) { return *(device const float*)b * x[0]; }
+  template <typename X>
+  static float dot(device const uchar* b, X x) {
+    return *(device const float*)b * x[0];
+  }
 };
 
 template <>
 struct Fmt<half> {
   enum { kElems = 1, kBytes = 2 };
   static float get(device const uchar* b, uint i) { return float(*(device const half*)b); }
-  static float dot(device const uchar* b, device const float* x) { return float(*(device const half*)b) * x[0]; }
+  template <typename X>
+  static float dot(device const uchar* b, X x) {
+    return float(*(device const half*)b) * x[0];
+  }
 };
 
 template <>
 struct Fmt<Bf16> {
   enum { kElems = 1, kBytes = 2 };
   static float get(device const uchar* b, uint i) { return as_type<float>(uint(((device const Bf16*)b)->bits) << 16); }
-  static float dot(device const uchar* b, device const float* x) { return get(b, 0) * x[0]; }
+  template <typename X>
+  static float dot(device const uchar* b, X x) {
+    return get(b, 0) * x[0];
+  }
 };
 
 template <>
@@ -43,7 +53,8 @@ struct Fmt<BlockQ8_0> {
     device const BlockQ8_0* q = (device const BlockQ8_0*)b;
     return float(as_type<half>(q->d)) * float(q->qs[i]);
   }
-  static float dot(device const uchar* b, device const float* x) {
+  template <typename X>
+  static float dot(device const uchar* b, X x) {
     device const BlockQ8_0* q = (device const BlockQ8_0*)b;
     float s = 0.f;
     for (int i = 0; i < 32; ++i) s += float(q->qs[i]) * x[i];
@@ -59,7 +70,8 @@ struct Fmt<BlockQ4_0> {
     const int nib = i < 16 ? (q->qs[i] & 0xF) : (q->qs[i - 16] >> 4);
     return float(as_type<half>(q->d)) * float(nib - 8);
   }
-  static float dot(device const uchar* b, device const float* x) {
+  template <typename X>
+  static float dot(device const uchar* b, X x) {
     device const BlockQ4_0* q = (device const BlockQ4_0*)b;
     float s = 0.f;
     for (int i = 0; i < 16; ++i) s += float(int(q->qs[i] & 0xF) - 8) * x[i] + float(int(q->qs[i] >> 4) - 8) * x[i + 16];
@@ -75,7 +87,8 @@ struct Fmt<BlockQ4_1> {
     const int nib = i < 16 ? (q->qs[i] & 0xF) : (q->qs[i - 16] >> 4);
     return float(as_type<half>(q->d)) * float(nib) + float(as_type<half>(q->m));
   }
-  static float dot(device const uchar* b, device const float* x) {
+  template <typename X>
+  static float dot(device const uchar* b, X x) {
     device const BlockQ4_1* q = (device const BlockQ4_1*)b;
     float s = 0.f, sx = 0.f;
     for (int i = 0; i < 16; ++i) {

@@ -7,13 +7,15 @@
 
 namespace metallic {
 
+inline float silu(float v) { return v / (1.f + exp(-v)); }
+
 template <typename T>
 [[kernel]] void swiglu(device T* gate [[buffer(0)]], device const T* up [[buffer(1)]],
                        constant SwiGluArgs& a [[buffer(2)]], uint2 gid [[thread_position_in_grid]]) {
   if (gid.x >= a.cols) return;
   device T* g = gate + ulong(gid.y) * a.gate_stride + gid.x;
   const float v = float(*g);
-  *g = T(v / (1.f + exp(-v)) * float(up[ulong(gid.y) * a.up_stride + gid.x]));
+  *g = T(silu(v) * float(up[ulong(gid.y) * a.up_stride + gid.x]));
 }
 
 }  // namespace metallic

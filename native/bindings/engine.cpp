@@ -171,7 +171,24 @@ void init_engine(nb::module_& m) {
       .def_prop_ro("closed", [](PyEngine& self) { return !self.engine || self.engine->closed(); })
       .def_prop_ro("context_length", [](PyEngine& self) { return self.get("engine").context_length(); })
       .def_prop_ro("n_vocab", [](PyEngine& self) { return self.get("engine").n_vocab(); })
-      .def_prop_ro("device", [](PyEngine& self) { return std::string(self.get("engine").device_name()); });
+      .def_prop_ro("device", [](PyEngine& self) { return std::string(self.get("engine").device_name()); })
+      .def(
+          "stats",
+          [](PyEngine& self) {
+            Engine& e = self.get("engine.stats");
+            const DeviceCounters total = e.device_counters();
+            const Engine::Stats& s = e.stats();
+            nb::dict d;
+            d["dispatches"] = total.dispatches;
+            d["bytes_bound"] = total.bytes_bound;
+            d["n_layer"] = e.n_layer();
+            d["last_tokens"] = s.last_tokens;
+            d["last_layer_dispatches"] = s.last_layer_dispatches;
+            d["last_layer_bytes"] = s.last_layer_bytes;
+            return d;
+          },
+          "Device work: total dispatches (cpu: ops run) and bytes bound since load, and for the "
+          "transformer layers of the last forward batch (last_tokens tokens).");
 }
 
 }  // namespace metallic::bindings

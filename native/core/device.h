@@ -1,4 +1,4 @@
-// The one narrow interface every device implements (CPU and emulated Metal now; Metal next).
+// The one narrow interface every device implements: cpu, metal-emulated and metal (Apple).
 //
 // The decoder plan (native/model/) is written once against this interface: it allocates buffers,
 // wraps the mmapped weights without copying, and issues a short list of named ops per layer.
@@ -59,6 +59,9 @@ enum class OpCode : int32_t {
   kRopeKv,     // rotate q and k in place by position, write k and v into the KV cache
   kAttention,  // causal GQA attention of q over the KV cache
   kSwiGlu,     // gate[t] = silu(gate[t]) * up[t]
+  // Fusions (a device may run them as one kernel; decompose() below gives the unfused meaning):
+  kNormMatMul,  // out_i[t] = W_i rmsnorm(x[t]) (+ b_i), up to 3 weights sharing the normed x
+  kNormSwiGlu,  // out[t] = silu(W_gate xn) * (W_up xn), xn = rmsnorm(x[t])
 };
 
 // Flat parameter block shared by every op (unused fields are ignored).
@@ -73,6 +76,7 @@ struct OpParams {
   float eps = 0.f;
   float scale = 1.f;        // kEmbed: embedding scale; kAttention: score scale
   bool accumulate = false;  // kMatMul: out += result (residual add in the epilogue)
+                            // kNormMatMul, kNormSwiGlu: eps is the norm's epsilon
   bool neox = true;         // kRopeKv: rotate-halves pairing (else interleaved pairs)
 };
 
@@ -83,7 +87,16 @@ struct OpParams {
 //   kRopeKv:    [0]=q  [1]=k  [2]=v  [3]=K cache  [4]=V cache  [5]=inv_freq (1, head_dim/2)
 //   kAttention: [0]=q  [1]=K cache  [2]=V cache  [3]=out
 //   kSwiGlu:    [0]=gate (in/out)  [1]=up
-constexpr int kMaxOpTensors = 11;
+//   kNormMatMul: [0]=x  [1..3]=W_i  [4..6]=bias_i  [7..9]=out_i  [10]=xn (n, d) F32 scratch the
+//                device may use for the normed rows  [11]=norm weight (1, d) F32
+//   kNormSwiGlu: [0]=x  [1]=W_gate  [2]=W_up  [7]=out (n, ffn)  [8]=up scratch (n, ffn)
+//                [10]=xn scratch  [11]=norm weight
+constexpr int kMaxOpTensors = 12;
+
+struct DeviceCounters {
+  uint64_t dispatches = 0;
+  uint64_t bytes_bound = 0;
+};
 
 struct OpCall {
   OpCode op;
@@ -110,7 +123,15 @@ class Device {
   virtual bool supports(OpCode op, DType dtype) const = 0;
   virtual void run(const OpCall& call) = 0;
   virtual void synchronize() = 0;
+  // Work issued since construction: kernel dispatches (cpu: ops run) and the bytes their bound
+  // buffers span (0 where a device does not count them). For the benchmark's dispatches per layer.
+  virtual DeviceCounters counters() const = 0;
 };
+
+// The unfused meaning of a fused op as the plain ops it stands for, each handed to `run` (a device
+// without a fused kernel, or with one that does not cover the call, runs these). Matmul weights
+// are grouped by dtype and layout, as kMatMul requires. Non-fused ops are passed through.
+void decompose(const OpCall& call, void (*run)(void* ctx, const OpCall& op), void* ctx);
 
 // The largest op a plan will issue, so a device sizes its scratch once (never in the token loop).
 struct DeviceLimits {
@@ -122,7 +143,7 @@ struct DeviceLimits {
 
 // Factory (core/device_factory.cpp; threads <= 0 → hardware concurrency): "cpu"; "metal-emulated"
 // (the Metal shaders run by the emulator library; DeviceUnavailable when it was not built);
-// "metal" throws DeviceUnavailable until that device is built; anything else InvalidArgument.
+// "metal" (Apple builds; DeviceUnavailable elsewhere); anything else InvalidArgument.
 std::unique_ptr<Device> make_device(const std::string& name, int threads, const DeviceLimits& limits);
 
 }  // namespace metallic

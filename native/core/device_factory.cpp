@@ -23,8 +23,8 @@ std::unique_ptr<Device> make_device(const std::string& n, int threads, const Dev
 #endif
   if (n == "metal")
     fail(ErrorCode::kDeviceUnavailable, "device",
-         "device 'metal' is not available in this build (the Metal device needs macOS and is not built yet; "
-         "device='metal-emulated' runs the same shaders on the CPU)");
+         "device 'metal' is not available in this build (the Metal device is built only on macOS; "
+         "device='metal-emulated' runs the same shaders and plan on the CPU)");
   fail(ErrorCode::kInvalidArgument, "device", "unknown device '" + n + "': expected cpu, metal or metal-emulated");
 }
 

@@ -109,7 +109,9 @@ class CpuDevice final : public Device {
   bool supports(OpCode op, DType dtype) const override {
     switch (op) {
       case OpCode::kEmbed:
-      case OpCode::kMatMul: return true;  // every DType has CPU traits
+      case OpCode::kMatMul:
+      case OpCode::kNormMatMul:
+      case OpCode::kNormSwiGlu: return true;  // every DType has CPU traits (dtype: the weights')
       case OpCode::kRmsNorm:
       case OpCode::kSwiGlu: return dtype == DType::kF32;
       case OpCode::kRopeKv:
@@ -119,6 +121,7 @@ class CpuDevice final : public Device {
   }
 
   void run(const OpCall& call) override {
+    ++counters_.dispatches;
     switch (call.op) {
       case OpCode::kEmbed: cpu::op_embed(call, pool_); return;
       case OpCode::kRmsNorm: cpu::op_rms_norm(call, pool_); return;
@@ -126,11 +129,19 @@ class CpuDevice final : public Device {
       case OpCode::kRopeKv: cpu::op_rope_kv(call, pool_, scratch_); return;
       case OpCode::kAttention: cpu::op_attention(call, pool_, scratch_); return;
       case OpCode::kSwiGlu: cpu::op_swiglu(call, pool_); return;
+      case OpCode::kNormMatMul:
+      case OpCode::kNormSwiGlu:  // the plain ops: the CPU kernels gain nothing from fusing these
+        --counters_.dispatches;  // counted as the ops they become
+        decompose(call, [](void* self, const OpCall& op) { static_cast<CpuDevice*>(self)->run(op); }, this);
+        return;
     }
     fail(ErrorCode::kKernelFailure, "cpu.run", "unknown op");
   }
 
   void synchronize() override {}  // ops run synchronously
+
+  // dispatches: ops run (fused ops count as the plain ops they run as); bytes are not counted.
+  DeviceCounters counters() const override { return counters_; }
 
  private:
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -138,6 +149,7 @@ class CpuDevice final : public Device {
 #else
   static constexpr bool kHaveVnni = false;
 #endif
+  DeviceCounters counters_;
 
   // Drops the whole pages inside [p, p + n) of a read-only shared file mapping from this
   // process (they stay in the page cache and re-fault from the file if ever touched again).

@@ -144,6 +144,11 @@ void Engine::close() {
 
 const char* Engine::device_name() const { return device_ ? device_->name() : "closed"; }
 
+DeviceCounters Engine::device_counters() const {
+  check_open("engine.device_counters");
+  return device_->counters();
+}
+
 void Engine::check_open(const char* where) const {
   check(device_ != nullptr, ErrorCode::kClosed, where, "the model was closed");
 }
@@ -257,16 +262,28 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     e.p.scale = c.embed_scale;
     device_->run(e);
   }
-  OpCall norm{OpCode::kRmsNorm};
-  norm.p.n_tokens = n;
-  norm.p.eps = c.rms_eps;
+  const DeviceCounters before = device_->counters();
   for (const Layer& L : layers_) {
     if (cancel_.exchange(false, std::memory_order_acq_rel)) fail(ErrorCode::kCancelled, "engine", "cancelled");
-    norm.t[0] = x_;
-    norm.t[1] = L.attn_norm;
-    norm.t[2] = xn_;
-    device_->run(norm);
-    matmul(xn_, n, {{&L.wq, &L.bq}, {&L.wk, &L.bk}, {&L.wv, &L.bv}}, {&q_, &k_, &v_}, false);
+    {  // attention block: rmsnorm + q, k, v projections (+ bias) in one op
+      OpCall qkv{OpCode::kNormMatMul};
+      qkv.t[0] = x_;
+      qkv.t[1] = L.wq;
+      qkv.t[2] = L.wk;
+      qkv.t[3] = L.wv;
+      qkv.t[4] = L.bq;
+      qkv.t[5] = L.bk;
+      qkv.t[6] = L.bv;
+      qkv.t[7] = q_;
+      qkv.t[8] = k_;
+      qkv.t[9] = v_;
+      qkv.t[10] = xn_;
+      qkv.t[11] = L.attn_norm;
+      qkv.p.n_tokens = n;
+      qkv.p.n_weights = 3;
+      qkv.p.eps = c.rms_eps;
+      device_->run(qkv);
+    }
     OpCall r{OpCode::kRopeKv};
     r.t[0] = q_;
     r.t[1] = k_;
@@ -291,17 +308,26 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     a.p.scale = c.attn_scale;
     device_->run(a);
     matmul(att_, n, {{&L.wo, nullptr}}, {&x_}, true);
-    norm.t[0] = x_;
-    norm.t[1] = L.ffn_norm;
-    norm.t[2] = xn_;
-    device_->run(norm);
-    matmul(xn_, n, {{&L.w_gate, nullptr}, {&L.w_up, nullptr}}, {&gate_, &up_}, false);
-    OpCall g{OpCode::kSwiGlu};
-    g.t[0] = gate_;
-    g.t[1] = up_;
-    g.p.n_tokens = n;
-    device_->run(g);
+    {  // feed-forward block: rmsnorm + gate/up projections + SwiGLU in one op
+      OpCall ffn{OpCode::kNormSwiGlu};
+      ffn.t[0] = x_;
+      ffn.t[1] = L.w_gate;
+      ffn.t[2] = L.w_up;
+      ffn.t[7] = gate_;
+      ffn.t[8] = up_;
+      ffn.t[10] = xn_;
+      ffn.t[11] = L.ffn_norm;
+      ffn.p.n_tokens = n;
+      ffn.p.eps = c.rms_eps;
+      device_->run(ffn);
+    }
     matmul(gate_, n, {{&L.w_down, nullptr}}, {&x_}, true);
+  }
+  {
+    const DeviceCounters after = device_->counters();
+    stats_.last_layer_dispatches = after.dispatches - before.dispatches;
+    stats_.last_layer_bytes = after.bytes_bound - before.bytes_bound;
+    stats_.last_tokens = n;
   }
   if (!need_head) {
     device_->synchronize();
@@ -310,10 +336,12 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
   // Head: all rows into logits_out, or only the last row into last_logits_.
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t rows = n - first;
+  OpCall norm{OpCode::kRmsNorm};
   norm.t[0] = row_view(x_, first, rows);
   norm.t[1] = output_norm_;
   norm.t[2] = xn_;
   norm.p.n_tokens = rows;
+  norm.p.eps = c.rms_eps;
   device_->run(norm);
   float* dst = all_logits ? logits_out : last_logits_.data();
   const size_t row_b = static_cast<size_t>(c.n_vocab) * sizeof(float);

@@ -1,8 +1,9 @@
 // The decoder plan: one transformer forward written once against the Device interface.
 //
-// Per layer and batch of tokens the plan issues: RmsNorm, MatMul(q,k,v [+bias]), RopeKv,
-// Attention, MatMul(o, += residual), RmsNorm, MatMul(gate, up), SwiGlu, MatMul(down,
-// += residual). Buffers are allocated once at construction for `max_batch` tokens and the full
+// Per layer and batch of tokens the plan issues six ops: NormMatMul(rmsnorm; q,k,v [+bias]),
+// RopeKv, Attention, MatMul(o, += residual), NormSwiGlu(rmsnorm; gate, up; SwiGLU),
+// MatMul(down, += residual). A device runs a fused op as one kernel or as the plain ops it stands
+// for (core/device.h decompose). Buffers are allocated once at construction for `max_batch` tokens and the full
 // context; forward()/decode() allocate nothing.
 #pragma once
 
@@ -49,6 +50,17 @@ class Engine {
   int64_t n_vocab() const { return cfg_.n_vocab; }
   const char* device_name() const;
 
+  // What the device issued: totals since load, and for the transformer layers of the last
+  // forward batch (its tokens, dispatches and bytes bound), for dispatches per layer per token.
+  struct Stats {
+    uint64_t last_layer_dispatches = 0;
+    uint64_t last_layer_bytes = 0;
+    int64_t last_tokens = 0;
+  };
+  const Stats& stats() const { return stats_; }
+  DeviceCounters device_counters() const;
+  int64_t n_layer() const { return static_cast<int64_t>(layers_.size()); }
+
  private:
   struct Layer {
     Tensor attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down;
@@ -76,6 +88,7 @@ class Engine {
   std::vector<Layer> layers_;
   Tensor x_, xn_, q_, k_, v_, att_, gate_, up_, tokens_;  // activations (max_batch, ...)
   std::vector<float> last_logits_;
+  Stats stats_;
   std::atomic<bool> cancel_{false};
   std::atomic<bool> busy_{false};
 };

@@ -80,6 +80,16 @@ class Model:
     def device(self) -> str:
         return str(self._live("device").device)
 
+    def stats(self) -> dict:
+        """What the device issued. ``dispatches`` / ``bytes_bound``: totals since load (kernel
+        dispatches and the bytes their bound buffers span on the Metal devices; ops run on the
+        CPU, which does not count bytes). ``last_tokens``, ``last_layer_dispatches``,
+        ``last_layer_bytes``: the transformer layers of the last forward batch (a decoded token is
+        a batch of one), and ``dispatches_per_layer`` = last_layer_dispatches / n_layer."""
+        s = dict(self._live("stats").stats())
+        s["dispatches_per_layer"] = s["last_layer_dispatches"] / max(1, s["n_layer"])
+        return s
+
     def _live(self, where: str):
         if self._engine is None:
             raise Closed(f"[{where}] the model was closed")

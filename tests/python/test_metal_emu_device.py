@@ -136,7 +136,7 @@ def test_greedy_generate_equals_cpu(models_dir, family, dtype, fmt, tied) -> Non
     assert on_cpu == got
 
 
-def _native_engine(m: tm.TinyModel, device: str, override: dict | None = None):
+def _native_engine(m: tm.TinyModel, device: str, override: dict | None = None, kv=DType.F16):
     """An engine built through the internal contract; ``override``: weight name -> _core.Weight."""
     bundle = open_model(m.path)
     cfg = _core.ModelConfig()
@@ -145,7 +145,9 @@ def _native_engine(m: tm.TinyModel, device: str, override: dict | None = None):
     weights = {n: _core.Weight(int(dt), tuple(s), d) for n, (dt, s, d) in bundle.weights.items()}
     weights |= override or {}
     try:
-        return _core.Engine(cfg, weights, device=device, threads=1, context_length=16)
+        return _core.Engine(
+            cfg, weights, device=device, threads=1, context_length=16, kv_dtype=int(kv)
+        )
     finally:
         bundle.close()
 
@@ -207,3 +209,62 @@ def test_smollm2_metal_emulated_matches_cpu(smollm2_path):
     assert got == want and got.startswith(" Paris")
     assert (got_logits.argmax(1) == want_logits.argmax(1)).all()
     assert np.abs(got_logits - want_logits).max() < 2.0
+
+
+def _dispatches_per_layer(engine, n_vocab: int, prompt: list[int]) -> tuple[float, float]:
+    """(prefill, one decoded token): dispatches of the transformer layers per layer per batch."""
+    logits = np.zeros((1, n_vocab), np.float32)
+    engine.forward(np.array(prompt, np.int32), 0, logits, False)
+    s = engine.stats()
+    prefill = s["last_layer_dispatches"] / s["n_layer"]
+    assert s["last_tokens"] == len(prompt)
+    engine.forward(np.array([prompt[0]], np.int32), len(prompt), logits, False)
+    s = engine.stats()
+    assert s["last_tokens"] == 1
+    return prefill, s["last_layer_dispatches"] / s["n_layer"]
+
+
+@needs_emu
+@pytest.mark.parametrize("family,dtype,fmt,tied", MODELS)
+def test_six_dispatches_per_layer(models_dir, family, dtype, fmt, tied) -> None:
+    """The issue's goal: <= 6 kernel dispatches per transformer layer per decoded token (fused
+    rmsnorm+qkv(+bias), rope+kv write, attention, o+residual, fused rmsnorm+gate/up+swiglu,
+    down+residual). The CPU device counts ops, its fused ops as the 9 plain ops they run as."""
+    m = tm.make_model(models_dir, family, dtype, fmt, tied)
+    prompt = _tokens(m, 5, 3)
+    emu = _native_engine(m, "metal-emulated")
+    cpu = _native_engine(m, "cpu")
+    assert _dispatches_per_layer(emu, m.cfg["vocab_size"], prompt) == (6, 6)
+    assert _dispatches_per_layer(cpu, m.cfg["vocab_size"], prompt) == (9, 9)
+    s = emu.stats()
+    assert s["dispatches"] > 6 * s["n_layer"] and s["bytes_bound"] > 0
+    emu.close()
+    cpu.close()
+
+
+@needs_emu
+def test_mixed_weight_formats_run_unfused(models_dir) -> None:
+    """q and k in F32, v in F16 (as Q4_K_M files mix formats): the fused q/k/v kernel needs one
+    format, so the plan runs rms_norm + one gemv per weight; logits still match the CPU device
+    (both float paths: 2 * TOL_F32) and the dispatch count shows the unfused block."""
+    m = tm.make_model(models_dir, "llama", "f32", "gguf", True)
+    over = {}
+    for layer in range(m.cfg["num_hidden_layers"]):
+        name = f"blk.{layer}.attn_v.weight"
+        v = np.ascontiguousarray(m.ref_weights[tm.hf_name(name)].astype(np.float16))
+        raw = v.reshape(-1).view(np.uint8)
+        raw.flags.writeable = False
+        over[name] = _core.Weight(int(DType.F16), v.shape, raw)
+    prompt = _tokens(m, 7, 5)
+    n_vocab = m.cfg["vocab_size"]
+    got = {}
+    for device in ("metal-emulated", "cpu"):
+        e = _native_engine(m, device, over, kv=DType.F32)  # f32 KV: the strict float bound
+        logits = np.zeros((len(prompt), n_vocab), np.float32)
+        e.forward(np.array(prompt, np.int32), 0, logits, True)
+        got[device] = logits
+        if device == "metal-emulated":
+            # rms_norm, gemv q, gemv k, gemv v, rope_kv, attention, o, fused ffn, down
+            assert _dispatches_per_layer(e, n_vocab, prompt) == (9, 9)
+        e.close()
+    assert _rel_err(got["metal-emulated"], got["cpu"].astype(np.float64)) <= 2 * TOL_F32

@@ -1,0 +1,432 @@
+// The Metal plan (plan.h): op → kernel launches, shared by the Metal and emulated-Metal devices.
+#include "metal_plan/plan.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "core/error.h"
+#include "shaders/args.h"
+
+namespace metallic {
+
+namespace {
+
+// Weight formats the gemv / embed / fused kernels are instantiated for (shaders/*.metal), as an
+// index into the kernel-name tables below; -1: not covered. The one dtype switch of the plan.
+int fmt_index(DType t) {
+  switch (t) {
+    case DType::kF32: return 0;
+    case DType::kF16: return 1;
+    case DType::kBF16: return 2;
+    case DType::kQ8_0: return 3;
+    case DType::kQ4_0: return 4;
+    case DType::kQ4_1: return 5;
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K: return -1;
+  }
+  return -1;
+}
+constexpr const char* kGemv[] = {"gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0", "gemv_q4_1"};
+constexpr const char* kEmbed[] = {"embed_f32", "embed_f16", "embed_bf16", "embed_q8_0", "embed_q4_0", "embed_q4_1"};
+constexpr const char* kGemvNorm[] = {"gemv_norm_f32",  "gemv_norm_f16",  "gemv_norm_bf16",
+                                     "gemv_norm_q8_0", "gemv_norm_q4_0", "gemv_norm_q4_1"};
+constexpr const char* kGemvNormSwiGlu[] = {"gemv_norm_swiglu_f32",  "gemv_norm_swiglu_f16",  "gemv_norm_swiglu_bf16",
+                                           "gemv_norm_swiglu_q8_0", "gemv_norm_swiglu_q4_0", "gemv_norm_swiglu_q4_1"};
+
+// Kernels templated on a float / half element (rms_norm, rope_kv, attention_decode): [0]=f32, [1]=f16.
+int float_index(DType t) { return t == DType::kF32 ? 0 : (t == DType::kF16 ? 1 : -1); }
+
+const float kZero = 0.f;  // bound where a kernel declares a buffer the op does not use
+
+}  // namespace
+
+uint64_t Launch::bytes_bound() const {
+  uint64_t n = 0;
+  for (int i = 0; i < n_bindings; ++i) n += bind[i].kind == Binding::Kind::kBuffer ? bind[i].extent : bind[i].nbytes;
+  return n;
+}
+
+// Assembles one Launch; every method validates what it binds and names it in the error.
+class MetalPlanDevice::Builder {
+ public:
+  Builder(const char* where, const char* kernel, uint32_t gx, uint32_t gy, uint32_t threads) : where_(where) {
+    l.kernel = kernel;
+    l.groups[0] = gx;
+    l.groups[1] = gy;
+    l.threads[0] = threads;
+  }
+
+  uint32_t u32(int64_t v, const char* what) const {
+    if (v < 0 || v > std::numeric_limits<uint32_t>::max())
+      fail(ErrorCode::kInvalidArgument, where_, std::string(what) + ": expected 0..2^32-1, got " + std::to_string(v));
+    return static_cast<uint32_t>(v);
+  }
+
+  // Elements between rows of a float (or half) tensor, as the argument structs count them.
+  uint32_t elem_stride(const Tensor& t, const char* what) const {
+    const size_t e = dtype_info(t.dtype).block_bytes;
+    if (dtype_info(t.dtype).block_elems != 1 || t.row_stride % e != 0)
+      fail(ErrorCode::kInvalidArgument, where_,
+           std::string(what) + ": expected a float or half tensor with whole-element rows, got " + dtype_name(t.dtype));
+    return u32(static_cast<int64_t>(t.row_stride / e), what);
+  }
+
+  // Rows [0, rows) of a row-major tensor: binds from its first row to the end of row rows - 1.
+  void tensor(int i, const Tensor& t, int64_t rows, const char* what) {
+    if (!t.valid() || t.layout != Layout::kRows)
+      fail(ErrorCode::kInvalidArgument, where_, std::string(what) + ": expected a bound row-major tensor");
+    if (rows < 1 || rows > t.rows)
+      fail(ErrorCode::kInvalidArgument, where_,
+           std::string(what) + ": expected 1.." + std::to_string(t.rows) + " rows, got " + std::to_string(rows));
+    const size_t extent = static_cast<size_t>(rows - 1) * t.row_stride + row_bytes(t.dtype, t.cols);
+    if (t.offset > t.buf.nbytes || extent > t.buf.nbytes - t.offset)
+      fail(ErrorCode::kInvalidArgument, where_,
+           std::string(what) + ": " + std::to_string(rows) + " rows need " + std::to_string(extent) +
+               " bytes from offset " + std::to_string(t.offset) + ", buffer has " + std::to_string(t.buf.nbytes));
+    Binding& b = slot(i);
+    b.kind = Binding::Kind::kBuffer;
+    b.buf = t.buf;
+    b.offset = t.offset;
+    b.extent = extent;
+  }
+
+  // A buffer the kernel declares but the op does not use (reads guarded by a flag in the args).
+  void zero(int i) { bytes(i, &kZero, sizeof(kZero)); }
+
+  // The argument struct, by value (copied into the Launch).
+  template <typename A>
+  void args(int i, const A& a) {
+    static_assert(sizeof(A) <= kMaxArgBytes, "argument struct larger than Launch::args");
+    std::memcpy(l.args, &a, sizeof(A));
+    bytes(i, l.args, sizeof(A));
+  }
+
+  Launch l;
+
+ private:
+  Binding& slot(int i) {
+    if (i < 0 || i >= kMaxLaunchBindings)
+      fail(ErrorCode::kKernelFailure, where_, std::string(l.kernel) + ": binding index " + std::to_string(i));
+    l.n_bindings = std::max(l.n_bindings, i + 1);
+    return l.bind[i];
+  }
+  void bytes(int i, const void* p, size_t n) {
+    Binding& b = slot(i);
+    b.kind = Binding::Kind::kBytes;
+    b.bytes = p;
+    b.nbytes = static_cast<uint32_t>(n);
+  }
+
+  const char* where_;
+};
+
+namespace {
+
+uint32_t ceil_div(uint32_t a, uint32_t b) { return (a + b - 1) / b; }
+
+// Threads per threadgroup for kernels that stride any amount of work: whole simdgroups, 32..256.
+uint32_t stride_threads(int64_t work) {
+  return static_cast<uint32_t>(std::clamp<int64_t>((work + 31) / 32, 1, 8) * 32);
+}
+
+}  // namespace
+
+MetalPlanDevice::MetalPlanDevice(const char* where, const DeviceLimits& limits) : where_(where) {
+  if (limits.head_dim < 1 || limits.head_dim > static_cast<int32_t>(kAttnMaxHeadDim))
+    fail(ErrorCode::kNotImplemented, where,
+         "head_dim: attention_decode covers 1.." + std::to_string(kAttnMaxHeadDim) + ", got " +
+             std::to_string(limits.head_dim));
+}
+
+bool MetalPlanDevice::supports(OpCode op, DType dtype) const {
+  switch (op) {
+    case OpCode::kEmbed:
+    case OpCode::kMatMul:
+    case OpCode::kNormMatMul:
+    case OpCode::kNormSwiGlu: return fmt_index(dtype) >= 0;
+    case OpCode::kRmsNorm:
+    case OpCode::kRopeKv:
+    case OpCode::kAttention: return float_index(dtype) >= 0;
+    case OpCode::kSwiGlu: return dtype == DType::kF32;
+  }
+  return false;
+}
+
+void MetalPlanDevice::run(const OpCall& call) {
+  switch (call.op) {
+    case OpCode::kEmbed: embed(call); return;
+    case OpCode::kRmsNorm: rms_norm(call); return;
+    case OpCode::kMatMul: matmul(call); return;
+    case OpCode::kRopeKv: rope_kv(call); return;
+    case OpCode::kAttention: attention(call); return;
+    case OpCode::kSwiGlu: swiglu(call); return;
+    case OpCode::kNormMatMul:
+      if (!norm_matmul(call))
+        decompose(call, [](void* self, const OpCall& op) { static_cast<MetalPlanDevice*>(self)->run(op); }, this);
+      return;
+    case OpCode::kNormSwiGlu:
+      if (!norm_swiglu(call))
+        decompose(call, [](void* self, const OpCall& op) { static_cast<MetalPlanDevice*>(self)->run(op); }, this);
+      return;
+  }
+  fail(ErrorCode::kKernelFailure, where_, "run: unknown op");
+}
+
+void MetalPlanDevice::submit(Launch& l) {
+  encode(l);
+  ++counters_.dispatches;
+  counters_.bytes_bound += l.bytes_bound();
+}
+
+void MetalPlanDevice::embed(const OpCall& c) {
+  const Tensor& table = c.t[0];
+  const Tensor& tokens = c.t[1];
+  const Tensor& out = c.t[2];
+  const int64_t n = c.p.n_tokens;
+  const int f = fmt_index(table.dtype);
+  if (f < 0) fail(ErrorCode::kUnsupportedDType, where_, std::string("embed: no kernel for ") + dtype_name(table.dtype));
+  if (out.cols != table.cols) fail(ErrorCode::kShapeMismatch, where_, "embed: output width differs from the table");
+  Builder d(where_, kEmbed[f], 0, 0, kElementwiseThreads);
+  d.l.groups[0] = ceil_div(d.u32(table.cols, "cols"), kElementwiseThreads);
+  d.l.groups[1] = d.u32(n, "n_tokens");
+  d.tensor(0, table, table.rows, "embed table");
+  d.tensor(1, tokens, n, "embed tokens");
+  for (int64_t t = 0; t < n; ++t) {  // the kernel indexes the table with these (written by copy_in)
+    const int32_t id = tokens.ptr<const int32_t>()[t];
+    if (id < 0 || id >= table.rows)
+      fail(ErrorCode::kInvalidArgument, where_,
+           "embed: token " + std::to_string(t) + ": expected an id in [0, " + std::to_string(table.rows) + "), got " +
+               std::to_string(id));
+  }
+  d.tensor(2, out, n, "embed out");
+  d.args(3, EmbedArgs{d.u32(table.cols, "cols"), d.u32(static_cast<int64_t>(table.row_stride), "row_bytes"),
+                      d.elem_stride(out, "embed out"), c.p.scale});
+  submit(d.l);
+}
+
+void MetalPlanDevice::rms_norm(const OpCall& c) {
+  const Tensor& x = c.t[0];
+  const Tensor& out = c.t[2];
+  const int64_t n = c.p.n_tokens;
+  const int f = float_index(x.dtype);
+  if (f < 0 || out.dtype != x.dtype || c.t[1].dtype != DType::kF32 || c.t[1].cols != x.cols || out.cols != x.cols)
+    fail(ErrorCode::kInvalidArgument, where_,
+         "rms_norm: expected x, out of one float type and an F32 weight of x's width");
+  static constexpr const char* kNames[] = {"rms_norm_f32", "rms_norm_f16"};
+  Builder d(where_, kNames[f], 0, 1, stride_threads(x.cols));
+  d.l.groups[0] = d.u32(n, "n_tokens");
+  d.tensor(0, x, n, "rms_norm x");
+  d.tensor(1, c.t[1], 1, "rms_norm weight");
+  d.tensor(2, out, n, "rms_norm out");
+  d.args(3, RmsNormArgs{d.u32(x.cols, "cols"), d.elem_stride(x, "rms_norm x"), d.elem_stride(out, "rms_norm out"),
+                        c.p.eps});
+  submit(d.l);
+}
+
+void MetalPlanDevice::matmul(const OpCall& c) {
+  const Tensor& x = c.t[0];
+  const int64_t n = c.p.n_tokens;
+  if (c.p.n_weights < 1 || c.p.n_weights > 3)
+    fail(ErrorCode::kInvalidArgument, where_, "matmul: n_weights: expected 1..3, got " + std::to_string(c.p.n_weights));
+  if (x.dtype != DType::kF32) fail(ErrorCode::kInvalidArgument, where_, "matmul: expected F32 activations");
+  // DEBT: prefill runs the decode GEMV with one grid row per token, streaming each weight once per
+  // token; the simdgroup_matrix GEMM for prefill is owed (issue #4).
+  for (int i = 0; i < c.p.n_weights; ++i) {
+    const Tensor& w = c.t[1 + i];
+    const Tensor& bias = c.t[4 + i];
+    const Tensor& out = c.t[7 + i];
+    const int f = fmt_index(w.dtype);
+    if (f < 0)
+      fail(ErrorCode::kUnsupportedDType, where_, std::string("matmul: no gemv kernel for ") + dtype_name(w.dtype));
+    if (w.cols != x.cols || out.cols < w.rows || out.dtype != DType::kF32)
+      fail(ErrorCode::kShapeMismatch, where_,
+           "matmul: weight " + std::to_string(i) + " is " + std::to_string(w.rows) + "x" + std::to_string(w.cols) +
+               ", x has " + std::to_string(x.cols) + " columns, out " + std::to_string(out.cols));
+    Builder d(where_, kGemv[f], 0, 0, kGemvSimdgroups * 32);
+    d.l.groups[0] = ceil_div(d.u32(w.rows, "rows"), kGemvRowsPerGroup);
+    d.l.groups[1] = d.u32(n, "n_tokens");
+    d.tensor(0, w, w.rows, "matmul weight");
+    d.tensor(1, x, n, "matmul x");
+    if (bias.valid()) {
+      if (bias.dtype != DType::kF32 || bias.cols != w.rows)
+        fail(ErrorCode::kShapeMismatch, where_,
+             "matmul: bias " + std::to_string(i) + ": expected F32 of " + std::to_string(w.rows) + " values");
+      d.tensor(2, bias, 1, "matmul bias");
+    } else {
+      d.zero(2);  // read only when has_bias
+    }
+    d.tensor(3, out, n, "matmul out");
+    d.args(4, GemvArgs{d.u32(w.rows, "rows"), d.u32(w.cols, "cols"),
+                       d.u32(static_cast<int64_t>(w.row_stride), "row_bytes"), d.elem_stride(x, "matmul x"),
+                       d.elem_stride(out, "matmul out"), c.p.accumulate ? 1u : 0u, bias.valid() ? 1u : 0u, 0u});
+    submit(d.l);
+  }
+}
+
+// RMSNorm + up to 3 GEMVs in one dispatch when the weights share a format and x fits the kernel's
+// threadgroup row; otherwise the caller decomposes (rms_norm, then one gemv per format).
+bool MetalPlanDevice::norm_matmul(const OpCall& c) {
+  const Tensor& x = c.t[0];
+  const int nw = c.p.n_weights;
+  if (nw < 1 || nw > 3 || x.dtype != DType::kF32 || x.cols > static_cast<int64_t>(kFusedNormMaxCols)) return false;
+  const DType dt = c.t[1].dtype;
+  for (int i = 0; i < nw; ++i)
+    if (c.t[1 + i].dtype != dt || c.t[1 + i].layout != Layout::kRows) return false;
+  const int f = fmt_index(dt);
+  if (f < 0) fail(ErrorCode::kUnsupportedDType, where_, std::string("norm_matmul: no kernel for ") + dtype_name(dt));
+  const Tensor& nwt = c.t[11];
+  if (nwt.dtype != DType::kF32 || nwt.cols != x.cols)
+    fail(ErrorCode::kShapeMismatch, where_, "norm_matmul: expected an F32 norm weight of x's width");
+  const int64_t n = c.p.n_tokens;
+  Builder d(where_, kGemvNorm[f], 0, 0, kFusedSimdgroups * 32);
+  uint32_t rows[3] = {0, 0, 0}, row_b[3] = {0, 0, 0}, out_s[3] = {0, 0, 0}, has_bias = 0;
+  for (int i = 0; i < 3; ++i) {
+    if (i >= nw) {  // absent: 0 rows, never read or written
+      d.zero(i);
+      d.zero(5 + i);
+      d.zero(8 + i);
+      continue;
+    }
+    const Tensor& w = c.t[1 + i];
+    const Tensor& bias = c.t[4 + i];
+    const Tensor& out = c.t[7 + i];
+    if (w.cols != x.cols || out.cols < w.rows || out.dtype != DType::kF32)
+      fail(ErrorCode::kShapeMismatch, where_,
+           "norm_matmul: weight " + std::to_string(i) + " is " + std::to_string(w.rows) + "x" + std::to_string(w.cols) +
+               ", x has " + std::to_string(x.cols) + " columns, out " + std::to_string(out.cols));
+    rows[i] = d.u32(w.rows, "rows");
+    row_b[i] = d.u32(static_cast<int64_t>(w.row_stride), "row_bytes");
+    out_s[i] = d.elem_stride(out, "norm_matmul out");
+    d.tensor(i, w, w.rows, "norm_matmul weight");
+    if (bias.valid()) {
+      if (bias.dtype != DType::kF32 || bias.cols != w.rows)
+        fail(ErrorCode::kShapeMismatch, where_,
+             "norm_matmul: bias " + std::to_string(i) + ": expected F32 of " + std::to_string(w.rows) + " values");
+      d.tensor(5 + i, bias, 1, "norm_matmul bias");
+      has_bias |= 1u << i;
+    } else {
+      d.zero(5 + i);
+    }
+    d.tensor(8 + i, out, n, "norm_matmul out");
+  }
+  d.tensor(3, x, n, "norm_matmul x");
+  d.tensor(4, nwt, 1, "norm_matmul norm weight");
+  d.l.groups[0] = ceil_div(d.u32(static_cast<int64_t>(rows[0]) + rows[1] + rows[2], "rows"), kFusedRowsPerGroup);
+  d.l.groups[1] = d.u32(n, "n_tokens");
+  d.args(11,
+         GemvNormArgs{rows[0], rows[1], rows[2], d.u32(x.cols, "cols"), row_b[0], row_b[1], row_b[2],
+                      d.elem_stride(x, "norm_matmul x"), out_s[0], out_s[1], out_s[2], has_bias, c.p.eps, 0u, 0u, 0u});
+  submit(d.l);
+  return true;
+}
+
+bool MetalPlanDevice::norm_swiglu(const OpCall& c) {
+  const Tensor& x = c.t[0];
+  const Tensor& wg = c.t[1];
+  const Tensor& wu = c.t[2];
+  const Tensor& out = c.t[7];
+  if (x.dtype != DType::kF32 || x.cols > static_cast<int64_t>(kFusedNormMaxCols) || wg.dtype != wu.dtype ||
+      wg.layout != Layout::kRows || wu.layout != Layout::kRows)
+    return false;
+  const int f = fmt_index(wg.dtype);
+  if (f < 0)
+    fail(ErrorCode::kUnsupportedDType, where_, std::string("norm_swiglu: no kernel for ") + dtype_name(wg.dtype));
+  const Tensor& nwt = c.t[11];
+  if (wg.cols != x.cols || wu.cols != x.cols || wu.rows != wg.rows || out.cols < wg.rows || out.dtype != DType::kF32 ||
+      nwt.dtype != DType::kF32 || nwt.cols != x.cols)
+    fail(ErrorCode::kShapeMismatch, where_,
+         "norm_swiglu: expected gate and up of one shape (rows, x's width), an F32 out of >= rows columns and an "
+         "F32 norm weight of x's width");
+  const int64_t n = c.p.n_tokens;
+  Builder d(where_, kGemvNormSwiGlu[f], 0, 0, kFusedSimdgroups * 32);
+  d.l.groups[0] = ceil_div(d.u32(wg.rows, "rows"), kFusedRowsPerGroup);
+  d.l.groups[1] = d.u32(n, "n_tokens");
+  d.tensor(0, wg, wg.rows, "norm_swiglu gate");
+  d.tensor(1, wu, wu.rows, "norm_swiglu up");
+  d.tensor(2, x, n, "norm_swiglu x");
+  d.tensor(3, nwt, 1, "norm_swiglu norm weight");
+  d.tensor(4, out, n, "norm_swiglu out");
+  d.args(5, GemvSwiGluArgs{d.u32(wg.rows, "rows"), d.u32(x.cols, "cols"),
+                           d.u32(static_cast<int64_t>(wg.row_stride), "row_bytes_gate"),
+                           d.u32(static_cast<int64_t>(wu.row_stride), "row_bytes_up"),
+                           d.elem_stride(x, "norm_swiglu x"), d.elem_stride(out, "norm_swiglu out"), c.p.eps, 0u});
+  submit(d.l);
+  return true;
+}
+
+void MetalPlanDevice::rope_kv(const OpCall& c) {
+  const Tensor& kc = c.t[3];
+  const Tensor& vc = c.t[4];
+  const OpParams& p = c.p;
+  const int f = float_index(kc.dtype);
+  if (f < 0 || vc.dtype != kc.dtype)
+    fail(ErrorCode::kUnsupportedDType, where_,
+         "rope_kv: expected an F32 or F16 KV cache, got " + std::string(dtype_name(kc.dtype)));
+  if (!(p.head_dim > 0 && p.head_dim % 2 == 0 && kc.cols == p.head_dim &&
+        kc.row_stride == row_bytes(kc.dtype, p.head_dim) && kc.rows >= p.n_head_kv * p.kv_capacity && p.pos0 >= 0 &&
+        p.pos0 + p.n_tokens <= p.kv_capacity && c.t[5].cols == p.head_dim / 2))
+    fail(ErrorCode::kInvalidArgument, where_, "rope_kv: cache, positions or inv_freq do not match the op's shape");
+  static constexpr const char* kNames[] = {"rope_kv_f32", "rope_kv_f16"};
+  Builder d(where_, kNames[f], 0, 1, stride_threads(static_cast<int64_t>(p.n_head + p.n_head_kv) * p.head_dim / 2));
+  d.l.groups[0] = d.u32(p.n_tokens, "n_tokens");
+  d.tensor(0, c.t[0], p.n_tokens, "rope q");
+  d.tensor(1, c.t[1], p.n_tokens, "rope k");
+  d.tensor(2, c.t[2], p.n_tokens, "rope v");
+  d.tensor(3, kc, kc.rows, "K cache");
+  d.tensor(4, vc, vc.rows, "V cache");
+  d.tensor(5, c.t[5], 1, "inv_freq");
+  d.args(6, RopeKvArgs{d.u32(p.n_head, "n_head"), d.u32(p.n_head_kv, "n_head_kv"), d.u32(p.head_dim, "head_dim"),
+                       p.neox ? 1u : 0u, d.u32(p.pos0, "pos0"), d.u32(p.kv_capacity, "kv_capacity"),
+                       d.elem_stride(c.t[0], "rope q"), d.elem_stride(c.t[1], "rope k"),
+                       d.elem_stride(c.t[2], "rope v"), 0u, 0u, 0u});
+  submit(d.l);
+}
+
+void MetalPlanDevice::attention(const OpCall& c) {
+  const Tensor& kc = c.t[1];
+  const Tensor& vc = c.t[2];
+  const OpParams& p = c.p;
+  const int f = float_index(kc.dtype);
+  if (f < 0 || vc.dtype != kc.dtype)
+    fail(ErrorCode::kUnsupportedDType, where_,
+         "attention: expected an F32 or F16 KV cache, got " + std::string(dtype_name(kc.dtype)));
+  if (!(p.head_dim >= 1 && p.head_dim <= static_cast<int32_t>(kAttnMaxHeadDim) && p.n_head_kv > 0 &&
+        p.n_head % p.n_head_kv == 0 && kc.cols == p.head_dim && kc.row_stride == row_bytes(kc.dtype, p.head_dim) &&
+        kc.rows >= p.n_head_kv * p.kv_capacity && p.pos0 >= 0 && p.pos0 + p.n_tokens <= p.kv_capacity))
+    fail(ErrorCode::kInvalidArgument, where_, "attention: heads, cache or positions do not match the op's shape");
+  // DEBT: prefill runs attention_decode (one query row per threadgroup, grid y = tokens, causal
+  // length pos0 + t + 1), re-reading the KV prefix for every query; flash attention is owed.
+  static constexpr const char* kNames[] = {"attention_decode_f32", "attention_decode_f16"};
+  Builder d(where_, kNames[f], 0, 0, kAttnSimdgroups * 32);
+  d.l.groups[0] = d.u32(p.n_head, "n_head");
+  d.l.groups[1] = d.u32(p.n_tokens, "n_tokens");
+  d.tensor(0, c.t[0], p.n_tokens, "attention q");
+  d.tensor(1, kc, kc.rows, "K cache");
+  d.tensor(2, vc, vc.rows, "V cache");
+  d.tensor(3, c.t[3], p.n_tokens, "attention out");
+  d.args(4, AttnArgs{d.u32(p.n_head, "n_head"), d.u32(p.n_head_kv, "n_head_kv"), d.u32(p.head_dim, "head_dim"),
+                     d.u32(p.pos0, "pos0"), d.u32(p.kv_capacity, "kv_capacity"), d.elem_stride(c.t[0], "attention q"),
+                     d.elem_stride(c.t[3], "attention out"), p.scale});
+  submit(d.l);
+}
+
+void MetalPlanDevice::swiglu(const OpCall& c) {
+  const Tensor& g = c.t[0];
+  const Tensor& u = c.t[1];
+  if (g.dtype != DType::kF32 || u.dtype != DType::kF32 || u.cols != g.cols)
+    fail(ErrorCode::kInvalidArgument, where_, "swiglu: expected F32 gate and up of one width");
+  Builder d(where_, "swiglu_f32", 0, 0, kElementwiseThreads);
+  d.l.groups[0] = ceil_div(d.u32(g.cols, "cols"), kElementwiseThreads);
+  d.l.groups[1] = d.u32(c.p.n_tokens, "n_tokens");
+  d.tensor(0, g, c.p.n_tokens, "swiglu gate");
+  d.tensor(1, u, c.p.n_tokens, "swiglu up");
+  d.args(2, SwiGluArgs{d.u32(g.cols, "cols"), d.elem_stride(g, "swiglu gate"), d.elem_stride(u, "swiglu up"), 0u});
+  submit(d.l);
+}
+
+}  // namespace metallic
