@@ -100,3 +100,4 @@ struct Fmt<BlockQ4_1> {
 };
 
 }  // namespace metallic
+#include "quant_k.h"  // Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
