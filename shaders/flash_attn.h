@@ -72,7 +72,7 @@ template <typename C>  // cache element: float or half
   constexpr uint Q = kFlashQueriesPerSimdgroup, KV = kFlashTileKV, MD = kAttnMaxHeadDim;
   const uint h = tg.x, t0 = tg.y * kFlashTileQ;
   if (t0 >= a.n_tokens) return;  // grid larger than needed: the whole threadgroup leaves
-  const uint hd = a.head_dim, dpl = (hd + 31) / 32;
+  const uint hd = a.head_dim;
   const uint g = h / (a.n_head / a.n_head_kv);
   const uint kv_end = a.pos0 + min(t0 + kFlashTileQ, a.n_tokens);     // tile sees positions < kv_end
   const uint ts = t0 + sg * Q;                                        // this simdgroup's first query
@@ -86,7 +86,7 @@ template <typename C>  // cache element: float or half
   for (uint i = 0; i < Q; ++i) {
     const bool real = ts + i < a.n_tokens;  // padding queries of the last tile: q = 0, never stored
     device const float* qh = q + ulong(real ? ts + i : 0) * a.q_stride + h * hd;
-    for (uint j = 0; j < dpl; ++j) {
+    for (uint j = 0; j < kAttnMaxDimsPerLane; ++j) {
       const uint d = lane + 32 * j;
       qv[i][j] = real && d < hd ? qh[d] * a.scale : 0.f;
       o[i][j] = 0.f;
@@ -116,11 +116,12 @@ template <typename C>  // cache element: float or half
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (kv0 >= sg_end) continue;  // no query of this simdgroup sees the tile (uniform)
 
-    // Scores. DEBT: with simdgroup_matrix (being added to the emulator) the Q x KV score block and
-    // the P . V update below become 8x8 matrix multiply-accumulates; plain per-lane FMAs until then.
+    // Scores. DEBT: simdgroup_matrix is being added to the emulator; with it, the score block
+    // q . K^T and the P . V update below become simdgroup_matrix<float, 8, 8> multiply-accumulates
+    // (8 queries per simdgroup, K/V tiles read as 8x8 blocks). Plain per-lane FMAs until then.
     float4 sc[Q * KV / 4];  // sc[i * KV / 4 + c][x]: partial score of query i, tile row 4c + x
     for (uint r = 0; r < Q * KV / 4; ++r) sc[r] = float4(0.f);
-    for (uint j = 0; j < dpl; ++j) {
+    for (uint j = 0; j < kAttnMaxDimsPerLane; ++j) {  // constant trip count: unrolled, registers
       const uint d = lane + 32 * j;
       if (d >= hd) break;
       for (uint c = 0; c < KV / 4; ++c) {
@@ -148,7 +149,7 @@ template <typename C>  // cache element: float or half
     simdgroup_barrier(mem_flags::mem_threadgroup);
 
     // o[i] = o[i] * corr_i + sum_j p_ij * V[j] on this lane's dims.
-    for (uint j = 0; j < dpl; ++j) {
+    for (uint j = 0; j < kAttnMaxDimsPerLane; ++j) {  // constant trip count: unrolled, registers
       const uint d = lane + 32 * j;
       if (d >= hd) break;
       float vr[KV];
@@ -167,7 +168,7 @@ template <typename C>  // cache element: float or half
   for (uint i = 0; i < Q && ts + i < a.n_tokens; ++i) {
     device float* oh = out + ulong(ts + i) * a.out_stride + h * hd;
     const float sum = tl[sg * Q + i];
-    for (uint j = 0; j < dpl; ++j) {
+    for (uint j = 0; j < kAttnMaxDimsPerLane; ++j) {
       const uint d = lane + 32 * j;
       if (d < hd) oh[d] = o[i][j] / sum;
     }
