@@ -115,6 +115,30 @@ struct GemvSwiGluArgs {
   uint32_t pad0;
 };
 
+// flash_attn (prefill attention): grid (n_head, ceil(n_tokens / kFlashTileQ)), kFlashThreads
+// threads. Simdgroup s of a threadgroup owns kFlashQueriesPerSimdgroup consecutive queries; K/V
+// tiles of kFlashTileKV cache rows are staged in threadgroup memory (as float: 16 KiB at head_dim
+// 256). kFlashQueriesPerSimdgroup * kFlashTileKV must be 32 (one score per lane).
+enum : uint32_t {
+  kFlashSimdgroups = 4,
+  kFlashQueriesPerSimdgroup = 4,
+  kFlashTileQ = kFlashSimdgroups * kFlashQueriesPerSimdgroup,
+  kFlashTileKV = 8,
+  kFlashThreads = kFlashSimdgroups * 32,
+};
+struct FlashAttnArgs {
+  uint32_t n_head;
+  uint32_t n_head_kv;
+  uint32_t head_dim;  // <= kAttnMaxHeadDim
+  uint32_t pos0;      // token t attends to cache positions 0 .. pos0 + t
+  uint32_t kv_capacity;
+  uint32_t q_stride;    // elements between tokens of q
+  uint32_t out_stride;  // elements between tokens of out
+  uint32_t n_tokens;    // query tokens of this call (cache rows pos0 .. pos0 + n_tokens - 1 written)
+  float scale;          // score scale, usually 1/sqrt(head_dim)
+  uint32_t pad0, pad1, pad2;
+};
+
 #ifndef __METAL_VERSION__
 static_assert(sizeof(GemvNormArgs) == 64, "GemvNormArgs layout");
 static_assert(sizeof(GemvSwiGluArgs) == 32, "GemvSwiGluArgs layout");
@@ -124,6 +148,7 @@ static_assert(sizeof(RopeKvArgs) == 48, "RopeKvArgs layout");
 static_assert(sizeof(AttnArgs) == 32, "AttnArgs layout");
 static_assert(sizeof(SwiGluArgs) == 16, "SwiGluArgs layout");
 static_assert(sizeof(EmbedArgs) == 16, "EmbedArgs layout");
+static_assert(sizeof(FlashAttnArgs) == 48, "FlashAttnArgs layout");
 #endif
 
 }  // namespace metallic
