@@ -2,13 +2,20 @@
 float64 NumPy reference of the dequantized weights, and against the decode GEMV.
 
 Tolerances (as in test_metal_emu_kernels.py): ``U = 2**-24`` is the float32 unit roundoff; the
-float64 reference stands for the exact result of the dequantized weights. Every output is a
-float32 sum of ``cols`` products accumulated in some order, each product and each addition
-rounded at most once (fused or not), so it is within ``2 * cols * U * sum(|x * w|)`` of the
-exact dot product; the dequantization is exact except Q4_1's ``d * q + m`` (one rounding, within
-``U * |w|``); the epilogue's bias and residual additions add one rounding each of the result.
+float64 reference of the dequantized weights stands for the exact result. The kernel stages the
+dequantized weights and the activations as float (float threadgroup memory, no half rounding)
+and accumulates float 8x8 tiles, so every output is a float32 sum of ``cols`` products in some
+order, each product and each addition rounded at most once (fused or not): within
+``2 * cols * U * sum(|x * w|)`` of the exact dot product. The dequantization is exact except
+Q4_1's ``d * q + m`` (one rounding, ``U * |w|``: one more ``U * sum(|x * w|)``); with the
+second-order terms that is ``2 * (cols + 4) * U * sum(|x * w|)``. The epilogue's bias and
+residual additions add one rounding each, within ``4 * U * (|ref| + |acc| + |bias|)``.
 Every case also runs with the lanes of each threadgroup scheduled in reverse order and must give
-bit-identical output (threadgroup memory is poisoned with NaN, so a missing barrier shows).
+bit-identical output (threadgroup memory is poisoned with NaN, so a missing barrier shows). One
+exception: the scheduler runs every lane to its next rendezvous before any simdgroup moves on,
+so a barrier missing between the staging stores and the first simdgroup_load is invisible
+in-process; the ThreadSanitizer replay of these dispatches (test_metal_emu_broken.py, slow)
+reports it as a data race.
 """
 
 from __future__ import annotations
