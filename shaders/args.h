@@ -138,6 +138,26 @@ struct FlashAttnArgs {
   float scale;          // score scale, usually 1/sqrt(head_dim)
   uint32_t pad0, pad1, pad2;
 };
+// gemm (prefill, simdgroup_matrix tiles; gemm.h): same contract as gemv for n_tokens tokens at
+// once. grid (ceil(rows / kGemmTileRows), ceil(n_tokens / kGemmTileTokens)), kGemmSimdgroups * 32
+// threads; each threadgroup computes one kGemmTileTokens x kGemmTileRows tile of out, walking K
+// in chunks of kGemmTileK columns.
+enum : uint32_t {
+  kGemmTileTokens = 32,
+  kGemmTileRows = 64,
+  kGemmTileK = 32,
+  kGemmSimdgroups = 4,
+};
+struct GemmArgs {
+  uint32_t rows;        // output features
+  uint32_t cols;        // input features (a multiple of the weight's block)
+  uint32_t row_bytes;   // bytes per weight row
+  uint32_t x_stride;    // elements between tokens of x
+  uint32_t out_stride;  // elements between tokens of out
+  uint32_t n_tokens;    // tokens (rows of x and out)
+  uint32_t accumulate;  // 1: out += result (residual add in the epilogue)
+  uint32_t has_bias;    // 1: add bias[row]
+};
 
 #ifndef __METAL_VERSION__
 static_assert(sizeof(GemvNormArgs) == 64, "GemvNormArgs layout");
@@ -149,6 +169,7 @@ static_assert(sizeof(AttnArgs) == 32, "AttnArgs layout");
 static_assert(sizeof(SwiGluArgs) == 16, "SwiGluArgs layout");
 static_assert(sizeof(EmbedArgs) == 16, "EmbedArgs layout");
 static_assert(sizeof(FlashAttnArgs) == 48, "FlashAttnArgs layout");
+static_assert(sizeof(GemmArgs) == 32, "GemmArgs layout");
 #endif
 
 }  // namespace metallic

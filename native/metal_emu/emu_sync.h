@@ -18,6 +18,12 @@ enum class SimdOp : int32_t {
   kShuffleDown,
   kShuffleXor,
   kBallot,
+  // simdgroup_matrix operations (metal_stdlib)
+  kMatrixFill,
+  kMatrixLoad,
+  kMatrixStore,
+  kMatrixMultiply,
+  kMatrixMultiplyAccumulate,
 };
 
 constexpr int kSimdWidth = 32;

@@ -216,6 +216,11 @@ const char* op_name(SimdOp op) {
     case SimdOp::kShuffleDown: return "simd_shuffle_down";
     case SimdOp::kShuffleXor: return "simd_shuffle_xor";
     case SimdOp::kBallot: return "simd_ballot";
+    case SimdOp::kMatrixFill: return "make_filled_simdgroup_matrix";
+    case SimdOp::kMatrixLoad: return "simdgroup_load";
+    case SimdOp::kMatrixStore: return "simdgroup_store";
+    case SimdOp::kMatrixMultiply: return "simdgroup_multiply";
+    case SimdOp::kMatrixMultiplyAccumulate: return "simdgroup_multiply_accumulate";
   }
   return "simd_?";
 }

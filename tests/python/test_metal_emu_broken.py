@@ -203,3 +203,36 @@ def test_kernel_tests_have_zero_sanitizer_reports(sanitized, tmp_path):
         assert "ThreadSanitizer" not in r.stderr and "AddressSanitizer" not in r.stderr
         assert "runtime error" not in r.stderr  # UBSan
         assert f"{len(cases)} case(s), 0 failed" in r.stdout
+
+
+# ----------------------------------------------------------------------------- simdgroup_matrix
+
+
+def test_divergent_simdgroup_matrix_calls(broken):
+    with pytest.raises(EmuError) as e:
+        run(broken, "divergent_matrix", n=128, threads=32)
+    assert e.value.code == ERR_KERNEL
+    msg = str(e.value)
+    assert "divergent simd_* calls" in msg
+    f = "tests/metal_broken/divergent_matrix.metal"
+    for marker in ("MMA-A", "MMA-B"):
+        line = line_of("divergent_matrix.metal", marker)
+        assert f"simdgroup_multiply_accumulate ({f}:{line})" in msg, msg
+
+
+def test_simdgroup_matrix_call_missing_lanes(broken):
+    with pytest.raises(EmuError) as e:
+        run(broken, "matrix_missing_lanes", n=64, threads=32)
+    assert e.value.code == ERR_KERNEL
+    msg = str(e.value)
+    assert "simdgroup_load: every lane of the simdgroup must take part" in msg
+    assert f"divergent_matrix.metal:{line_of('divergent_matrix.metal', 'PARTIAL')}" in msg
+
+
+def test_simdgroup_matrix_nonuniform_pointer(broken):
+    with pytest.raises(EmuError) as e:
+        run(broken, "matrix_nonuniform_pointer", n=72, threads=32)
+    assert e.value.code == ERR_KERNEL
+    msg = str(e.value)
+    assert "simdgroup_load: pointer, elements_per_row or transpose differ between lanes" in msg
+    assert f"divergent_matrix.metal:{line_of('divergent_matrix.metal', 'NONUNIFORM')}" in msg
