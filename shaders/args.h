@@ -81,6 +81,45 @@ struct EmbedArgs {
   float scale;
 };
 
+// Device sampling (shaders/sample.h has the full contract): argmax_* (greedy, 2 dispatches) and
+// sample_* (temperature + top-k / top-p / min-p, 2 or 3 dispatches) over one row of n logits,
+// every kernel kSampleThreads threads, the partial passes one threadgroup per kSampleChunk logits.
+// The host allocates one scratch buffer of ceil(n / kSampleChunk) * kSampleScratchWordsPerChunk
+// 32-bit words once per vocabulary; the result is one uint: a token id, kSampleFallback (use the
+// CPU sampler with the same uniform) or kSampleNoToken (no drawable token: the CPU sampler's
+// "mask" error). top_k above kSampleMaxTopK (and below n) or n above kSampleMaxVocab: CPU sampler.
+enum : uint32_t {
+  kSampleThreads = 256,
+  kSampleSimdgroups = kSampleThreads / 32,
+  kSampleChunk = 8192,
+  kSamplePerThread = kSampleChunk / kSampleThreads,
+  kSampleMaxTopK = 256,
+  kSampleMaxChunks = kSamplePerThread * kSampleThreads / kSampleMaxTopK,
+  kSampleMaxVocab = kSampleChunk * kSampleMaxChunks,
+  kSampleScratchWordsPerChunk = 514,
+  kSampleNoToken = 0xFFFFFFFF,
+  kSampleFallback = 0xFFFFFFFE,
+};
+struct SampleArgs {
+  uint32_t n;      // logits in the row (n_vocab)
+  uint32_t top_k;  // 0 or >= n: off; else <= kSampleMaxTopK
+  float inv_temp;  // 1.f / temperature, divided in float as the CPU sampler does (temperature > 0)
+  float top_p;     // (0, 1]; 1: off
+  float min_p;     // [0, 1]; 0: off
+  float u;         // the host RNG's uniform draw in [0, 1), rounded to float
+  uint32_t pad0, pad1;
+};
+// True when the row needs the sample_sums pass (the mass of every token): all but top-k mode.
+inline bool sample_needs_sums(uint32_t n, uint32_t top_k) { return !(top_k > 0 && top_k < n); }
+
+// softmax: grid (n_rows), any multiple of 32 threads up to 1024; one threadgroup per row.
+struct SoftmaxArgs {
+  uint32_t n;           // row length
+  uint32_t x_stride;    // elements between rows of x
+  uint32_t out_stride;  // elements between rows of out
+  float scale;          // out = softmax(scale * x)
+};
+
 #ifndef __METAL_VERSION__
 static_assert(sizeof(RmsNormArgs) == 16, "RmsNormArgs layout");
 static_assert(sizeof(GemvArgs) == 32, "GemvArgs layout");
@@ -88,6 +127,10 @@ static_assert(sizeof(RopeKvArgs) == 48, "RopeKvArgs layout");
 static_assert(sizeof(AttnArgs) == 32, "AttnArgs layout");
 static_assert(sizeof(SwiGluArgs) == 16, "SwiGluArgs layout");
 static_assert(sizeof(EmbedArgs) == 16, "EmbedArgs layout");
+static_assert(sizeof(SampleArgs) == 32, "SampleArgs layout");
+static_assert(sizeof(SoftmaxArgs) == 16, "SoftmaxArgs layout");
+static_assert(kSampleScratchWordsPerChunk == 2 + 2 * kSampleMaxTopK, "sample scratch: max, sum, K keys, K ids");
+static_assert(kSampleMaxChunks == 32 && kSampleMaxVocab == 262144, "sample: one merge threadgroup's reach");
 #endif
 
 }  // namespace metallic
