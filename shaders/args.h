@@ -89,14 +89,14 @@ struct EmbedArgs {
 // CPU sampler with the same uniform) or kSampleNoToken (no drawable token: the CPU sampler's
 // "mask" error). top_k above kSampleMaxTopK (and below n) or n above kSampleMaxVocab: CPU sampler.
 enum : uint32_t {
-  kSampleThreads = 256,
+  kSampleThreads = 256,  // threads per threadgroup, every argmax_* / sample_* kernel
   kSampleSimdgroups = kSampleThreads / 32,
-  kSampleChunk = 8192,
+  kSampleChunk = 8192,  // logits per threadgroup of the partial passes
   kSamplePerThread = kSampleChunk / kSampleThreads,
-  kSampleMaxTopK = 256,
-  kSampleMaxChunks = kSamplePerThread * kSampleThreads / kSampleMaxTopK,
+  kSampleMaxTopK = 256,  // top_k cap; also the candidates of the top-p-only (nucleus) path
+  kSampleMaxChunks = kSamplePerThread * kSampleThreads / kSampleMaxTopK,  // lists one merge holds
   kSampleMaxVocab = kSampleChunk * kSampleMaxChunks,
-  kSampleScratchWordsPerChunk = 514,
+  kSampleScratchWordsPerChunk = 514,  // 2 + 2 * kSampleMaxTopK: max, mass, K keys, K ids
   kSampleNoToken = 0xFFFFFFFF,
   kSampleFallback = 0xFFFFFFFE,
 };
@@ -106,7 +106,7 @@ struct SampleArgs {
   float inv_temp;  // 1.f / temperature, divided in float as the CPU sampler does (temperature > 0)
   float top_p;     // (0, 1]; 1: off
   float min_p;     // [0, 1]; 0: off
-  float u;         // the host RNG's uniform draw in [0, 1), rounded to float
+  float u;         // the host RNG's uniform draw in [0, 1), rounded to float (1.0f: last token)
   uint32_t pad0, pad1;
 };
 // True when the row needs the sample_sums pass (the mass of every token): all but top-k mode.

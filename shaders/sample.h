@@ -25,7 +25,7 @@
 // Sampling follows sampler.cpp step by step. Probabilities are p = exp((w - mx) * inv_temp) in
 // float, the CPU's expression (p_max = 1). Modes (sample_mode, the same for every kernel):
 // - top-k (0 < top_k < n): the candidates are the top_k logits, ties to the lowest id (the CPU's
-//   nth_element order, a strict total order, so the set is the CPU's exactly). Each chunk keeps
+//   by_logit comparator, a strict total order, so the set is the CPU's exactly). Each chunk keeps
 //   its best top_k, the final threadgroup the best top_k of those. Total mass: the candidates'.
 // - nucleus (top_k off, top_p < 1, n > 1): the same with kSampleMaxTopK candidates; total mass
 //   from sample_sums over every token. Exact whenever the nucleus lies in the candidates: the cut
@@ -45,7 +45,8 @@
 // the partial sums (relative ~1e-5) of a boundary; there either neighbour can come out. In the
 // emulator every p is bit-identical to the CPU sampler's (same expf, same float expression); on a
 // GPU precise::exp may differ from the CPU's libm by an ulp. Greedy is exact: the first index of
-// the maximum, as sampler.cpp (NaN logits are skipped; the CPU leaves NaN unspecified).
+// the maximum, as sampler.cpp. NaN logits are never drawn (weight 0; the CPU leaves NaN
+// unspecified).
 //
 // Selection (select_top): bisection on the 32-bit order key (and, only when the boundary key is
 // tied, on the 18-bit id), each step one threadgroup-wide count, 34 steps when there is no tie:

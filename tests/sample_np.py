@@ -51,7 +51,7 @@ def splitmix64_uniform(seed: int) -> float:
 @dataclass
 class Expect:
     exact: int | None  # the token of the exact rule; None when no token can be drawn
-    tokens: set[int]  # every token within the margin (contains `exact`)
+    tokens: set[int]  # every token within the margin (with `exact`, unless fallback is "must")
     fallback: str  # "never", "may" or "must": device nucleus mode may defer to the CPU
 
 
@@ -73,45 +73,52 @@ def _draw(ids: np.ndarray, p: np.ndarray, u: float, margin: float) -> tuple[int,
     return exact, tokens
 
 
-def expect(
-    w: np.ndarray, inv_temp, top_k: int, top_p, min_p, u: float, margin: float, max_top_k: int
-) -> Expect:
-    """The CPU rule for penalty-free logits w (float32) and uniform u."""
-    n = len(w)
-    inv_temp, top_p, min_p = np.float32(inv_temp), np.float32(top_p), np.float32(min_p)
-    topk_mode = 0 < top_k < n
-    cand = order_by_logit(w)[:top_k] if topk_mode else np.arange(n)
-    mx = np.float32(w[cand].max())
-    if not math.isfinite(mx):
-        return Expect(None, set(), "never")
-    p = probs(w[cand], mx, inv_temp)
-    if not (top_p < 1 and len(cand) > 1):
-        keep = p >= min_p
-        exact, tokens = _draw(cand[keep], p[keep], u, margin)
-        return Expect(exact, tokens, "never")
-    order = np.lexsort((cand, -p))  # probability descending, ties by lowest id
-    ids, ps = cand[order], p[order]
-    cs = np.cumsum(ps)
-    target, d = float(top_p) * cs[-1], margin * cs[-1]
-    reach = np.nonzero(cs >= target)[0]
-    cut = int(reach[0]) if len(reach) else len(ps) - 1
-    lo = np.nonzero(cs >= target - d)[0]
-    hi = np.nonzero(cs >= target + d)[0]
-    cuts = range(
-        int(lo[0]) if len(lo) else len(ps) - 1, (int(hi[0]) if len(hi) else len(ps) - 1) + 1
-    )
-    # Nucleus mode keeps max_top_k candidates by logit: exact iff the cut's p beats the smallest.
-    q = p[order_by_logit(w)[max_top_k - 1]] if not topk_mode and n > max_top_k else -1.0
-    exact_cut = {c: ps[c] > q for c in cuts}
-    exact, tokens = None, set()
-    for c in cuts:
-        keep = ps[: c + 1] >= min_p
-        e, t = _draw(ids[: c + 1][keep], ps[: c + 1][keep], u, margin)
-        if exact_cut[c]:
-            tokens |= t
-        if c == cut:
-            exact = e
-    fallback = (
-        "must" if not any(exact_cut.values()) else "may" if not all(exact_cut.values()) else "never"
-    )
-    return Expect(exact, tokens, fallback)
+class Rule:
+    """The CPU rule for penalty-free float32 logits w; everything but the uniform precomputed."""
+
+    def __init__(
+        self, w: np.ndarray, inv_temp, top_k: int, top_p, min_p, margin: float, max_top_k: int
+    ):
+        n = len(w)
+        inv_temp, top_p = np.float32(inv_temp), np.float32(top_p)
+        self.min_p, self.margin = np.float32(min_p), margin
+        by_logit = order_by_logit(w)
+        topk_mode = 0 < top_k < n
+        self.cand = by_logit[:top_k] if topk_mode else np.arange(n)
+        mx = np.float32(w[self.cand].max())
+        self.drawable = math.isfinite(mx)
+        if not self.drawable:
+            return
+        self.p = probs(w[self.cand], mx, inv_temp)
+        self.top_p = bool(top_p < 1 and len(self.cand) > 1)
+        if not self.top_p:
+            return
+        order = np.lexsort((self.cand, -self.p))  # probability descending, ties by lowest id
+        self.ids, self.ps = self.cand[order], self.p[order]
+        cs = np.cumsum(self.ps)
+        target, d, last = float(top_p) * cs[-1], margin * cs[-1], len(self.ps) - 1
+        reach, lo, hi = (np.nonzero(cs >= v)[0] for v in (target, target - d, target + d))
+        self.cut = int(reach[0]) if len(reach) else last
+        self.cuts = range(int(lo[0]) if len(lo) else last, (int(hi[0]) if len(hi) else last) + 1)
+        # Nucleus mode keeps max_top_k candidates by logit: exact iff the cut's p beats the least.
+        q = self.p[by_logit[max_top_k - 1]] if not topk_mode and n > max_top_k else -1.0
+        self.exact_cut = {c: bool(self.ps[c] > q) for c in self.cuts}
+
+    def expect(self, u: float) -> Expect:
+        if not self.drawable:
+            return Expect(None, set(), "never")
+        if not self.top_p:
+            keep = self.p >= self.min_p
+            exact, tokens = _draw(self.cand[keep], self.p[keep], u, self.margin)
+            return Expect(exact, tokens, "never")
+        exact, tokens = None, set()
+        for c in self.cuts:
+            keep = self.ps[: c + 1] >= self.min_p
+            e, t = _draw(self.ids[: c + 1][keep], self.ps[: c + 1][keep], u, self.margin)
+            if self.exact_cut[c]:
+                tokens |= t
+            if c == self.cut:
+                exact = e
+        ok = self.exact_cut.values()
+        fallback = "must" if not any(ok) else "may" if not all(ok) else "never"
+        return Expect(exact, tokens, fallback)
