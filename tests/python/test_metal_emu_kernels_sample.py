@@ -12,8 +12,9 @@ the emulator's lane-order simd_sum + 7 over simdgroups), 32 chunk prefixes, then
 14 for the thread scan, 1 and 32 per-thread adds: D = 136 (top-k / nucleus: at most 103). u is
 rounded to float and multiplied (2 U). Two such sums compared: MARGIN = (2 * 136 + 2) * U
 (1.6e-5). Tokens whose CDF interval lies within MARGIN * mass of u * mass (or of top_p * total
-for the nucleus cut) may come out either way; `sample_np.expect` lists them, and the device must
-return the exact token whenever that set has one member (most draws: checked).
+for the nucleus cut) may come out either way; `sample_np.Rule.expect` lists them. The device must
+return the exact token whenever that set has one member, and in practice (its sums are far
+closer than the bound) gives the exact token in all but a rare draw: checked too.
 
 Every dispatch also runs with each threadgroup's lanes in reverse order and must give
 bit-identical buffers (threadgroup memory is poisoned with NaN; a missing barrier shows).
@@ -288,10 +289,10 @@ def test_sample_gemma_vocab(emu, top_k, top_p, min_p):
 def test_nucleus_falls_back_only_when_it_must(emu):
     flat = logits("flat", 1000, seed=3)  # ~900 tokens in the 0.9 nucleus: more than K
     assert check_draws(emu, flat, 1.0, 0, 0.9, 0.0, range(3)) == (0, 3)  # all FALLBACK
-    tied = np.full(600, -5.0, np.float32)  # the cut ties with tokens outside the candidates
+    tied = np.full(600, -5.0, np.float32)
     tied[:10] = 3.0
-    assert DeviceSampler(emu, tied, np.float32(1.0), 0, 0.9995).draw(0.5) == FALLBACK
-    assert DeviceSampler(emu, tied, np.float32(1.0), 0, 0.9).draw(0.5) == 5  # cut above the tie
+    assert DeviceSampler(emu, tied, 1.0, 0, 0.9995).draw(0.5) == FALLBACK  # ~600 in the nucleus
+    assert DeviceSampler(emu, tied, 1.0, 0, 0.9).draw(0.5) == 5  # the cut lies above the ties
     tied[10:] = -1.0  # now the cut (mass 0.6) falls inside the candidates, at the tied p
     assert check_draws(emu, tied, 1.0, 0, 0.6, 0.0, range(3)) == (0, 3)
     small = logits("flat", K, seed=4)  # all tokens are candidates: always exact
