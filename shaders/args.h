@@ -158,6 +158,44 @@ struct GemmArgs {
   uint32_t accumulate;  // 1: out += result (residual add in the epilogue)
   uint32_t has_bias;    // 1: add bias[row]
 };
+// Device sampling (shaders/sample.h has the full contract): argmax_* (greedy, 2 dispatches) and
+// sample_* (temperature + top-k / top-p / min-p, 2 or 3 dispatches) over one row of n logits,
+// every kernel kSampleThreads threads, the partial passes one threadgroup per kSampleChunk logits.
+// The host allocates one scratch buffer of ceil(n / kSampleChunk) * kSampleScratchWordsPerChunk
+// 32-bit words once per vocabulary; the result is one uint: a token id, kSampleFallback (use the
+// CPU sampler with the same uniform) or kSampleNoToken (no drawable token: the CPU sampler's
+// "mask" error). top_k above kSampleMaxTopK (and below n) or n above kSampleMaxVocab: CPU sampler.
+enum : uint32_t {
+  kSampleThreads = 256,  // threads per threadgroup, every argmax_* / sample_* kernel
+  kSampleSimdgroups = kSampleThreads / 32,
+  kSampleChunk = 8192,  // logits per threadgroup of the partial passes
+  kSamplePerThread = kSampleChunk / kSampleThreads,
+  kSampleMaxTopK = 256,  // top_k cap; also the candidates of the top-p-only (nucleus) path
+  kSampleMaxChunks = kSamplePerThread * kSampleThreads / kSampleMaxTopK,  // lists one merge holds
+  kSampleMaxVocab = kSampleChunk * kSampleMaxChunks,
+  kSampleScratchWordsPerChunk = 514,  // 2 + 2 * kSampleMaxTopK: max, mass, K keys, K ids
+  kSampleNoToken = 0xFFFFFFFF,
+  kSampleFallback = 0xFFFFFFFE,
+};
+struct SampleArgs {
+  uint32_t n;      // logits in the row (n_vocab)
+  uint32_t top_k;  // 0 or >= n: off; else <= kSampleMaxTopK
+  float inv_temp;  // 1.f / temperature, divided in float as the CPU sampler does (temperature > 0)
+  float top_p;     // (0, 1]; 1: off
+  float min_p;     // [0, 1]; 0: off
+  float u;         // the host RNG's uniform draw in [0, 1), rounded to float (1.0f: last token)
+  uint32_t pad0, pad1;
+};
+// True when the row needs the sample_sums pass (the mass of every token): all but top-k mode.
+inline bool sample_needs_sums(uint32_t n, uint32_t top_k) { return !(top_k > 0 && top_k < n); }
+
+// softmax: grid (n_rows), any multiple of 32 threads up to 1024; one threadgroup per row.
+struct SoftmaxArgs {
+  uint32_t n;           // row length
+  uint32_t x_stride;    // elements between rows of x
+  uint32_t out_stride;  // elements between rows of out
+  float scale;          // out = softmax(scale * x)
+};
 
 #ifndef __METAL_VERSION__
 static_assert(sizeof(GemvNormArgs) == 64, "GemvNormArgs layout");
@@ -170,6 +208,10 @@ static_assert(sizeof(SwiGluArgs) == 16, "SwiGluArgs layout");
 static_assert(sizeof(EmbedArgs) == 16, "EmbedArgs layout");
 static_assert(sizeof(FlashAttnArgs) == 48, "FlashAttnArgs layout");
 static_assert(sizeof(GemmArgs) == 32, "GemmArgs layout");
+static_assert(sizeof(SampleArgs) == 32, "SampleArgs layout");
+static_assert(sizeof(SoftmaxArgs) == 16, "SoftmaxArgs layout");
+static_assert(kSampleScratchWordsPerChunk == 2 + 2 * kSampleMaxTopK, "sample scratch: max, sum, K keys, K ids");
+static_assert(kSampleMaxChunks == 32 && kSampleMaxVocab == 262144, "sample: one merge threadgroup's reach");
 #endif
 
 }  // namespace metallic

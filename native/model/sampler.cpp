@@ -161,7 +161,10 @@ int32_t Sampler::draw(const float* logits) {
   for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<int32_t>(i);
   auto by_logit = [w](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
   if (p_.top_k > 0 && p_.top_k < n) {
+    // Sorted so that the draw order (below) is specified: the Metal sampler (shaders/sample.h)
+    // walks the same order and picks the same token for the same uniform.
     std::nth_element(idx, idx + p_.top_k, idx + n, by_logit);
+    std::sort(idx, idx + p_.top_k, by_logit);
     m = p_.top_k;
   }
   float mx = -INFINITY;
