@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*(?://.*)?$')  # trailing // comment allowed
 _PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\s*$")
 _DELIM = "METALLIC_MSL"  # raw-string delimiter; must not occur in the source
 
