@@ -23,25 +23,33 @@ int fmt_index(DType t) {
     case DType::kQ8_0: return 3;
     case DType::kQ4_0: return 4;
     case DType::kQ4_1: return 5;
-    case DType::kQ5_0:
-    case DType::kQ5_1:
-    case DType::kQ4_K:
-    case DType::kQ5_K:
-    case DType::kQ6_K: return -1;
+    case DType::kQ5_0: return 6;
+    case DType::kQ5_1: return 7;
+    case DType::kQ4_K: return 8;
+    case DType::kQ5_K: return 9;
+    case DType::kQ6_K: return 10;
   }
   return -1;
 }
-constexpr const char* kGemv[] = {"gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0", "gemv_q4_1"};
-constexpr const char* kEmbed[] = {"embed_f32", "embed_f16", "embed_bf16", "embed_q8_0", "embed_q4_0", "embed_q4_1"};
-constexpr const char* kGemvNorm[] = {"gemv_norm_f32",  "gemv_norm_f16",  "gemv_norm_bf16",
-                                     "gemv_norm_q8_0", "gemv_norm_q4_0", "gemv_norm_q4_1"};
-constexpr const char* kGemvNormSwiGlu[] = {"gemv_norm_swiglu_f32",  "gemv_norm_swiglu_f16",  "gemv_norm_swiglu_bf16",
-                                           "gemv_norm_swiglu_q8_0", "gemv_norm_swiglu_q4_0", "gemv_norm_swiglu_q4_1"};
-
+#define METALLIC_FORMATS(prefix)                                                             \
+  {prefix "f32",  prefix "f16",  prefix "bf16", prefix "q8_0", prefix "q4_0", prefix "q4_1", \
+   prefix "q5_0", prefix "q5_1", prefix "q4_k", prefix "q5_k", prefix "q6_k"}
+constexpr const char* kGemv[] = METALLIC_FORMATS("gemv_");
+constexpr const char* kGemm[] = METALLIC_FORMATS("gemm_");
+constexpr const char* kEmbed[] = METALLIC_FORMATS("embed_");
+constexpr const char* kGemvNorm[] = METALLIC_FORMATS("gemv_norm_");
+constexpr const char* kGemvNormSwiGlu[] = METALLIC_FORMATS("gemv_norm_swiglu_");
+#undef METALLIC_FORMATS
 // Kernels templated on a float / half element (rms_norm, rope_kv, attention_decode): [0]=f32, [1]=f16.
 int float_index(DType t) { return t == DType::kF32 ? 0 : (t == DType::kF16 ? 1 : -1); }
 
 const float kZero = 0.f;  // bound where a kernel declares a buffer the op does not use
+
+// Batches from this many tokens run the prefill kernels (gemm: each weight tile read once per 32
+// tokens; flash_attn: each K/V tile once per 16 queries); a single token the decode kernels (gemv,
+// the fused norm+gemv kernels, attention_decode). DEBT: the crossover is a guess until it can be
+// measured on a GPU (llama.cpp's Metal backend switches to its matrix kernel at ~8 tokens).
+constexpr int64_t kPrefillMinTokens = 2;
 
 }  // namespace
 
@@ -234,8 +242,7 @@ void MetalPlanDevice::matmul(const OpCall& c) {
   if (c.p.n_weights < 1 || c.p.n_weights > 3)
     fail(ErrorCode::kInvalidArgument, where_, "matmul: n_weights: expected 1..3, got " + std::to_string(c.p.n_weights));
   if (x.dtype != DType::kF32) fail(ErrorCode::kInvalidArgument, where_, "matmul: expected F32 activations");
-  // DEBT: prefill runs the decode GEMV with one grid row per token, streaming each weight once per
-  // token; the simdgroup_matrix GEMM for prefill is owed (issue #4).
+  const bool prefill = n >= kPrefillMinTokens;
   for (int i = 0; i < c.p.n_weights; ++i) {
     const Tensor& w = c.t[1 + i];
     const Tensor& bias = c.t[4 + i];
@@ -247,9 +254,14 @@ void MetalPlanDevice::matmul(const OpCall& c) {
       fail(ErrorCode::kShapeMismatch, where_,
            "matmul: weight " + std::to_string(i) + " is " + std::to_string(w.rows) + "x" + std::to_string(w.cols) +
                ", x has " + std::to_string(x.cols) + " columns, out " + std::to_string(out.cols));
-    Builder d(where_, kGemv[f], 0, 0, kGemvSimdgroups * 32);
-    d.l.groups[0] = ceil_div(d.u32(w.rows, "rows"), kGemvRowsPerGroup);
-    d.l.groups[1] = d.u32(n, "n_tokens");
+    Builder d(where_, prefill ? kGemm[f] : kGemv[f], 0, 0, (prefill ? kGemmSimdgroups : kGemvSimdgroups) * 32);
+    if (prefill) {
+      d.l.groups[0] = ceil_div(d.u32(w.rows, "rows"), kGemmTileRows);
+      d.l.groups[1] = ceil_div(d.u32(n, "n_tokens"), kGemmTileTokens);
+    } else {
+      d.l.groups[0] = ceil_div(d.u32(w.rows, "rows"), kGemvRowsPerGroup);
+      d.l.groups[1] = d.u32(n, "n_tokens");
+    }
     d.tensor(0, w, w.rows, "matmul weight");
     d.tensor(1, x, n, "matmul x");
     if (bias.valid()) {
@@ -261,9 +273,15 @@ void MetalPlanDevice::matmul(const OpCall& c) {
       d.zero(2);  // read only when has_bias
     }
     d.tensor(3, out, n, "matmul out");
-    d.args(4, GemvArgs{d.u32(w.rows, "rows"), d.u32(w.cols, "cols"),
-                       d.u32(static_cast<int64_t>(w.row_stride), "row_bytes"), d.elem_stride(x, "matmul x"),
-                       d.elem_stride(out, "matmul out"), c.p.accumulate ? 1u : 0u, bias.valid() ? 1u : 0u, 0u});
+    const uint32_t rows = d.u32(w.rows, "rows"), cols = d.u32(w.cols, "cols");
+    const uint32_t row_b = d.u32(static_cast<int64_t>(w.row_stride), "row_bytes");
+    const uint32_t xs = d.elem_stride(x, "matmul x"), os = d.elem_stride(out, "matmul out");
+    const uint32_t acc = c.p.accumulate ? 1u : 0u, has_bias = bias.valid() ? 1u : 0u;
+    if (prefill) {
+      d.args(4, GemmArgs{rows, cols, row_b, xs, os, d.u32(n, "n_tokens"), acc, has_bias});
+    } else {
+      d.args(4, GemvArgs{rows, cols, row_b, xs, os, acc, has_bias, 0u});
+    }
     submit(d.l);
   }
 }
@@ -273,6 +291,7 @@ void MetalPlanDevice::matmul(const OpCall& c) {
 bool MetalPlanDevice::norm_matmul(const OpCall& c) {
   const Tensor& x = c.t[0];
   const int nw = c.p.n_weights;
+  if (c.p.n_tokens >= kPrefillMinTokens) return false;  // rms_norm once, then gemm
   if (nw < 1 || nw > 3 || x.dtype != DType::kF32 || x.cols > static_cast<int64_t>(kFusedNormMaxCols)) return false;
   const DType dt = c.t[1].dtype;
   for (int i = 0; i < nw; ++i)
@@ -330,6 +349,7 @@ bool MetalPlanDevice::norm_swiglu(const OpCall& c) {
   const Tensor& wg = c.t[1];
   const Tensor& wu = c.t[2];
   const Tensor& out = c.t[7];
+  if (c.p.n_tokens >= kPrefillMinTokens) return false;  // rms_norm once, then gemm, swiglu
   if (x.dtype != DType::kF32 || x.cols > static_cast<int64_t>(kFusedNormMaxCols) || wg.dtype != wu.dtype ||
       wg.layout != Layout::kRows || wu.layout != Layout::kRows)
     return false;
@@ -399,8 +419,22 @@ void MetalPlanDevice::attention(const OpCall& c) {
         p.n_head % p.n_head_kv == 0 && kc.cols == p.head_dim && kc.row_stride == row_bytes(kc.dtype, p.head_dim) &&
         kc.rows >= p.n_head_kv * p.kv_capacity && p.pos0 >= 0 && p.pos0 + p.n_tokens <= p.kv_capacity))
     fail(ErrorCode::kInvalidArgument, where_, "attention: heads, cache or positions do not match the op's shape");
-  // DEBT: prefill runs attention_decode (one query row per threadgroup, grid y = tokens, causal
-  // length pos0 + t + 1), re-reading the KV prefix for every query; flash attention is owed.
+  if (p.n_tokens >= kPrefillMinTokens) {  // tiled: each K/V tile read once per kFlashTileQ queries
+    static constexpr const char* kFlash[] = {"flash_attn_f32", "flash_attn_f16"};
+    Builder d(where_, kFlash[f], 0, 0, kFlashThreads);
+    d.l.groups[0] = d.u32(p.n_head, "n_head");
+    d.l.groups[1] = ceil_div(d.u32(p.n_tokens, "n_tokens"), kFlashTileQ);
+    d.tensor(0, c.t[0], p.n_tokens, "attention q");
+    d.tensor(1, kc, kc.rows, "K cache");
+    d.tensor(2, vc, vc.rows, "V cache");
+    d.tensor(3, c.t[3], p.n_tokens, "attention out");
+    d.args(4, FlashAttnArgs{d.u32(p.n_head, "n_head"), d.u32(p.n_head_kv, "n_head_kv"), d.u32(p.head_dim, "head_dim"),
+                            d.u32(p.pos0, "pos0"), d.u32(p.kv_capacity, "kv_capacity"),
+                            d.elem_stride(c.t[0], "attention q"), d.elem_stride(c.t[3], "attention out"),
+                            d.u32(p.n_tokens, "n_tokens"), p.scale, 0u, 0u, 0u});
+    submit(d.l);
+    return;
+  }
   static constexpr const char* kNames[] = {"attention_decode_f32", "attention_decode_f16"};
   Builder d(where_, kNames[f], 0, 0, kAttnSimdgroups * 32);
   d.l.groups[0] = d.u32(p.n_head, "n_head");

@@ -274,13 +274,9 @@ MIX = {  # Q4_K_M-like: GGUF name part -> storage
 }
 
 
-def test_tiny_q4_k_m_model_matches_reference(tmp_path, monkeypatch):
-    """A tiny llama with a Q4_K_M-like mix of Q4_K, Q6_K, Q5_0 and Q8_0 tensors: engine logits
-    vs the float64 reference on the same dequantized weights with act_quant. Tolerances as in
-    test_model_forward (TOL_FLIP / KL_FLIP: int8 activation rounding flips); short prompts rarely
-    flip, so at least 6 of their 8 comparisons must also meet the strict f32 tolerance 2e-5
-    (measured: 8 of 8, worst 3e-7; 40 tokens: 8.5e-3, mean KL 2.7e-4)."""
-    import metallic
+def _tiny_q4_k_m(tmp_path, monkeypatch):
+    """A tiny llama GGUF with a Q4_K_M-like mix of Q4_K, Q6_K, Q5_0 and Q8_0 tensors:
+    (path, cfg, reference weights dequantized, dtypes)."""
     import tiny_models as tm
 
     sizes = {"hidden_size": 256, "intermediate_size": 512, "head_dim": 64, "num_attention_heads": 4}
@@ -301,6 +297,18 @@ def test_tiny_q4_k_m_model_matches_reference(tmp_path, monkeypatch):
     monkeypatch.setattr(tm, "STORAGE", tm.STORAGE | {d: GT(i) for d, i in ids.items()})
     path = tmp_path / "tiny-q4_k_m.gguf"
     tm._write_gguf(path, cfg, stored, dtypes, tok_json)
+    return path, cfg, ref_w, dtypes
+
+
+def test_tiny_q4_k_m_model_matches_reference(tmp_path, monkeypatch):
+    """A tiny llama with a Q4_K_M-like mix of Q4_K, Q6_K, Q5_0 and Q8_0 tensors: engine logits
+    vs the float64 reference on the same dequantized weights with act_quant. Tolerances as in
+    test_model_forward (TOL_FLIP / KL_FLIP: int8 activation rounding flips); short prompts rarely
+    flip, so at least 6 of their 8 comparisons must also meet the strict f32 tolerance 2e-5
+    (measured: 8 of 8, worst 3e-7; 40 tokens: 8.5e-3, mean KL 2.7e-4)."""
+    import metallic
+
+    path, cfg, ref_w, dtypes = _tiny_q4_k_m(tmp_path, monkeypatch)
     rng = np.random.default_rng(7)
     strict = 0
     with metallic.load(
@@ -315,3 +323,29 @@ def test_tiny_q4_k_m_model_matches_reference(tmp_path, monkeypatch):
             assert err <= 4e-2 and kl <= 1.5e-3, f"n={n}: rel err {err:.2e}, mean KL {kl:.2e}"
             strict += n < 40 and err <= 2e-5
     assert strict >= 6, f"only {strict}/8 short prompts within 2e-5"
+
+
+def test_tiny_q4_k_m_model_on_metal_emulated(tmp_path, monkeypatch):
+    """The same Q4_K_M-like model through the Metal kernels (device="metal-emulated": K-quant and
+    Q5_0 gemv, fused norm kernels, gemm and flash attention for the 7- and 40-token prefills,
+    Q6_K embedding). The GPU path does not quantize activations, so it is compared with the
+    reference without act_quant: float32 rounding only. Dots run over <= 512 terms (the FFN
+    width): <= 512 u = 3.1e-5 of the term magnitudes worst case, plus a few u for norms, RoPE and
+    softmax: TOL = 4e-5 relative to max|logit|."""
+    import emu_harness
+    import metallic
+
+    lib = emu_harness.installed_library()
+    if lib is None or not lib.exists():
+        pytest.skip("libmetallic_shaders_emu.so was not built (needs clang++-19)")
+    path, cfg, ref_w, _ = _tiny_q4_k_m(tmp_path, monkeypatch)
+    rng = np.random.default_rng(7)
+    with metallic.load(
+        path, device="metal-emulated", threads=2, context_length=64, kv_cache_dtype="f32"
+    ) as model:
+        for n in (1, 7, 40):
+            tokens = [int(t) for t in rng.integers(0, cfg["vocab_size"], n)]
+            got = model.logits(tokens)
+            want = ref.forward(cfg, ref_w, tokens, act_quant=None)
+            err = float(np.abs(got - want).max() / np.abs(want).max())
+            assert err <= 4e-5, f"n={n}: rel err {err:.2e}"
