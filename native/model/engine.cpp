@@ -128,6 +128,12 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
   up_ = activations(c.n_ff);
   tokens_ = activations(1);  // int32 per row, same width as a float
   last_logits_.assign(static_cast<size_t>(c.n_vocab), 0.f);
+  // The head writes the last row's logits here; wrapped once (a Metal buffer per token would be
+  // an allocation in the token loop).
+  const size_t row_b = static_cast<size_t>(c.n_vocab) * sizeof(float);
+  Buffer lb = device_->wrap_host(last_logits_.data(), row_b);
+  owned_.push_back(lb);
+  logits_ = Tensor{lb, 0, DType::kF32, 1, c.n_vocab, row_b};
 }
 
 Engine::~Engine() { close(); }
@@ -173,6 +179,7 @@ Tensor Engine::weight(const WeightMap& w, const std::string& name, int64_t rows,
   check(device_->supports(OpCode::kMatMul, s.dtype), ErrorCode::kUnsupportedDType, "engine",
         "tensor " + name + ": " + info.name + " matmul is not supported on " + device_->name());
   Buffer b = device_->wrap_host(s.data, s.nbytes);
+  owned_.push_back(b);  // released at close (the Metal device holds an MTLBuffer per wrap)
   return device_->prepare_weight(Tensor{b, 0, s.dtype, rows, cols, rb}, weights_evictable_);
 }
 
@@ -345,9 +352,19 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
   device_->run(norm);
   float* dst = all_logits ? logits_out : last_logits_.data();
   const size_t row_b = static_cast<size_t>(c.n_vocab) * sizeof(float);
-  Tensor out{device_->wrap_host(dst, row_b * static_cast<size_t>(rows)), 0, DType::kF32, rows, c.n_vocab, row_b};
-  matmul(xn_, rows, {{&output_, nullptr}}, {&out}, false);
-  device_->synchronize();
+  if (all_logits) {   // the caller's (rows, n_vocab) array, wrapped for this call only
+    struct Wrapped {  // released on every path, errors included
+      Device& dev;
+      Buffer buf;
+      ~Wrapped() { dev.release(buf); }
+    } w{*device_, device_->wrap_host(dst, row_b * static_cast<size_t>(rows))};
+    const Tensor out{w.buf, 0, DType::kF32, rows, c.n_vocab, row_b};
+    matmul(xn_, rows, {{&output_, nullptr}}, {&out}, false);
+    device_->synchronize();
+  } else {
+    matmul(xn_, rows, {{&output_, nullptr}}, {&logits_}, false);
+    device_->synchronize();
+  }
   if (all_logits) {
     std::memcpy(last_logits_.data(), dst + (rows - 1) * c.n_vocab, row_b);
   } else if (logits_out != nullptr) {

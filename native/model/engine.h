@@ -85,6 +85,7 @@ class Engine {
   std::unique_ptr<Device> device_;
   std::vector<Buffer> owned_;  // buffers to release at close
   Tensor tok_embd_, output_norm_, output_, inv_freq_;
+  Tensor logits_;  // (1, n_vocab) view of last_logits_, wrapped once
   std::vector<Layer> layers_;
   Tensor x_, xn_, q_, k_, v_, att_, gate_, up_, tokens_;  // activations (max_batch, ...)
   std::vector<float> last_logits_;
