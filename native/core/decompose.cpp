@@ -74,7 +74,8 @@ void decompose(const OpCall& c, void (*run)(void* ctx, const OpCall& op), void* 
     case OpCode::kMatMul:
     case OpCode::kRopeKv:
     case OpCode::kAttention:
-    case OpCode::kSwiGlu: run(ctx, c); return;
+    case OpCode::kSwiGlu:
+    case OpCode::kArgmax: run(ctx, c); return;
   }
   fail(ErrorCode::kKernelFailure, "decompose", "unknown op");
 }

@@ -62,6 +62,7 @@ enum class OpCode : int32_t {
   // Fusions (a device may run them as one kernel; decompose() below gives the unfused meaning):
   kNormMatMul,  // out_i[t] = W_i rmsnorm(x[t]) (+ b_i), up to 3 weights sharing the normed x
   kNormSwiGlu,  // out[t] = silu(W_gate xn) * (W_up xn), xn = rmsnorm(x[t])
+  kArgmax,      // out = first index of the largest logit (greedy decoding ends on the device)
 };
 
 // Flat parameter block shared by every op (unused fields are ignored).
@@ -91,6 +92,8 @@ struct OpParams {
 //                device may use for the normed rows  [11]=norm weight (1, d) F32
 //   kNormSwiGlu: [0]=x  [1]=W_gate  [2]=W_up  [7]=out (n, ffn)  [8]=up scratch (n, ffn)
 //                [10]=xn scratch  [11]=norm weight
+//   kArgmax:    [0]=logits (1, n) F32  [1]=scratch (1, words) F32-sized  [2]=out (1, 1) int32
+//               (-1: no finite or +inf logit, i.e. every logit -inf or NaN; NaN is never chosen)
 constexpr int kMaxOpTensors = 12;
 
 struct DeviceCounters {
@@ -139,7 +142,12 @@ struct DeviceLimits {
   int64_t max_cols = 32;    // widest activation row fed to a matmul
   int64_t kv_capacity = 1;  // KV rows per head
   int32_t head_dim = 1;
+  int64_t n_vocab = 1;  // logits per row (kArgmax)
 };
+
+// 32-bit words of kArgmax scratch a device needs for a row of n logits (the Metal plan's partial
+// results; the CPU needs none). Allocated once at load.
+int64_t argmax_scratch_words(int64_t n);
 
 // Factory (core/device_factory.cpp; threads <= 0 → hardware concurrency): "cpu"; "metal-emulated"
 // (the Metal shaders run by the emulator library; DeviceUnavailable when it was not built);

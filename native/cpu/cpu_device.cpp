@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -116,6 +117,7 @@ class CpuDevice final : public Device {
       case OpCode::kSwiGlu: return dtype == DType::kF32;
       case OpCode::kRopeKv:
       case OpCode::kAttention: return dtype == DType::kF32 || dtype == DType::kF16;
+      case OpCode::kArgmax: return dtype == DType::kF32;
     }
     return false;
   }
@@ -129,6 +131,7 @@ class CpuDevice final : public Device {
       case OpCode::kRopeKv: cpu::op_rope_kv(call, pool_, scratch_); return;
       case OpCode::kAttention: cpu::op_attention(call, pool_, scratch_); return;
       case OpCode::kSwiGlu: cpu::op_swiglu(call, pool_); return;
+      case OpCode::kArgmax: argmax(call); return;
       case OpCode::kNormMatMul:
       case OpCode::kNormSwiGlu:  // the plain ops: the CPU kernels gain nothing from fusing these
         --counters_.dispatches;  // counted as the ops they become
@@ -139,6 +142,19 @@ class CpuDevice final : public Device {
   }
 
   void synchronize() override {}  // ops run synchronously
+
+  // First index of the largest logit; NaN never wins; -1 when no logit is > -inf.
+  static void argmax(const OpCall& c) {
+    const float* x = c.t[0].ptr<const float>();
+    int32_t best = -1;
+    float bv = -INFINITY;
+    for (int64_t i = 0; i < c.t[0].cols; ++i)
+      if (x[i] > bv) {
+        bv = x[i];
+        best = static_cast<int32_t>(i);
+      }
+    *c.t[2].ptr<int32_t>() = best;
+  }
 
   // dispatches: ops run (fused ops count as the plain ops they run as); bytes are not counted.
   DeviceCounters counters() const override { return counters_; }

@@ -144,7 +144,10 @@ uint32_t stride_threads(int64_t work) {
 
 }  // namespace
 
-MetalPlanDevice::MetalPlanDevice(const char* where, const DeviceLimits& limits) : where_(where) {
+int64_t argmax_scratch_words(int64_t n) { return (n + kSampleChunk - 1) / kSampleChunk * kSampleScratchWordsPerChunk; }
+
+MetalPlanDevice::MetalPlanDevice(const char* where, const DeviceLimits& limits)
+    : where_(where), argmax_ok_(limits.n_vocab >= 1 && limits.n_vocab <= kSampleMaxVocab) {
   if (limits.head_dim < 1 || limits.head_dim > static_cast<int32_t>(kAttnMaxHeadDim))
     fail(ErrorCode::kNotImplemented, where,
          "head_dim: attention_decode covers 1.." + std::to_string(kAttnMaxHeadDim) + ", got " +
@@ -161,6 +164,7 @@ bool MetalPlanDevice::supports(OpCode op, DType dtype) const {
     case OpCode::kRopeKv:
     case OpCode::kAttention: return float_index(dtype) >= 0;
     case OpCode::kSwiGlu: return dtype == DType::kF32;
+    case OpCode::kArgmax: return dtype == DType::kF32 && argmax_ok_;
   }
   return false;
 }
@@ -173,6 +177,7 @@ void MetalPlanDevice::run(const OpCall& call) {
     case OpCode::kRopeKv: rope_kv(call); return;
     case OpCode::kAttention: attention(call); return;
     case OpCode::kSwiGlu: swiglu(call); return;
+    case OpCode::kArgmax: argmax(call); return;
     case OpCode::kNormMatMul:
       if (!norm_matmul(call))
         decompose(call, [](void* self, const OpCall& op) { static_cast<MetalPlanDevice*>(self)->run(op); }, this);
@@ -460,6 +465,37 @@ void MetalPlanDevice::swiglu(const OpCall& c) {
   d.tensor(0, g, c.p.n_tokens, "swiglu gate");
   d.tensor(1, u, c.p.n_tokens, "swiglu up");
   d.args(2, SwiGluArgs{d.u32(g.cols, "cols"), d.elem_stride(g, "swiglu gate"), d.elem_stride(u, "swiglu up"), 0u});
+  submit(d.l);
+}
+
+// Greedy decoding on the device: argmax_partial (one threadgroup per kSampleChunk logits) then
+// argmax_final (one threadgroup) writes the first index of the largest logit, or kSampleNoToken
+// (read back as -1) when every logit is -inf or NaN.
+void MetalPlanDevice::argmax(const OpCall& c) {
+  const Tensor& logits = c.t[0];
+  const int64_t n = logits.cols;
+  if (logits.dtype != DType::kF32 || n < 1 || n > static_cast<int64_t>(kSampleMaxVocab))
+    fail(ErrorCode::kInvalidArgument, where_,
+         "argmax: expected 1.." + std::to_string(kSampleMaxVocab) + " F32 logits, got " + std::to_string(n) + " " +
+             dtype_name(logits.dtype));
+  const Tensor& scratch = c.t[1];
+  if (scratch.cols * static_cast<int64_t>(dtype_info(scratch.dtype).block_bytes) < argmax_scratch_words(n) * 4)
+    fail(ErrorCode::kInvalidArgument, where_, "argmax: scratch smaller than argmax_scratch_words(n)");
+  const SampleArgs a{static_cast<uint32_t>(n), 0u, 1.f, 1.f, 0.f, 0.f, 0u, 0u};
+  {
+    Builder d(where_, "argmax_partial_f32", 0, 1, kSampleThreads);
+    d.l.groups[0] = ceil_div(static_cast<uint32_t>(n), kSampleChunk);
+    d.tensor(0, logits, 1, "argmax logits");
+    d.tensor(1, scratch, 1, "argmax scratch");
+    d.tensor(2, c.t[2], 1, "argmax out");
+    d.args(3, a);
+    submit(d.l);
+  }
+  Builder d(where_, "argmax_final_f32", 1, 1, kSampleThreads);
+  d.tensor(0, logits, 1, "argmax logits");
+  d.tensor(1, scratch, 1, "argmax scratch");
+  d.tensor(2, c.t[2], 1, "argmax out");
+  d.args(3, a);
   submit(d.l);
 }
 

@@ -76,8 +76,10 @@ class MetalPlanDevice : public Device {
   void swiglu(const OpCall& c);
   bool norm_matmul(const OpCall& c);  // false: not covered by the fused kernel (caller decomposes)
   bool norm_swiglu(const OpCall& c);
+  void argmax(const OpCall& c);
 
   DeviceCounters counters_;
+  bool argmax_ok_;  // the vocabulary fits the two-pass argmax (<= kSampleMaxVocab)
 };
 
 }  // namespace metallic

@@ -78,6 +78,7 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
   lim.max_cols = std::max({c.n_embd, c.n_ff, q_dim});
   lim.kv_capacity = ctx_;
   lim.head_dim = static_cast<int32_t>(c.head_dim);
+  lim.n_vocab = c.n_vocab;
   device_ = make_device(device, threads, lim);
 
   tok_embd_ = weight(weights, "token_embd.weight", c.n_vocab, c.n_embd, true);
@@ -134,6 +135,15 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
   Buffer lb = device_->wrap_host(last_logits_.data(), row_b);
   owned_.push_back(lb);
   logits_ = Tensor{lb, 0, DType::kF32, 1, c.n_vocab, row_b};
+  if (device_->supports(OpCode::kArgmax, DType::kF32)) {  // greedy decode ends on the device
+    const int64_t words = std::max<int64_t>(1, argmax_scratch_words(c.n_vocab));
+    Buffer sb = device_->alloc(static_cast<size_t>(words) * 4);
+    owned_.push_back(sb);
+    argmax_scratch_ = Tensor{sb, 0, DType::kF32, 1, words, sb.nbytes};
+    Buffer tb = device_->alloc(sizeof(int32_t));
+    owned_.push_back(tb);
+    argmax_out_ = Tensor{tb, 0, DType::kF32, 1, 1, sizeof(int32_t)};
+  }
 }
 
 Engine::~Engine() { close(); }
@@ -257,7 +267,8 @@ void Engine::matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<
   }
 }
 
-void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head) {
+void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
+                   int32_t* argmax_out) {
   const ModelConfig& c = cfg_;
   device_->copy_in(tokens_.buf, 0, tokens, static_cast<size_t>(n) * sizeof(int32_t));
   {
@@ -363,7 +374,16 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     device_->synchronize();
   } else {
     matmul(xn_, rows, {{&output_, nullptr}}, {&logits_}, false);
+    if (argmax_out != nullptr) {  // encoded behind the head: the host waits once, for one int
+      OpCall am{OpCode::kArgmax};
+      am.t[0] = logits_;
+      am.t[1] = argmax_scratch_;
+      am.t[2] = argmax_out_;
+      am.p.n_tokens = 1;
+      device_->run(am);
+    }
     device_->synchronize();
+    if (argmax_out != nullptr) device_->copy_out(argmax_out_.buf, 0, argmax_out, sizeof(int32_t));
   }
   if (all_logits) {
     std::memcpy(last_logits_.data(), dst + (rows - 1) * c.n_vocab, row_b);
@@ -372,7 +392,8 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
   }
 }
 
-void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits) {
+void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits,
+                     int32_t* argmax_out) {
   check_open("engine.forward");
   BusyGuard guard(busy_);
   cancel_.store(false, std::memory_order_release);
@@ -395,7 +416,7 @@ void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float*
     float* out = nullptr;
     if (all_logits && logits_out != nullptr) out = logits_out + done * cfg_.n_vocab;
     batch(tokens + done, m, start_pos + done, all_logits ? out : (last_chunk ? logits_out : nullptr),
-          all_logits && out != nullptr, all_logits || last_chunk);
+          all_logits && out != nullptr, all_logits || last_chunk, last_chunk && !all_logits ? argmax_out : nullptr);
   }
 }
 
@@ -438,6 +459,16 @@ int32_t Engine::decode(int32_t token, int64_t pos, Sampler& sampler) {
   if (sampler.n_vocab() != cfg_.n_vocab)
     fail(ErrorCode::kInvalidArgument, "engine.decode",
          "sampler vocabulary: expected " + std::to_string(cfg_.n_vocab) + ", got " + std::to_string(sampler.n_vocab()));
+  if (argmax_out_.valid() && sampler.plain_greedy()) {
+    int32_t best = -1;
+    forward(&token, 1, pos, nullptr, false, &best);
+    sampler.accept(token);
+    if (best >= 0 && best < cfg_.n_vocab) {  // -1: no logit above -inf; sample() names the error
+      sampler.note_device_draw();
+      return best;
+    }
+    return sampler.sample(last_logits_.data());
+  }
   forward(&token, 1, pos, nullptr, false);
   sampler.accept(token);
   return sampler.sample(last_logits_.data());

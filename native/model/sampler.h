@@ -37,7 +37,15 @@ class Sampler {
   // no token to draw.
   int32_t sample(const float* logits);
   void accept(int32_t token);  // push into the penalty history
-  void reset();                // clear history and draw count, restart the RNG from the seed
+  // True when the next sample() is a plain argmax of the raw logits (greedy, no logit bias, mask,
+  // penalties, active min_tokens suppression or logprobs): the engine may then take the argmax
+  // on the device and record it with note_device_draw() instead of calling sample().
+  bool plain_greedy() const {
+    return p_.temperature <= 0.f && p_.logit_bias.empty() && !mask_on_ && !penalties_ && lp_val_.empty() &&
+           (drawn_ >= p_.min_tokens || p_.suppress_ids.empty());
+  }
+  void note_device_draw() { ++drawn_; }
+  void reset();  // clear history and draw count, restart the RNG from the seed
   int64_t n_vocab() const { return n_vocab_; }
   const SamplerParams& params() const { return p_; }
 

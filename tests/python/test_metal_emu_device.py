@@ -258,3 +258,28 @@ def test_mixed_weight_formats_run_unfused(models_dir) -> None:
             assert _dispatches_per_layer(e, n_vocab, prompt) == (12, 9)
         e.close()
     assert _rel_err(got["metal-emulated"], got["cpu"].astype(np.float64)) <= 2 * TOL_F32
+
+
+@needs_emu
+def test_greedy_decode_takes_the_argmax_on_the_device(models_dir) -> None:
+    """A greedy sampler with nothing to apply on the host: the decode step ends with the two
+    argmax dispatches encoded behind the head (the host reads back one int), and the token is the
+    first index of the largest logit, as the CPU sampler's."""
+    m = tm.make_model(models_dir, "llama", "q4_1", "gguf", True)
+    e = _native_engine(m, "metal-emulated")
+    n_vocab, n_layer = m.cfg["vocab_size"], m.cfg["num_hidden_layers"]
+    prompt = _tokens(m, 4, 9)
+    e.forward(np.array(prompt, np.int32), 0, np.zeros((1, n_vocab), np.float32), False)
+    greedy = _core.Sampler(n_vocab)
+    tok = prompt[-1]
+    for pos in range(len(prompt), len(prompt) + 3):
+        before = e.stats()["dispatches"]
+        tok = e.decode(tok, pos, greedy)
+        # embed + 6 per layer + head rms_norm + head gemv + argmax partial/final
+        assert e.stats()["dispatches"] - before == 1 + 6 * n_layer + 2 + 2
+        assert tok == int(np.argmax(e.last_logits()))
+    hot = _core.Sampler(n_vocab, temperature=0.8, seed=1)  # sampled on the host: no argmax
+    before = e.stats()["dispatches"]
+    e.decode(tok, len(prompt) + 3, hot)
+    assert e.stats()["dispatches"] - before == 1 + 6 * n_layer + 2
+    e.close()
