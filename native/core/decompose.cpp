@@ -75,7 +75,8 @@ void decompose(const OpCall& c, void (*run)(void* ctx, const OpCall& op), void* 
     case OpCode::kRopeKv:
     case OpCode::kAttention:
     case OpCode::kSwiGlu:
-    case OpCode::kArgmax: run(ctx, c); return;
+    case OpCode::kArgmax:
+    case OpCode::kSample: run(ctx, c); return;
   }
   fail(ErrorCode::kKernelFailure, "decompose", "unknown op");
 }

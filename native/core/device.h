@@ -63,6 +63,7 @@ enum class OpCode : int32_t {
   kNormMatMul,  // out_i[t] = W_i rmsnorm(x[t]) (+ b_i), up to 3 weights sharing the normed x
   kNormSwiGlu,  // out[t] = silu(W_gate xn) * (W_up xn), xn = rmsnorm(x[t])
   kArgmax,      // out = first index of the largest logit (greedy decoding ends on the device)
+  kSample,      // out = the token the CPU sampler draws with temperature/top-k/top-p/min-p for uniform u
 };
 
 // Flat parameter block shared by every op (unused fields are ignored).
@@ -79,6 +80,11 @@ struct OpParams {
   bool accumulate = false;  // kMatMul: out += result (residual add in the epilogue)
                             // kNormMatMul, kNormSwiGlu: eps is the norm's epsilon
   bool neox = true;         // kRopeKv: rotate-halves pairing (else interleaved pairs)
+  // kSample: scale = 1 / temperature; top_k (0: off), top_p, min_p and the uniform draw u.
+  int32_t top_k = 0;
+  float top_p = 1.f;
+  float min_p = 0.f;
+  float uniform = 0.f;
 };
 
 // Tensor slots per op (see the kernels for the exact roles):
@@ -94,6 +100,8 @@ struct OpParams {
 //                [10]=xn scratch  [11]=norm weight
 //   kArgmax:    [0]=logits (1, n) F32  [1]=scratch (1, words) F32-sized  [2]=out (1, 1) int32
 //               (-1: no finite or +inf logit, i.e. every logit -inf or NaN; NaN is never chosen)
+//   kSample:    as kArgmax; out -1: no token or the device cannot draw this one exactly (the host
+//               then draws with the same uniform: Sampler::sample_with_uniform)
 constexpr int kMaxOpTensors = 12;
 
 struct DeviceCounters {

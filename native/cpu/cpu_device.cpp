@@ -118,6 +118,7 @@ class CpuDevice final : public Device {
       case OpCode::kRopeKv:
       case OpCode::kAttention: return dtype == DType::kF32 || dtype == DType::kF16;
       case OpCode::kArgmax: return dtype == DType::kF32;
+      case OpCode::kSample: return false;  // the host sampler is the CPU's sampler
     }
     return false;
   }
@@ -132,6 +133,7 @@ class CpuDevice final : public Device {
       case OpCode::kAttention: cpu::op_attention(call, pool_, scratch_); return;
       case OpCode::kSwiGlu: cpu::op_swiglu(call, pool_); return;
       case OpCode::kArgmax: argmax(call); return;
+      case OpCode::kSample: fail(ErrorCode::kUnsupportedDType, "cpu.run", "sample: draw with the host Sampler");
       case OpCode::kNormMatMul:
       case OpCode::kNormSwiGlu:  // the plain ops: the CPU kernels gain nothing from fusing these
         --counters_.dispatches;  // counted as the ops they become

@@ -164,7 +164,8 @@ bool MetalPlanDevice::supports(OpCode op, DType dtype) const {
     case OpCode::kRopeKv:
     case OpCode::kAttention: return float_index(dtype) >= 0;
     case OpCode::kSwiGlu: return dtype == DType::kF32;
-    case OpCode::kArgmax: return dtype == DType::kF32 && argmax_ok_;
+    case OpCode::kArgmax:
+    case OpCode::kSample: return dtype == DType::kF32 && argmax_ok_;
   }
   return false;
 }
@@ -178,6 +179,7 @@ void MetalPlanDevice::run(const OpCall& call) {
     case OpCode::kAttention: attention(call); return;
     case OpCode::kSwiGlu: swiglu(call); return;
     case OpCode::kArgmax: argmax(call); return;
+    case OpCode::kSample: sample(call); return;
     case OpCode::kNormMatMul:
       if (!norm_matmul(call))
         decompose(call, [](void* self, const OpCall& op) { static_cast<MetalPlanDevice*>(self)->run(op); }, this);
@@ -497,6 +499,39 @@ void MetalPlanDevice::argmax(const OpCall& c) {
   d.tensor(2, c.t[2], 1, "argmax out");
   d.args(3, a);
   submit(d.l);
+}
+
+// A temperature draw on the device (shaders/sample.h): sample_partial per kSampleChunk logits,
+// sample_sums when the mode needs every token's mass, sample_final. The result is the token, or
+// kSampleNoToken / kSampleFallback (read back as -1 / -2: the host draws with the same uniform).
+void MetalPlanDevice::sample(const OpCall& c) {
+  const Tensor& logits = c.t[0];
+  const int64_t n = logits.cols;
+  const OpParams& p = c.p;
+  if (logits.dtype != DType::kF32 || n < 1 || n > static_cast<int64_t>(kSampleMaxVocab) || !(p.scale > 0.f) ||
+      p.top_k < 0 || !(p.top_p > 0.f && p.top_p <= 1.f) || !(p.min_p >= 0.f && p.min_p <= 1.f) ||
+      !(p.uniform >= 0.f && p.uniform <= 1.f))
+    fail(ErrorCode::kInvalidArgument, where_,
+         "sample: expected 1.." + std::to_string(kSampleMaxVocab) +
+             " F32 logits, 1/temperature > 0, top_k >= 0, top_p in (0, 1], min_p and u in [0, 1]");
+  const Tensor& scratch = c.t[1];
+  if (scratch.cols * static_cast<int64_t>(dtype_info(scratch.dtype).block_bytes) < argmax_scratch_words(n) * 4)
+    fail(ErrorCode::kInvalidArgument, where_, "sample: scratch smaller than argmax_scratch_words(n)");
+  // top_k beyond the kernels' cap: the final kernel reports kSampleFallback (the host draws).
+  const uint32_t top_k = static_cast<uint32_t>(p.top_k);
+  const SampleArgs a{static_cast<uint32_t>(n), top_k, p.scale, p.top_p, p.min_p, p.uniform, 0u, 0u};
+  const uint32_t groups = ceil_div(static_cast<uint32_t>(n), kSampleChunk);
+  const char* passes[3] = {"sample_partial_f32", sample_needs_sums(a.n, top_k) ? "sample_sums_f32" : nullptr,
+                           "sample_final_f32"};
+  for (int i = 0; i < 3; ++i) {
+    if (passes[i] == nullptr) continue;
+    Builder d(where_, passes[i], i == 2 ? 1u : groups, 1, kSampleThreads);
+    d.tensor(0, logits, 1, "sample logits");
+    d.tensor(1, scratch, 1, "sample scratch");
+    d.tensor(2, c.t[2], 1, "sample out");
+    d.args(3, a);
+    submit(d.l);
+  }
 }
 
 }  // namespace metallic

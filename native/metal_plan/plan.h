@@ -77,6 +77,7 @@ class MetalPlanDevice : public Device {
   bool norm_matmul(const OpCall& c);  // false: not covered by the fused kernel (caller decomposes)
   bool norm_swiglu(const OpCall& c);
   void argmax(const OpCall& c);
+  void sample(const OpCall& c);
 
   DeviceCounters counters_;
   bool argmax_ok_;  // the vocabulary fits the two-pass argmax (<= kSampleMaxVocab)

@@ -375,11 +375,12 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
   } else {
     matmul(xn_, rows, {{&output_, nullptr}}, {&logits_}, false);
     if (argmax_out != nullptr) {  // encoded behind the head: the host waits once, for one int
-      OpCall am{OpCode::kArgmax};
+      OpCall am{draw_ != nullptr ? OpCode::kSample : OpCode::kArgmax};
       am.t[0] = logits_;
       am.t[1] = argmax_scratch_;
       am.t[2] = argmax_out_;
       am.p.n_tokens = 1;
+      if (draw_ != nullptr) am.p = *draw_;
       device_->run(am);
     }
     device_->synchronize();
@@ -468,6 +469,32 @@ int32_t Engine::decode(int32_t token, int64_t pos, Sampler& sampler) {
       return best;
     }
     return sampler.sample(last_logits_.data());
+  }
+  if (argmax_out_.valid() && sampler.plain_sampling() && device_->supports(OpCode::kSample, DType::kF32)) {
+    const SamplerParams& sp = sampler.params();
+    const double u = sampler.take_uniform();
+    OpParams dp;
+    dp.n_tokens = 1;
+    dp.scale = 1.f / sp.temperature;  // the CPU sampler's float inverse
+    dp.top_k = sp.top_k;
+    dp.top_p = sp.top_p;
+    dp.min_p = sp.min_p;
+    dp.uniform = static_cast<float>(u);
+    int32_t drawn = -1;
+    draw_ = &dp;
+    try {
+      forward(&token, 1, pos, nullptr, false, &drawn);
+    } catch (...) {
+      draw_ = nullptr;
+      throw;
+    }
+    draw_ = nullptr;
+    sampler.accept(token);
+    if (drawn >= 0 && drawn < cfg_.n_vocab) {
+      sampler.note_device_draw();
+      return drawn;
+    }
+    return sampler.sample_with_uniform(last_logits_.data(), u);  // the device's fallback, same draw
   }
   forward(&token, 1, pos, nullptr, false);
   sampler.accept(token);

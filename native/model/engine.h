@@ -91,6 +91,7 @@ class Engine {
   Tensor tok_embd_, output_norm_, output_, inv_freq_;
   Tensor logits_;                       // (1, n_vocab) view of last_logits_, wrapped once
   Tensor argmax_scratch_, argmax_out_;  // greedy decode on the device (unset: not supported)
+  const OpParams* draw_ = nullptr;      // set by decode(): the device draw to encode after the head
   std::vector<Layer> layers_;
   Tensor x_, xn_, q_, k_, v_, att_, gate_, up_, tokens_;  // activations (max_batch, ...)
   std::vector<float> last_logits_;

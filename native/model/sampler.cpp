@@ -81,7 +81,11 @@ void Sampler::accept(int32_t token) {
 double Sampler::next_uniform() { return static_cast<double>(splitmix64(state_) >> 11) * 0x1.0p-53; }
 
 int32_t Sampler::sample(const float* logits) {
-  const int32_t token = draw(logits);
+  return sample_with_uniform(logits, p_.temperature > 0.f ? next_uniform() : 0.0);  // greedy draws none
+}
+
+int32_t Sampler::sample_with_uniform(const float* logits, double u) {
+  const int32_t token = draw(logits, u);
   ++drawn_;
   if (!lp_val_.empty()) logprobs(logits, token);
   return token;
@@ -117,7 +121,7 @@ void Sampler::logprobs(const float* logits, int32_t chosen) {
   for (int64_t j = 0; j < k; ++j) val[j] = static_cast<float>(static_cast<double>(val[j]) - lse);
 }
 
-int32_t Sampler::draw(const float* logits) {
+int32_t Sampler::draw(const float* logits, double uniform) {
   const int64_t n = n_vocab_;
   float* w = work_.data();
   std::copy(logits, logits + n, w);
@@ -223,7 +227,7 @@ int32_t Sampler::draw(const float* logits) {
     m = k;
     total = kept;
   }
-  const double u = next_uniform() * total;
+  const double u = uniform * total;
   double c = 0.0;
   for (int64_t i = 0; i < m; ++i) {
     c += w[idx[i]];

@@ -45,6 +45,15 @@ class Sampler {
            (drawn_ >= p_.min_tokens || p_.suppress_ids.empty());
   }
   void note_device_draw() { ++drawn_; }
+  // The same for a temperature draw (temperature > 0, nothing else to apply on the host): the
+  // device draws from the raw logits with the uniform from take_uniform(); when it cannot (its
+  // fallback), sample_with_uniform() draws on the host with that same uniform.
+  bool plain_sampling() const {
+    return p_.temperature > 0.f && p_.logit_bias.empty() && !mask_on_ && !penalties_ && lp_val_.empty() &&
+           (drawn_ >= p_.min_tokens || p_.suppress_ids.empty());
+  }
+  double take_uniform() { return next_uniform(); }
+  int32_t sample_with_uniform(const float* logits, double u);
   void reset();  // clear history and draw count, restart the RNG from the seed
   int64_t n_vocab() const { return n_vocab_; }
   const SamplerParams& params() const { return p_; }
@@ -64,8 +73,8 @@ class Sampler {
   int64_t logprob_slots() const { return static_cast<int64_t>(lp_val_.size()); }
 
  private:
-  double next_uniform();  // [0, 1)
-  int32_t draw(const float* logits);
+  double next_uniform();                        // [0, 1)
+  int32_t draw(const float* logits, double u);  // u: the uniform in [0, 1) of a temperature draw
   void logprobs(const float* logits, int32_t chosen);
 
   int64_t n_vocab_;

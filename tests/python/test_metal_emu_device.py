@@ -261,10 +261,10 @@ def test_mixed_weight_formats_run_unfused(models_dir) -> None:
 
 
 @needs_emu
-def test_greedy_decode_takes_the_argmax_on_the_device(models_dir) -> None:
-    """A greedy sampler with nothing to apply on the host: the decode step ends with the two
-    argmax dispatches encoded behind the head (the host reads back one int), and the token is the
-    first index of the largest logit, as the CPU sampler's."""
+def test_decode_draws_the_token_on_the_device(models_dir) -> None:
+    """A sampler with nothing to apply on the host: the decode step ends with the argmax (greedy)
+    or sampling dispatches encoded behind the head (the host reads back one int), and the token
+    is the one the CPU sampler picks from the same logits (and, sampling, the same draw)."""
     m = tm.make_model(models_dir, "llama", "q4_1", "gguf", True)
     e = _native_engine(m, "metal-emulated")
     n_vocab, n_layer = m.cfg["vocab_size"], m.cfg["num_hidden_layers"]
@@ -278,8 +278,22 @@ def test_greedy_decode_takes_the_argmax_on_the_device(models_dir) -> None:
         # embed + 6 per layer + head rms_norm + head gemv + argmax partial/final
         assert e.stats()["dispatches"] - before == 1 + 6 * n_layer + 2 + 2
         assert tok == int(np.argmax(e.last_logits()))
-    hot = _core.Sampler(n_vocab, temperature=0.8, seed=1)  # sampled on the host: no argmax
+    # Temperature draws end on the device too (sample_partial, sample_sums, sample_final in the
+    # full mode; top-k mode skips the sums), and give the host sampler's token for the same seed.
+    # top_k 300 is past the kernels' cap (256): the device reports a fallback, the host draws.
+    cases = [({"temperature": 0.8}, 3), ({"temperature": 1.3, "top_k": 5}, 2)]
+    cases += [({"temperature": 1.0, "top_k": 300}, 2), ({"temperature": 0.7, "top_p": 0.9}, 3)]
+    for kw, passes in cases:
+        hot, host = _core.Sampler(n_vocab, seed=1, **kw), _core.Sampler(n_vocab, seed=1, **kw)
+        for pos in range(len(prompt) + 3, len(prompt) + 8):
+            before = e.stats()["dispatches"]
+            tok = e.decode(tok, pos, hot)
+            assert e.stats()["dispatches"] - before == 1 + 6 * n_layer + 2 + passes
+            assert tok == host.sample(e.last_logits())
+        e.forward(np.array(prompt, np.int32), 0, np.zeros((1, n_vocab), np.float32), False)
+    # Penalties are applied on the host: the host draws (no device sampling dispatches).
+    pen = _core.Sampler(n_vocab, temperature=0.8, repetition_penalty=1.2, seed=1)
     before = e.stats()["dispatches"]
-    e.decode(tok, len(prompt) + 3, hot)
+    e.decode(tok, len(prompt), pen)
     assert e.stats()["dispatches"] - before == 1 + 6 * n_layer + 2
     e.close()
