@@ -58,6 +58,9 @@ def flatten(shader_dir: Path, roots: list[Path]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument(
+        "--metal-out", type=Path, default=None, help="also write the flattened .metal source here"
+    )
     ap.add_argument("shaders", type=Path)
     ap.add_argument("include_roots", type=Path, nargs="*")
     args = ap.parse_args(argv)
@@ -71,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         f'inline constexpr const char kMetalShaderSource[] = R"{_DELIM}(\n{src}){_DELIM}";\n'
         "}  // namespace metallic\n"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not args.out.exists() or args.out.read_text(encoding="utf-8") != header:
-        args.out.write_text(header, encoding="utf-8")
+    for path, text in ((args.out, header), (args.metal_out, src)):
+        if path is None:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
     return 0
 
 

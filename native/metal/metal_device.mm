@@ -22,6 +22,7 @@
 
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
+#include <dlfcn.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,6 +48,15 @@ constexpr size_t kAlign = 64;
 [[noreturn]] void fail_ns(ErrorCode code, const std::string& what, NSError* err) {
   const char* d = err != nil ? [[err localizedDescription] UTF8String] : nullptr;
   fail(code, kWhere, what + ": " + (d != nullptr ? d : "no details"));
+}
+
+// Directory of the module this code is linked into (_core), found from one of its functions.
+std::string module_dir() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&module_dir), &info) == 0 || info.dli_fname == nullptr) return ".";
+  const std::string path = info.dli_fname;
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
 }
 
 // Runs f inside an autorelease pool and rethrows its metallic::Error after the pool is drained:
@@ -208,16 +218,26 @@ void MetalDevice::copy_out(const Buffer& src, size_t offset, void* dst, size_t n
   std::memcpy(dst, static_cast<const char*>(src.host) + offset, nbytes);
 }
 
-// The library is compiled once from the embedded source (all shaders/*.metal flattened by
-// embed_shaders.py); each kernel's pipeline once at its first use, then cached by name.
+// The library is loaded once (metallic.metallib, or the embedded source of all shaders/*.metal
+// flattened by embed_shaders.py, compiled); each kernel's pipeline once at its first use, then
+// cached by name.
 id<MTLComputePipelineState> MetalDevice::pipeline(const char* kernel) {
   auto it = pipelines_.find(kernel);
   if (it != pipelines_.end()) return it->second;
   if (library_ == nil) {
+    // metallic.metallib next to this module (built with the Metal compiler), else the embedded
+    // source compiled now.
     NSError* err = nil;
-    NSString* src = [NSString stringWithUTF8String:kMetalShaderSource];
-    library_ = [device_ newLibraryWithSource:src options:nil error:&err];
-    if (library_ == nil) fail_ns(ErrorCode::kKernelFailure, "compiling shaders/*.metal", err);
+    const std::string lib = module_dir() + "/metallic.metallib";
+    if (access(lib.c_str(), R_OK) == 0) {
+      NSURL* url = [NSURL fileURLWithPath:[NSString stringWithUTF8String:lib.c_str()]];
+      library_ = [device_ newLibraryWithURL:url error:&err];
+      if (library_ == nil) fail_ns(ErrorCode::kKernelFailure, "loading " + lib, err);
+    } else {
+      NSString* src = [NSString stringWithUTF8String:kMetalShaderSource];
+      library_ = [device_ newLibraryWithSource:src options:nil error:&err];
+      if (library_ == nil) fail_ns(ErrorCode::kKernelFailure, "compiling shaders/*.metal", err);
+    }
   }
   id<MTLFunction> fn = [library_ newFunctionWithName:[NSString stringWithUTF8String:kernel]];
   if (fn == nil)

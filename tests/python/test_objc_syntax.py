@@ -55,3 +55,26 @@ def test_metal_device_mm_passes_the_syntax_check():
         ["bash", "scripts/check_objc.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_embed_shaders_writes_the_flat_metal_source_for_the_metallib(tmp_path):
+    """--metal-out: the same flattened source as the embedded header, for `xcrun metal` (the
+    Apple build compiles it into metallic.metallib when the Metal compiler exists)."""
+    header, flat = tmp_path / "src.h", tmp_path / "flat.metal"
+    mod = _embed_shaders()
+    assert (
+        mod.main(
+            [
+                "--out",
+                str(header),
+                "--metal-out",
+                str(flat),
+                str(ROOT / "shaders"),
+                str(ROOT / "native"),
+            ]
+        )
+        == 0
+    )
+    text = flat.read_text()
+    assert text == mod.flatten(ROOT / "shaders", [ROOT / "native"])
+    assert text in header.read_text()
