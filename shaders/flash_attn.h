@@ -116,9 +116,10 @@ template <typename C>  // cache element: float or half
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (kv0 >= sg_end) continue;  // no query of this simdgroup sees the tile (uniform)
 
-    // Scores. DEBT: simdgroup_matrix is being added to the emulator; with it, the score block
-    // q . K^T and the P . V update below become simdgroup_matrix<float, 8, 8> multiply-accumulates
-    // (8 queries per simdgroup, K/V tiles read as 8x8 blocks). Plain per-lane FMAs until then.
+    // Scores. DEBT: the emulator now has simdgroup_matrix (gemm.h uses it); the score block
+    // q . K^T and the P . V update below could become simdgroup_matrix<float, 8, 8>
+    // multiply-accumulates (8 queries per simdgroup, K/V tiles read as 8x8 blocks) once a GPU can
+    // measure whether it pays at these tile sizes. Plain per-lane FMAs until then.
     float4 sc[Q * KV / 4];  // sc[i * KV / 4 + c][x]: partial score of query i, tile row 4c + x
     for (uint r = 0; r < Q * KV / 4; ++r) sc[r] = float4(0.f);
     for (uint j = 0; j < kAttnMaxDimsPerLane; ++j) {  // constant trip count: unrolled, registers
