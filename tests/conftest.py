@@ -43,3 +43,11 @@ def smollm2(smollm2_path):
 
     with metallic.load(smollm2_path, device="cpu", threads=2, context_length=512) as model:
         yield model
+
+
+@pytest.fixture(scope="session")
+def emu(tmp_path_factory):
+    """The Metal emulator library (tests/emu_harness.py session_library) for the kernel tests."""
+    import emu_harness
+
+    return emu_harness.session_library(tmp_path_factory)

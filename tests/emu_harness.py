@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_EMU = ROOT / "native" / "metal_emu" / "build_emu.py"
@@ -198,6 +199,60 @@ def have_clang() -> bool:
     return shutil.which(CLANG) is not None
 
 
+IN_CI = bool(os.environ.get("CI"))
+
+
+def unless_available(missing: str | None) -> pytest.MarkDecorator:
+    """Skips a test whose tool (``missing`` says which) is absent on a developer machine. Under
+    CI=true, which installs clang-19 and GNUstep itself (.ci/run), the test runs and fails, so a
+    broken CI setup never turns into silently skipped tests."""
+    return pytest.mark.skipif(missing is not None and not IN_CI, reason=missing or "")
+
+
+NEEDS_CLANG = unless_available(
+    None if have_clang() else f"{CLANG} is not installed (scripts/install_clang.sh)"
+)
+
+
+def session_library(tmp_path_factory) -> EmuLib:
+    """The emulator library of every shaders/*.metal kernel: the installed one (next to
+    metallic._core), else built once per session with clang++-19 (missing: skip locally, fail
+    under CI). The `emu` fixture of tests/conftest.py."""
+    lib = installed_library()
+    if lib is None:
+        if not have_clang():
+            why = f"{CLANG} is not installed (scripts/install_clang.sh): no Metal emulator"
+            pytest.fail(why) if IN_CI else pytest.skip(why)
+        lib = build(
+            tmp_path_factory.mktemp("emu") / "libmetallic_shaders_emu.so", [ROOT / "shaders"]
+        )
+    return EmuLib(lib)
+
+
+def weights(rng, rows, cols, dtype):
+    """Random (rows, cols) weights: (raw rows in the weight's format, float64 values the kernel
+    must see)."""
+    import tiny_models
+
+    raw, vals = tiny_models.store(rng.standard_normal((rows, cols)).astype(np.float32), dtype)
+    return np.ascontiguousarray(raw), vals.astype(np.float64)
+
+
+def run_both_orders(emu: EmuLib, kernel, groups, threads, buffers: dict, outputs: list[int]):
+    """Runs the dispatch twice from the same inputs (lanes ascending, then descending); checks the
+    outputs are bit-identical and returns them."""
+    inputs = {i: a.copy() for i, a in buffers.items()}
+    emu.dispatch(kernel, groups, threads, buffers)
+    emu.dispatch(kernel, groups, threads, inputs, reverse=True)
+    for i in outputs:
+        np.testing.assert_array_equal(
+            buffers[i].view(np.uint8),
+            inputs[i].view(np.uint8),
+            err_msg=f"{kernel}: buffer({i}) depends on lane order",
+        )
+    return [buffers[i] for i in outputs]
+
+
 def installed_library() -> Path | None:
     """The library shipped next to metallic._core (dev build: a symlink), or $METALLIC_EMU_LIB."""
     env = os.environ.get("METALLIC_EMU_LIB")
@@ -210,3 +265,16 @@ def installed_library() -> Path | None:
 
 
 CONST = _constants()
+
+
+def _installed_library_missing() -> str | None:
+    lib = installed_library()
+    if lib is not None and lib.exists():
+        return None
+    return (
+        "libmetallic_shaders_emu.so was not built (it needs clang++-19: scripts/install_clang.sh)"
+    )
+
+
+# Tests of device="metal-emulated" need the library installed next to metallic._core.
+NEEDS_EMULATOR = unless_available(_installed_library_missing())

@@ -137,6 +137,9 @@ class Device {
   // Work issued since construction: kernel dispatches (cpu: ops run) and the bytes their bound
   // buffers span (0 where a device does not count them). For the benchmark's dispatches per layer.
   virtual DeviceCounters counters() const = 0;
+  // 32-bit words of kArgmax / kSample scratch for a row of n_vocab logits (the Metal plan's
+  // partial results; 0 for a device that needs none). The engine allocates it once at load.
+  virtual int64_t draw_scratch_words(int64_t /*n_vocab*/) const { return 0; }
 };
 
 // The unfused meaning of a fused op as the plain ops it stands for, each handed to `run` (a device
@@ -152,10 +155,6 @@ struct DeviceLimits {
   int32_t head_dim = 1;
   int64_t n_vocab = 1;  // logits per row (kArgmax)
 };
-
-// 32-bit words of kArgmax scratch a device needs for a row of n logits (the Metal plan's partial
-// results; the CPU needs none). Allocated once at load.
-int64_t argmax_scratch_words(int64_t n);
 
 // Factory (core/device_factory.cpp; threads <= 0 → hardware concurrency): "cpu"; "metal-emulated"
 // (the Metal shaders run by the emulator library; DeviceUnavailable when it was not built);

@@ -22,7 +22,6 @@
 
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
-#include <dlfcn.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,6 +33,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/module_path.h"
 #include "metal_plan/plan.h"
 #include "metal_shader_source.h"  // generated at build time by native/metal/embed_shaders.py
 
@@ -48,15 +48,6 @@ constexpr size_t kAlign = 64;
 [[noreturn]] void fail_ns(ErrorCode code, const std::string& what, NSError* err) {
   const char* d = err != nil ? [[err localizedDescription] UTF8String] : nullptr;
   fail(code, kWhere, what + ": " + (d != nullptr ? d : "no details"));
-}
-
-// Directory of the module this code is linked into (_core), found from one of its functions.
-std::string module_dir() {
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&module_dir), &info) == 0 || info.dli_fname == nullptr) return ".";
-  const std::string path = info.dli_fname;
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
 }
 
 // Runs f inside an autorelease pool and rethrows its metallic::Error after the pool is drained:

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/module_path.h"
 
 namespace metallic {
 
@@ -21,15 +22,6 @@ constexpr const char* kWhere = "metal-emulated";
 constexpr const char* kLibName = "libmetallic_shaders_emu.so";
 constexpr const char* kLibEnv = "METALLIC_EMU_LIB";
 constexpr size_t kAlign = 64;
-
-// Directory of the module this code is linked into (_core), found from one of its functions.
-std::string core_dir() {
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&core_dir), &info) == 0 || info.dli_fname == nullptr) return {};
-  const std::string path = info.dli_fname;
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
-}
 
 // Loads the emulator library once per process: next to _core first, then $METALLIC_EMU_LIB.
 // Never unloaded (its kernels register themselves in static tables at load).
@@ -41,11 +33,11 @@ const EmuApi& load_api() {
   std::string tried;
   auto note = [&tried](const std::string& s) { tried += (tried.empty() ? "" : "; ") + s; };
   void* handle = nullptr;
-  const std::string dir = core_dir();
+  const std::string dir = module_dir();
   const char* env = std::getenv(kLibEnv);
   std::string candidates[2];
   int n = 0;
-  if (!dir.empty()) candidates[n++] = dir + "/" + kLibName;
+  candidates[n++] = dir + "/" + kLibName;
   if (env != nullptr && *env != '\0') {
     candidates[n++] = env;
   } else {

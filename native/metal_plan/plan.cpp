@@ -144,7 +144,9 @@ uint32_t stride_threads(int64_t work) {
 
 }  // namespace
 
-int64_t argmax_scratch_words(int64_t n) { return (n + kSampleChunk - 1) / kSampleChunk * kSampleScratchWordsPerChunk; }
+int64_t MetalPlanDevice::draw_scratch_words(int64_t n) const {
+  return (n + kSampleChunk - 1) / kSampleChunk * kSampleScratchWordsPerChunk;
+}
 
 MetalPlanDevice::MetalPlanDevice(const char* where, const DeviceLimits& limits)
     : where_(where), argmax_ok_(limits.n_vocab >= 1 && limits.n_vocab <= kSampleMaxVocab) {
@@ -178,8 +180,8 @@ void MetalPlanDevice::run(const OpCall& call) {
     case OpCode::kRopeKv: rope_kv(call); return;
     case OpCode::kAttention: attention(call); return;
     case OpCode::kSwiGlu: swiglu(call); return;
-    case OpCode::kArgmax: argmax(call); return;
-    case OpCode::kSample: sample(call); return;
+    case OpCode::kArgmax:
+    case OpCode::kSample: draw(call); return;
     case OpCode::kNormMatMul:
       if (!norm_matmul(call))
         decompose(call, [](void* self, const OpCall& op) { static_cast<MetalPlanDevice*>(self)->run(op); }, this);
@@ -470,65 +472,44 @@ void MetalPlanDevice::swiglu(const OpCall& c) {
   submit(d.l);
 }
 
-// Greedy decoding on the device: argmax_partial (one threadgroup per kSampleChunk logits) then
-// argmax_final (one threadgroup) writes the first index of the largest logit, or kSampleNoToken
-// (read back as -1) when every logit is -inf or NaN.
-void MetalPlanDevice::argmax(const OpCall& c) {
-  const Tensor& logits = c.t[0];
-  const int64_t n = logits.cols;
-  if (logits.dtype != DType::kF32 || n < 1 || n > static_cast<int64_t>(kSampleMaxVocab))
-    fail(ErrorCode::kInvalidArgument, where_,
-         "argmax: expected 1.." + std::to_string(kSampleMaxVocab) + " F32 logits, got " + std::to_string(n) + " " +
-             dtype_name(logits.dtype));
-  const Tensor& scratch = c.t[1];
-  if (scratch.cols * static_cast<int64_t>(dtype_info(scratch.dtype).block_bytes) < argmax_scratch_words(n) * 4)
-    fail(ErrorCode::kInvalidArgument, where_, "argmax: scratch smaller than argmax_scratch_words(n)");
-  const SampleArgs a{static_cast<uint32_t>(n), 0u, 1.f, 1.f, 0.f, 0.f, 0u, 0u};
-  {
-    Builder d(where_, "argmax_partial_f32", 0, 1, kSampleThreads);
-    d.l.groups[0] = ceil_div(static_cast<uint32_t>(n), kSampleChunk);
-    d.tensor(0, logits, 1, "argmax logits");
-    d.tensor(1, scratch, 1, "argmax scratch");
-    d.tensor(2, c.t[2], 1, "argmax out");
-    d.args(3, a);
-    submit(d.l);
-  }
-  Builder d(where_, "argmax_final_f32", 1, 1, kSampleThreads);
-  d.tensor(0, logits, 1, "argmax logits");
-  d.tensor(1, scratch, 1, "argmax scratch");
-  d.tensor(2, c.t[2], 1, "argmax out");
-  d.args(3, a);
-  submit(d.l);
-}
-
-// A temperature draw on the device (shaders/sample.h): sample_partial per kSampleChunk logits,
-// sample_sums when the mode needs every token's mass, sample_final. The result is the token, or
-// kSampleNoToken / kSampleFallback (read back as -1 / -2: the host draws with the same uniform).
-void MetalPlanDevice::sample(const OpCall& c) {
+// A token drawn on the device from one row of logits (shaders/sample.h), as consecutive passes
+// sharing the bindings logits(0), scratch(1), result(2), SampleArgs(3): greedy (kArgmax)
+// argmax_partial (one threadgroup per kSampleChunk logits) + argmax_final; a temperature draw
+// (kSample) sample_partial, sample_sums when the mode needs every token's mass, sample_final. The
+// result is the token, or kSampleNoToken / kSampleFallback (read back as -1 / -2: the host draws
+// with the same uniform).
+void MetalPlanDevice::draw(const OpCall& c) {
+  const bool greedy = c.op == OpCode::kArgmax;
   const Tensor& logits = c.t[0];
   const int64_t n = logits.cols;
   const OpParams& p = c.p;
-  if (logits.dtype != DType::kF32 || n < 1 || n > static_cast<int64_t>(kSampleMaxVocab) || !(p.scale > 0.f) ||
-      p.top_k < 0 || !(p.top_p > 0.f && p.top_p <= 1.f) || !(p.min_p >= 0.f && p.min_p <= 1.f) ||
-      !(p.uniform >= 0.f && p.uniform <= 1.f))
+  if (logits.dtype != DType::kF32 || n < 1 || n > static_cast<int64_t>(kSampleMaxVocab) ||
+      (!greedy && !(p.scale > 0.f && p.top_k >= 0 && p.top_p > 0.f && p.top_p <= 1.f && p.min_p >= 0.f &&
+                    p.min_p <= 1.f && p.uniform >= 0.f && p.uniform <= 1.f)))
     fail(ErrorCode::kInvalidArgument, where_,
-         "sample: expected 1.." + std::to_string(kSampleMaxVocab) +
-             " F32 logits, 1/temperature > 0, top_k >= 0, top_p in (0, 1], min_p and u in [0, 1]");
+         "draw: expected 1.." + std::to_string(kSampleMaxVocab) +
+             " F32 logits (and to sample: 1/temperature > 0, top_k >= 0, top_p in (0, 1], min_p and u in [0, 1])");
   const Tensor& scratch = c.t[1];
-  if (scratch.cols * static_cast<int64_t>(dtype_info(scratch.dtype).block_bytes) < argmax_scratch_words(n) * 4)
-    fail(ErrorCode::kInvalidArgument, where_, "sample: scratch smaller than argmax_scratch_words(n)");
+  if (scratch.cols * static_cast<int64_t>(dtype_info(scratch.dtype).block_bytes) < draw_scratch_words(n) * 4)
+    fail(ErrorCode::kInvalidArgument, where_, "draw: scratch smaller than draw_scratch_words(n)");
   // top_k beyond the kernels' cap: the final kernel reports kSampleFallback (the host draws).
-  const uint32_t top_k = static_cast<uint32_t>(p.top_k);
-  const SampleArgs a{static_cast<uint32_t>(n), top_k, p.scale, p.top_p, p.min_p, p.uniform, 0u, 0u};
+  const uint32_t top_k = greedy ? 0u : static_cast<uint32_t>(p.top_k);
+  const SampleArgs a = greedy
+                           ? SampleArgs{static_cast<uint32_t>(n), 0u, 1.f, 1.f, 0.f, 0.f, 0u, 0u}
+                           : SampleArgs{static_cast<uint32_t>(n), top_k, p.scale, p.top_p, p.min_p, p.uniform, 0u, 0u};
+  const char* passes[3] = {"argmax_partial_f32", nullptr, "argmax_final_f32"};
+  if (!greedy) {
+    passes[0] = "sample_partial_f32";
+    passes[1] = sample_needs_sums(a.n, top_k) ? "sample_sums_f32" : nullptr;
+    passes[2] = "sample_final_f32";
+  }
   const uint32_t groups = ceil_div(static_cast<uint32_t>(n), kSampleChunk);
-  const char* passes[3] = {"sample_partial_f32", sample_needs_sums(a.n, top_k) ? "sample_sums_f32" : nullptr,
-                           "sample_final_f32"};
   for (int i = 0; i < 3; ++i) {
     if (passes[i] == nullptr) continue;
-    Builder d(where_, passes[i], i == 2 ? 1u : groups, 1, kSampleThreads);
-    d.tensor(0, logits, 1, "sample logits");
-    d.tensor(1, scratch, 1, "sample scratch");
-    d.tensor(2, c.t[2], 1, "sample out");
+    Builder d(where_, passes[i], i == 2 ? 1u : groups, 1, kSampleThreads);  // the last pass: one threadgroup
+    d.tensor(0, logits, 1, "draw logits");
+    d.tensor(1, scratch, 1, "draw scratch");
+    d.tensor(2, c.t[2], 1, "draw out");
     d.args(3, a);
     submit(d.l);
   }

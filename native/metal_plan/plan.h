@@ -55,6 +55,7 @@ class MetalPlanDevice : public Device {
   bool supports(OpCode op, DType dtype) const final;
   void run(const OpCall& call) final;
   DeviceCounters counters() const final { return counters_; }
+  int64_t draw_scratch_words(int64_t n_vocab) const final;
 
  protected:
   // Throws NotImplemented when the model exceeds what the kernels cover (head_dim > 256).
@@ -76,8 +77,7 @@ class MetalPlanDevice : public Device {
   void swiglu(const OpCall& c);
   bool norm_matmul(const OpCall& c);  // false: not covered by the fused kernel (caller decomposes)
   bool norm_swiglu(const OpCall& c);
-  void argmax(const OpCall& c);
-  void sample(const OpCall& c);
+  void draw(const OpCall& c);  // kArgmax and kSample
 
   DeviceCounters counters_;
   bool argmax_ok_;  // the vocabulary fits the two-pass argmax (<= kSampleMaxVocab)

@@ -135,14 +135,14 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
   Buffer lb = device_->wrap_host(last_logits_.data(), row_b);
   owned_.push_back(lb);
   logits_ = Tensor{lb, 0, DType::kF32, 1, c.n_vocab, row_b};
-  if (device_->supports(OpCode::kArgmax, DType::kF32)) {  // greedy decode ends on the device
-    const int64_t words = std::max<int64_t>(1, argmax_scratch_words(c.n_vocab));
+  if (device_->supports(OpCode::kArgmax, DType::kF32)) {  // decode draws on the device (decode())
+    const int64_t words = std::max<int64_t>(1, device_->draw_scratch_words(c.n_vocab));
     Buffer sb = device_->alloc(static_cast<size_t>(words) * 4);
     owned_.push_back(sb);
-    argmax_scratch_ = Tensor{sb, 0, DType::kF32, 1, words, sb.nbytes};
+    draw_scratch_ = Tensor{sb, 0, DType::kF32, 1, words, sb.nbytes};
     Buffer tb = device_->alloc(sizeof(int32_t));
     owned_.push_back(tb);
-    argmax_out_ = Tensor{tb, 0, DType::kF32, 1, 1, sizeof(int32_t)};
+    draw_out_ = Tensor{tb, 0, DType::kF32, 1, 1, sizeof(int32_t)};
   }
 }
 
@@ -268,7 +268,7 @@ void Engine::matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<
 }
 
 void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
-                   int32_t* argmax_out) {
+                   DeviceDraw* draw) {
   const ModelConfig& c = cfg_;
   device_->copy_in(tokens_.buf, 0, tokens, static_cast<size_t>(n) * sizeof(int32_t));
   {
@@ -374,17 +374,16 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     device_->synchronize();
   } else {
     matmul(xn_, rows, {{&output_, nullptr}}, {&logits_}, false);
-    if (argmax_out != nullptr) {  // encoded behind the head: the host waits once, for one int
-      OpCall am{draw_ != nullptr ? OpCode::kSample : OpCode::kArgmax};
-      am.t[0] = logits_;
-      am.t[1] = argmax_scratch_;
-      am.t[2] = argmax_out_;
-      am.p.n_tokens = 1;
-      if (draw_ != nullptr) am.p = *draw_;
-      device_->run(am);
+    if (draw != nullptr) {  // encoded behind the head: the host waits once, for one int
+      OpCall d{draw->op};
+      d.t[0] = logits_;
+      d.t[1] = draw_scratch_;
+      d.t[2] = draw_out_;
+      d.p = draw->p;
+      device_->run(d);
     }
     device_->synchronize();
-    if (argmax_out != nullptr) device_->copy_out(argmax_out_.buf, 0, argmax_out, sizeof(int32_t));
+    if (draw != nullptr) device_->copy_out(draw_out_.buf, 0, &draw->token, sizeof(int32_t));
   }
   if (all_logits) {
     std::memcpy(last_logits_.data(), dst + (rows - 1) * c.n_vocab, row_b);
@@ -394,7 +393,7 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
 }
 
 void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits,
-                     int32_t* argmax_out) {
+                     DeviceDraw* draw) {
   check_open("engine.forward");
   BusyGuard guard(busy_);
   cancel_.store(false, std::memory_order_release);
@@ -417,7 +416,7 @@ void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float*
     float* out = nullptr;
     if (all_logits && logits_out != nullptr) out = logits_out + done * cfg_.n_vocab;
     batch(tokens + done, m, start_pos + done, all_logits ? out : (last_chunk ? logits_out : nullptr),
-          all_logits && out != nullptr, all_logits || last_chunk, last_chunk && !all_logits ? argmax_out : nullptr);
+          all_logits && out != nullptr, all_logits || last_chunk, last_chunk && !all_logits ? draw : nullptr);
   }
 }
 
@@ -460,41 +459,31 @@ int32_t Engine::decode(int32_t token, int64_t pos, Sampler& sampler) {
   if (sampler.n_vocab() != cfg_.n_vocab)
     fail(ErrorCode::kInvalidArgument, "engine.decode",
          "sampler vocabulary: expected " + std::to_string(cfg_.n_vocab) + ", got " + std::to_string(sampler.n_vocab()));
-  if (argmax_out_.valid() && sampler.plain_greedy()) {
-    int32_t best = -1;
-    forward(&token, 1, pos, nullptr, false, &best);
+  // With nothing for the host sampler to apply, the device draws behind the head: greedy as an
+  // argmax, a temperature draw with the uniform the host sampler would have used.
+  const bool greedy = sampler.plain_greedy();
+  if (draw_out_.valid() && (greedy || (sampler.plain_sampling() && device_->supports(OpCode::kSample, DType::kF32)))) {
+    DeviceDraw d{greedy ? OpCode::kArgmax : OpCode::kSample};
+    d.p.n_tokens = 1;
+    double u = 0.0;  // greedy draws no uniform
+    if (!greedy) {
+      const SamplerParams& sp = sampler.params();
+      u = sampler.take_uniform();
+      d.p.scale = 1.f / sp.temperature;  // the CPU sampler's float inverse
+      d.p.top_k = sp.top_k;
+      d.p.top_p = sp.top_p;
+      d.p.min_p = sp.min_p;
+      d.p.uniform = static_cast<float>(u);
+    }
+    forward(&token, 1, pos, nullptr, false, &d);
     sampler.accept(token);
-    if (best >= 0 && best < cfg_.n_vocab) {  // -1: no logit above -inf; sample() names the error
+    if (d.token >= 0 && d.token < cfg_.n_vocab) {
       sampler.note_device_draw();
-      return best;
+      return d.token;
     }
-    return sampler.sample(last_logits_.data());
-  }
-  if (argmax_out_.valid() && sampler.plain_sampling() && device_->supports(OpCode::kSample, DType::kF32)) {
-    const SamplerParams& sp = sampler.params();
-    const double u = sampler.take_uniform();
-    OpParams dp;
-    dp.n_tokens = 1;
-    dp.scale = 1.f / sp.temperature;  // the CPU sampler's float inverse
-    dp.top_k = sp.top_k;
-    dp.top_p = sp.top_p;
-    dp.min_p = sp.min_p;
-    dp.uniform = static_cast<float>(u);
-    int32_t drawn = -1;
-    draw_ = &dp;
-    try {
-      forward(&token, 1, pos, nullptr, false, &drawn);
-    } catch (...) {
-      draw_ = nullptr;
-      throw;
-    }
-    draw_ = nullptr;
-    sampler.accept(token);
-    if (drawn >= 0 && drawn < cfg_.n_vocab) {
-      sampler.note_device_draw();
-      return drawn;
-    }
-    return sampler.sample_with_uniform(last_logits_.data(), u);  // the device's fallback, same draw
+    // -1: no logit above -inf (sample() names the error); -2: the kernels cannot draw this one
+    // exactly. The host draws from the same logits with the same uniform.
+    return sampler.sample_with_uniform(last_logits_.data(), u);
   }
   forward(&token, 1, pos, nullptr, false);
   sampler.accept(token);

@@ -31,10 +31,16 @@ class Engine {
 
   // tokens: (n,), positions start_pos .. start_pos+n-1. logits_out: (n, n_vocab) if all_logits,
   // else (1, n_vocab) for the last position (may be null: then only last_logits() is updated).
-  // argmax_out (not with all_logits): also the first index of the largest last-row logit, taken on
-  // the device (needs argmax support; -1 when every logit is -inf or NaN).
+  // A token the device draws from the last row's logits behind the head (decode): op kArgmax or
+  // kSample with its params; token: the draw, or < 0 when the host must draw (core/device.h).
+  struct DeviceDraw {
+    OpCode op;
+    OpParams p;
+    int32_t token = -1;
+  };
+  // draw (not with all_logits): the device also draws a token from the last row's logits.
   void forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits,
-               int32_t* argmax_out = nullptr);
+               DeviceDraw* draw = nullptr);
   // One token at `pos`; returns the token sampled from its logits.
   int32_t decode(int32_t token, int64_t pos, Sampler& sampler);
 
@@ -74,7 +80,7 @@ class Engine {
   Tensor vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required);
   Tensor activations(int64_t cols);
   void batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
-             int32_t* argmax_out);
+             DeviceDraw* draw);
   void matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
               std::initializer_list<const Tensor*> outs, bool accumulate);
   void check_open(const char* where) const;
@@ -89,9 +95,8 @@ class Engine {
   std::unique_ptr<Device> device_;
   std::vector<Buffer> owned_;  // buffers to release at close
   Tensor tok_embd_, output_norm_, output_, inv_freq_;
-  Tensor logits_;                       // (1, n_vocab) view of last_logits_, wrapped once
-  Tensor argmax_scratch_, argmax_out_;  // greedy decode on the device (unset: not supported)
-  const OpParams* draw_ = nullptr;      // set by decode(): the device draw to encode after the head
+  Tensor logits_;                   // (1, n_vocab) view of last_logits_, wrapped once
+  Tensor draw_scratch_, draw_out_;  // device draws (kArgmax / kSample); unset: not supported
   std::vector<Layer> layers_;
   Tensor x_, xn_, q_, k_, v_, att_, gate_, up_, tokens_;  // activations (max_batch, ...)
   std::vector<float> last_logits_;

@@ -40,18 +40,12 @@ class Sampler {
   // True when the next sample() is a plain argmax of the raw logits (greedy, no logit bias, mask,
   // penalties, active min_tokens suppression or logprobs): the engine may then take the argmax
   // on the device and record it with note_device_draw() instead of calling sample().
-  bool plain_greedy() const {
-    return p_.temperature <= 0.f && p_.logit_bias.empty() && !mask_on_ && !penalties_ && lp_val_.empty() &&
-           (drawn_ >= p_.min_tokens || p_.suppress_ids.empty());
-  }
+  bool plain_greedy() const { return p_.temperature <= 0.f && nothing_to_apply(); }
   void note_device_draw() { ++drawn_; }
   // The same for a temperature draw (temperature > 0, nothing else to apply on the host): the
   // device draws from the raw logits with the uniform from take_uniform(); when it cannot (its
   // fallback), sample_with_uniform() draws on the host with that same uniform.
-  bool plain_sampling() const {
-    return p_.temperature > 0.f && p_.logit_bias.empty() && !mask_on_ && !penalties_ && lp_val_.empty() &&
-           (drawn_ >= p_.min_tokens || p_.suppress_ids.empty());
-  }
+  bool plain_sampling() const { return p_.temperature > 0.f && nothing_to_apply(); }
   double take_uniform() { return next_uniform(); }
   int32_t sample_with_uniform(const float* logits, double u);
   void reset();  // clear history and draw count, restart the RNG from the seed
@@ -73,6 +67,12 @@ class Sampler {
   int64_t logprob_slots() const { return static_cast<int64_t>(lp_val_.size()); }
 
  private:
+  // No logit bias, mask, penalties, active min_tokens suppression or logprobs: a draw from the raw
+  // logits.
+  bool nothing_to_apply() const {
+    return p_.logit_bias.empty() && !mask_on_ && !penalties_ && lp_val_.empty() &&
+           (drawn_ >= p_.min_tokens || p_.suppress_ids.empty());
+  }
   double next_uniform();                        // [0, 1)
   int32_t draw(const float* logits, double u);  // u: the uniform in [0, 1) of a temperature draw
   void logprobs(const float* logits, int32_t chosen);

@@ -7,7 +7,6 @@ what the CLI owns: argument validation, routing, output and exit codes.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import io
 import subprocess
 import sys
@@ -372,17 +371,7 @@ def test_closed_stdout_exits_141_quietly(capsys, fake_api, monkeypatch):
 # ---- end to end (real engine) --------------------------------------------------------------------
 
 
-def _engine_available() -> bool:
-    """The native core imports and the public API (metallic.load) exists."""
-    try:
-        importlib.import_module("metallic._core")
-    except ImportError:
-        return False
-    return callable(getattr(metallic, "load", None))
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _engine_available(), reason="needs metallic._core and metallic.load")
 def test_end_to_end_smollm2(capsys, smollm2_path):
     code = cli.main(["--model", str(smollm2_path), "--prompt", "Hi", "--max-tokens", "4"])
     out, err = capsys.readouterr()

@@ -23,6 +23,7 @@ from gguf.quants import dequantize as gg_dequantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import emu_harness
 import kquant_np as kq
 import reference as ref
 from metallic import _core
@@ -325,6 +326,7 @@ def test_tiny_q4_k_m_model_matches_reference(tmp_path, monkeypatch):
     assert strict >= 6, f"only {strict}/8 short prompts within 2e-5"
 
 
+@emu_harness.NEEDS_EMULATOR
 def test_tiny_q4_k_m_model_on_metal_emulated(tmp_path, monkeypatch):
     """The same Q4_K_M-like model through the Metal kernels (device="metal-emulated": K-quant and
     Q5_0 gemv, fused norm kernels, gemm and flash attention for the 7- and 40-token prefills,
@@ -332,12 +334,8 @@ def test_tiny_q4_k_m_model_on_metal_emulated(tmp_path, monkeypatch):
     reference without act_quant: float32 rounding only. Dots run over <= 512 terms (the FFN
     width): <= 512 u = 3.1e-5 of the term magnitudes worst case, plus a few u for norms, RoPE and
     softmax: TOL = 4e-5 relative to max|logit|."""
-    import emu_harness
     import metallic
 
-    lib = emu_harness.installed_library()
-    if lib is None or not lib.exists():
-        pytest.skip("libmetallic_shaders_emu.so was not built (needs clang++-19)")
     path, cfg, ref_w, _ = _tiny_q4_k_m(tmp_path, monkeypatch)
     rng = np.random.default_rng(7)
     with metallic.load(

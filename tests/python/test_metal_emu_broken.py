@@ -21,21 +21,19 @@ import pytest
 from emu_harness import (
     ERR_KERNEL,
     ERR_UNBOUND,
+    NEEDS_CLANG,
     ROOT,
     EmuError,
     EmuLib,
     RmsNormArgs,
     build,
-    have_clang,
     pack,
 )
 
 BROKEN = ROOT / "tests" / "metal_broken"
 SHADERS = ROOT / "shaders"
 
-pytestmark = pytest.mark.skipif(
-    not have_clang(), reason="clang++-19 is not installed (scripts/install_clang.sh)"
-)
+pytestmark = NEEDS_CLANG
 
 
 def line_of(file: str, marker: str) -> int:

@@ -55,11 +55,7 @@ MODELS = [  # family, dtype, fmt, tied
     ("qwen2", "q8_0", "gguf", False),  # q/k/v biases
 ]
 
-_LIB = emu_harness.installed_library()
-needs_emu = pytest.mark.skipif(
-    _LIB is None or not _LIB.exists(),
-    reason="libmetallic_shaders_emu.so was not built (it needs clang++-19: scripts/install_clang.sh)",
-)
+needs_emu = emu_harness.NEEDS_EMULATOR
 
 
 @pytest.fixture(scope="module")

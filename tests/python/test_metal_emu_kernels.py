@@ -13,52 +13,21 @@ import numpy as np
 import pytest
 
 import reference
-import tiny_models
 from emu_harness import (
     CONST,
-    ROOT,
     AttnArgs,
     EmbedArgs,
-    EmuLib,
     GemvArgs,
     RmsNormArgs,
     RopeKvArgs,
     SwiGluArgs,
-    build,
-    have_clang,
-    installed_library,
     pack,
+    run_both_orders,
+    weights,
 )
 
 U = 2.0**-24
 HALF_U = 2.0**-11  # float16 unit roundoff
-
-
-@pytest.fixture(scope="session")
-def emu(tmp_path_factory) -> EmuLib:
-    lib = installed_library()
-    if lib is None:
-        if not have_clang():
-            pytest.skip("clang++-19 is not installed (scripts/install_clang.sh): no Metal emulator")
-        lib = build(
-            tmp_path_factory.mktemp("emu") / "libmetallic_shaders_emu.so", [ROOT / "shaders"]
-        )
-    return EmuLib(lib)
-
-
-def run_both_orders(emu: EmuLib, kernel, groups, threads, buffers: dict, outputs: list[int]):
-    """Runs the dispatch twice from the same inputs (lanes ascending, then descending); checks the
-    outputs are bit-identical and returns them."""
-    inputs = {i: a.copy() for i, a in buffers.items()}
-    emu.dispatch(kernel, groups, threads, buffers)
-    emu.dispatch(kernel, groups, threads, inputs, reverse=True)
-    for i in outputs:
-        np.testing.assert_array_equal(
-            buffers[i].view(np.uint8),
-            inputs[i].view(np.uint8),
-            err_msg=f"{kernel}: buffer({i}) depends on lane order",
-        )
-    return [buffers[i] for i in outputs]
 
 
 def test_library_lists_every_family(emu):
@@ -103,11 +72,6 @@ def test_rms_norm(emu, n, dtype):
 # ----------------------------------------------------------------------------- gemv
 
 GEMV_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]
-
-
-def weights(rng, rows, cols, dtype):
-    raw, vals = tiny_models.store(rng.standard_normal((rows, cols)).astype(np.float32), dtype)
-    return np.ascontiguousarray(raw), vals.astype(np.float64)
 
 
 @pytest.mark.parametrize("dtype", GEMV_TYPES)

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_metal_emu_kernels import GEMV_TYPES, U, run_both_orders, weights
+from test_metal_emu_kernels import GEMV_TYPES, U
 
 import reference
-from emu_harness import CONST, ROOT, EmuLib, _args, build, have_clang, installed_library, pack
+from emu_harness import (
+    CONST,
+    ROOT,
+    _args,
+    pack,
+    run_both_orders,
+    weights,
+)
 
 GemvNormArgs = _args(
     "GemvNormArgs",
@@ -32,18 +39,6 @@ GemvSwiGluArgs = _args(
     + [("out_stride", "u"), ("eps", "f"), ("pad0", "u")],
 )
 EPS = 1e-5
-
-
-@pytest.fixture(scope="session")
-def emu(tmp_path_factory) -> EmuLib:
-    lib = installed_library()
-    if lib is None:
-        if not have_clang():
-            pytest.skip("clang++-19 is not installed (scripts/install_clang.sh): no Metal emulator")
-        lib = build(
-            tmp_path_factory.mktemp("emu") / "libmetallic_shaders_emu.so", [ROOT / "shaders"]
-        )
-    return EmuLib(lib)
 
 
 THREADS = (CONST["kFusedSimdgroups"] * 32,)

@@ -30,7 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from emu_harness import CONST, ROOT, EmuLib, _args, build, have_clang, installed_library, pack
+from emu_harness import (
+    CONST,
+    ROOT,
+    _args,
+    pack,
+    run_both_orders,
+)
 from metallic import _core, errors
 from sample_np import Rule, probs, splitmix64_uniform
 
@@ -57,33 +63,6 @@ def test_args_mirror_args_h():
     assert int(sizes["SoftmaxArgs"]) == SoftmaxArgs.itemsize
     assert CONST["kSampleScratchWordsPerChunk"] == 2 + 2 * K
     assert CONST["kSampleMaxVocab"] == 262144
-
-
-@pytest.fixture(scope="session")
-def emu(tmp_path_factory) -> EmuLib:
-    lib = installed_library()
-    if lib is None:
-        if not have_clang():
-            pytest.skip("clang++-19 is not installed (scripts/install_clang.sh): no Metal emulator")
-        lib = build(
-            tmp_path_factory.mktemp("emu") / "libmetallic_shaders_emu.so", [ROOT / "shaders"]
-        )
-    return EmuLib(lib)
-
-
-def run_both_orders(emu: EmuLib, kernel, groups, threads, buffers: dict, outputs: list[int]):
-    """Runs the dispatch twice from the same inputs (lanes ascending, then descending); checks the
-    outputs are bit-identical and returns them."""
-    inputs = {i: a.copy() for i, a in buffers.items()}
-    emu.dispatch(kernel, groups, threads, buffers)
-    emu.dispatch(kernel, groups, threads, inputs, reverse=True)
-    for i in outputs:
-        np.testing.assert_array_equal(
-            buffers[i].view(np.uint8),
-            inputs[i].view(np.uint8),
-            err_msg=f"{kernel}: buffer({i}) depends on lane order",
-        )
-    return [buffers[i] for i in outputs]
 
 
 def chunks(n: int) -> int:

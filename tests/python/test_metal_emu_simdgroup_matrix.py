@@ -9,13 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emu_harness import ERR_KERNEL, ROOT, EmuError, EmuLib, build, have_clang
+from emu_harness import ERR_KERNEL, NEEDS_CLANG, ROOT, EmuError, EmuLib, build
 
 OPS = ROOT / "tests" / "metal_ops"
 
-pytestmark = pytest.mark.skipif(
-    not have_clang(), reason="clang++-19 is not installed (scripts/install_clang.sh)"
-)
+pytestmark = NEEDS_CLANG
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from emu_harness import unless_available
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,9 +48,10 @@ def test_embed_shaders_names_a_missing_include(tmp_path):
         _embed_shaders().flatten(tmp_path, [])
 
 
-@pytest.mark.skipif(
-    shutil.which("clang++-19") is None or shutil.which("gnustep-config") is None,
-    reason="needs clang++-19 (scripts/install_clang.sh) and gnustep-config (apt-get install libgnustep-base-dev)",
+@unless_available(
+    None
+    if shutil.which("clang++-19") and shutil.which("gnustep-config")
+    else "needs clang++-19 (scripts/install_clang.sh) and gnustep-config (libgnustep-base-dev)"
 )
 def test_metal_device_mm_passes_the_syntax_check():
     r = subprocess.run(
