@@ -172,3 +172,19 @@ def decode_parts(dtype: int, raw: np.ndarray, rows: int, cols: int) -> dict[str,
     off = off.reshape(rows, -1)
     w = scale[..., None] * u + off[..., None]
     return {"w": w.reshape(rows, cols), "scale": scale, "u": u, "off": off}
+
+
+# Byte offsets of the fp16 scale / min fields in each block (random_blocks keeps them finite).
+F16_FIELDS = {Q5_0: (0,), Q5_1: (0, 2), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,)}
+
+
+def random_blocks(dtype: int, rows: int, cols: int, rng) -> np.ndarray:
+    """Arbitrary bytes (every code, subnormal and huge scales) with finite fp16 scales / mins:
+    (rows, row_bytes) uint8, C-contiguous."""
+    elems, nbytes = BLOCK[dtype]
+    b = rng.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
+    for off in F16_FIELDS[dtype]:
+        h = b[..., off : off + 2].copy().view(np.uint16)
+        h[(h & 0x7C00) == 0x7C00] &= 0xBFFF  # inf/NaN -> finite
+        b[..., off : off + 2] = h.view(np.uint8)
+    return np.ascontiguousarray(b.reshape(rows, -1))

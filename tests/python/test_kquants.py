@@ -33,23 +33,11 @@ U = 2.0**-24
 TYPES = (kq.Q5_0, kq.Q5_1, kq.Q4_K, kq.Q5_K, kq.Q6_K)
 KTYPES = (kq.Q4_K, kq.Q5_K, kq.Q6_K)
 NAMES = {t: GT(t).name.lower() for t in (*TYPES, kq.Q8_0)}
-F16_FIELDS = {kq.Q5_0: (0,), kq.Q5_1: (0, 2), kq.Q4_K: (0, 2), kq.Q5_K: (0, 2), kq.Q6_K: (208,)}
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _tid(t: int) -> str:
     return GT(t).name
-
-
-def random_blocks(dtype: int, rows: int, cols: int, rng) -> np.ndarray:
-    """Arbitrary bytes (every code, subnormal and huge scales) with finite fp16 scales/mins."""
-    elems, nbytes = kq.BLOCK[dtype]
-    b = rng.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
-    for off in F16_FIELDS[dtype]:
-        h = b[..., off : off + 2].copy().view(np.uint16)
-        h[(h & 0x7C00) == 0x7C00] &= 0xBFFF  # inf/NaN -> finite
-        b[..., off : off + 2] = h.view(np.uint8)
-    return b.reshape(-1)
 
 
 def act_q8(x: np.ndarray):
@@ -99,7 +87,7 @@ def test_dequantize_bit_exact(dtype, source):
     if source == "quantized":
         raw = kq.quantize(dtype, rng.standard_normal((rows, cols)).astype(np.float32) * 3)
     else:
-        raw = random_blocks(dtype, rows, cols, rng)
+        raw = kq.random_blocks(dtype, rows, cols, rng).reshape(-1)
     got = K.dequantize(dtype, raw, rows, cols)
     want = np.asarray(gg_dequantize(raw.reshape(rows, -1), GT(dtype)), np.float32)
     np.testing.assert_array_equal(got.view(np.uint32), want.reshape(rows, cols).view(np.uint32))
@@ -187,7 +175,7 @@ def test_random_bytes_matvec(dtype):
     """Arbitrary codes and scales (subnormal to 6e4), including x4 (prefill) vs single passes."""
     rng = np.random.default_rng(100 + dtype)
     rows, cols, nt = 9, 768, 5
-    raw = random_blocks(dtype, rows, cols, rng)
+    raw = kq.random_blocks(dtype, rows, cols, rng).reshape(-1)
     x = rng.standard_normal((nt, cols)).astype(np.float32)
     exact, bound = reference(dtype, raw, rows, cols, x)
     for simd in (True, False):

@@ -43,7 +43,6 @@ from emu_harness import (
 U = 2.0**-24
 NAMES = {kq.Q5_0: "q5_0", kq.Q5_1: "q5_1", kq.Q4_K: "q4_k", kq.Q5_K: "q5_k", kq.Q6_K: "q6_k"}
 TYPES = tuple(NAMES)
-F16_FIELDS = {kq.Q5_0: (0,), kq.Q5_1: (0, 2), kq.Q4_K: (0, 2), kq.Q5_K: (0, 2), kq.Q6_K: (208,)}
 # Roundings a leaf term passes through inside Fmt<W>::dot (shaders/quant_k.h):
 #   Q5_0: product code*x, pair sum, chain of 16 pairs, * d                          = 19
 #   Q5_1: as Q5_0 then + m * sx (the sx leaves: pair, chain 16, * m, +)             = 20
@@ -57,20 +56,9 @@ def _tid(t: int) -> str:
     return GT(t).name
 
 
-def random_blocks(dtype: int, rows: int, cols: int, rng) -> np.ndarray:
-    """Arbitrary bytes with finite fp16 scales / mins, (rows, row_bytes) uint8."""
-    elems, nbytes = kq.BLOCK[dtype]
-    b = rng.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
-    for off in F16_FIELDS[dtype]:
-        h = b[..., off : off + 2].copy().view(np.uint16)
-        h[(h & 0x7C00) == 0x7C00] &= 0xBFFF  # inf/NaN -> finite
-        b[..., off : off + 2] = h.view(np.uint8)
-    return np.ascontiguousarray(b.reshape(rows, -1))
-
-
 def make_blocks(dtype: int, rows: int, cols: int, source: str, rng) -> np.ndarray:
     if source == "random":
-        return random_blocks(dtype, rows, cols, rng)
+        return kq.random_blocks(dtype, rows, cols, rng)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     w *= rng.choice([1e-3, 1.0, 50.0], (rows, cols // 32)).repeat(32, axis=1)  # uneven scales
     return np.ascontiguousarray(kq.quantize(dtype, w).reshape(rows, -1))
@@ -206,7 +194,7 @@ def test_gemv_exact_on_integer_activations(emu):
     wrong code, scale or group index cannot hide inside a rounding bound."""
     rng = np.random.default_rng(5)
     rows, cols = 7, 512
-    raw = random_blocks(kq.Q6_K, rows, cols, rng).reshape(rows, -1, 210)
+    raw = kq.random_blocks(kq.Q6_K, rows, cols, rng).reshape(rows, -1, 210)
     raw[..., 208:210] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
     raw = np.ascontiguousarray(raw.reshape(rows, -1))
     x = rng.integers(-4, 5, (2, cols)).astype(np.float32)
