@@ -38,6 +38,9 @@ rm -rf "$pkg"
 mkdir -p "$pkg"
 cp -r src/metallic "$pkg/metallic"
 find "$pkg/metallic" -name '_core*.so' -delete
+# No emulator library in the sanitized package (a dev build's link is dropped, as CI has none):
+# its ucontext fibers are outside what ASan supports in-process (see below).
+rm -f "$pkg/metallic/libmetallic_shaders_emu.so"
 find "$pkg/metallic" -name __pycache__ -prune -exec rm -rf {} +
 mkdir -p "$pkg/metallic/models"
 cp models/registry.json "$pkg/metallic/models/"  # where the wheel puts it
@@ -79,8 +82,11 @@ tests=(tests/python/test_kernels.py tests/python/test_kquants.py tests/python/te
 sys.exit(0 if "/asan/pkg/" in p else f"sanitize.sh: metallic resolves to {p}")'
 
 echo "== ASan+UBSan: ${tests[*]}"
+# Tests marked `emulator` (device="metal-emulated") are left out: the emulator's ucontext fibers
+# are outside what ASan supports in-process; its kernels have their own TSan and ASan+UBSan
+# replays (tests/python/test_metal_emu_broken.py).
 ASAN_OPTIONS="$common:detect_leaks=0" LD_PRELOAD="$preload" \
-  "$PY" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"
+  "$PY" -m pytest -q -p no:cacheprovider -m "not emulator" "${tests[@]}" "$@"
 
 # Stacks (4 frames deep) that reach the interpreter or a third-party extension are theirs.
 supp="$BUILD_DIR/lsan.supp"

@@ -276,5 +276,7 @@ def _installed_library_missing() -> str | None:
     )
 
 
-# Tests of device="metal-emulated" need the library installed next to metallic._core.
-NEEDS_EMULATOR = unless_available(_installed_library_missing())
+def NEEDS_EMULATOR(test):  # noqa: N802 (used as a decorator, like the marks above)
+    """Marks a test of device="metal-emulated" (`-m "not emulator"` leaves it out: the sanitizer
+    pass does) that needs the library installed next to metallic._core."""
+    return pytest.mark.emulator(unless_available(_installed_library_missing())(test))
