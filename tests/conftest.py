@@ -37,6 +37,12 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """Path of Gemma-3-270M Q4_K_M (verified by sha256); a SentencePiece vocabulary."""
+    return _registry_file("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
 def smollm2(smollm2_path):
     """One loaded SmolLM2 model shared by the tests that only read from it."""
     import metallic

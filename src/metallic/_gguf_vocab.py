@@ -2,18 +2,27 @@
 
 Private helper of :mod:`metallic.tokenizer` (keeps that module under the size limit).
 
-Only ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE) is rebuilt. The pre-tokenizer is chosen
-from ``tokenizer.ggml.pre`` through :data:`PRE_ALIASES` → :data:`PRE_TOKENIZERS`: the split
-regexes llama.cpp applies for that name, applied one after another (each isolating its matches)
-before the byte-level mapping. A missing ``pre`` means ``"default"`` (as in llama.cpp); an
-unknown one raises :class:`~metallic.errors.UnsupportedFormat` instead of guessing, because a
-wrong split silently changes token ids. Tokens of type 3 (control) and 4 (user-defined) become
-HF added tokens, so chat markers such as ``<|im_start|>`` are always matched whole.
+Two ``tokenizer.ggml.model`` values are rebuilt:
+
+* ``"gpt2"`` (byte-level BPE). The pre-tokenizer is chosen from ``tokenizer.ggml.pre`` through
+  :data:`PRE_ALIASES` → :data:`PRE_TOKENIZERS`: the split regexes llama.cpp applies for that
+  name, applied one after another (each isolating its matches) before the byte-level mapping. A
+  missing ``pre`` means ``"default"`` (as in llama.cpp); an unknown one raises
+  :class:`~metallic.errors.UnsupportedFormat` instead of guessing, because a wrong split silently
+  changes token ids. Tokens of type 3 (control) and 4 (user-defined) become HF added tokens, so
+  chat markers such as ``<|im_start|>`` are always matched whole.
+* ``"llama"`` (SentencePiece with scores and ``<0xXX>`` byte tokens: Llama 2, Mistral v0.1,
+  Phi-3, Gemma): see :mod:`metallic._gguf_spm`. ``tokenizer.ggml.pre`` plays no part. As in
+  llama.cpp, missing ids default to unk 0 / bos 1 / eos 2, and BOS is added unless
+  ``tokenizer.ggml.add_bos_token`` says otherwise.
+
+Other models (``bert``, ``t5``, ``rwkv``, ...) raise :class:`~metallic.errors.NotImplementedFeature`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
@@ -80,7 +89,7 @@ def corrupt(key: str, expected: str, got: object) -> errors.CorruptFile:
 
 def token_id(meta: dict, key: str, n_vocab: int, source: str) -> int | None:
     """``meta[key]`` checked to be a token id in ``[0, n_vocab)``; None when absent."""
-    value = _scalar(meta.get(key))
+    value = scalar(meta.get(key))
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_vocab:
@@ -88,12 +97,12 @@ def token_id(meta: dict, key: str, n_vocab: int, source: str) -> int | None:
     return value
 
 
-def _scalar(value: object) -> object:
+def scalar(value: object) -> object:
     """Numpy scalars (``np.uint32``, ``np.bool_``) from a GGUF reader as Python values."""
     return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
 
 
-def _as_list(value: object, key: str) -> list:
+def as_list(value: object, key: str) -> list:
     if hasattr(value, "tolist"):  # numpy arrays from a GGUF reader
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
@@ -124,8 +133,8 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     Raises:
         errors.InvalidArgument: ``metadata`` is not a dict.
         errors.CorruptFile: missing or inconsistent keys, unknown merge tokens, bad ids.
-        errors.UnsupportedFormat: an unknown ``tokenizer.ggml.pre``.
-        errors.NotImplementedFeature: a tokenizer model other than ``gpt2``.
+        errors.UnsupportedFormat: an unknown ``tokenizer.ggml.pre`` (byte-level BPE).
+        errors.NotImplementedFeature: a tokenizer model other than ``gpt2`` / ``llama``.
     """
     if not isinstance(metadata, dict):
         raise errors.InvalidArgument(
@@ -134,24 +143,35 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     kind = metadata.get("tokenizer.ggml.model")
     if kind is None:
         raise corrupt(f"{source}: tokenizer.ggml.model", "a tokenizer model name", "none")
-    if kind != "gpt2":
+    if kind == "llama":
+        # Imported here: _gguf_spm imports this module's helpers at its top.
+        from ._gguf_spm import SPM_DEFAULT_IDS, build_sentencepiece
+
+        hf, types = build_sentencepiece(metadata, source)
+        add_bos_default, default_ids = True, SPM_DEFAULT_IDS
+    elif kind == "gpt2":
+        pre_name = metadata.get("tokenizer.ggml.pre", "default")
+        family = PRE_ALIASES.get(pre_name) if isinstance(pre_name, str) else None
+        if family is None:
+            raise errors.UnsupportedFormat(
+                f"[tokenizer] {source}: tokenizer.ggml.pre: expected one of "
+                f"{sorted(PRE_ALIASES)}, got {pre_name!r}"
+            )
+        hf, types = _build_byte_level_bpe(metadata, source, family)
+        add_bos_default, default_ids = family in _ADD_BOS_DEFAULT, {}
+    else:
         raise errors.NotImplementedFeature(
-            f"[tokenizer] {source}: tokenizer.ggml.model: expected 'gpt2' (byte-level BPE), "
-            f"got {kind!r}; SentencePiece ('llama'), 'bert', 't5', 'rwkv' are not supported yet"
+            f"[tokenizer] {source}: tokenizer.ggml.model: expected 'gpt2' (byte-level BPE) or "
+            f"'llama' (SentencePiece), got {kind!r}; 'bert', 't5', 'rwkv' are not supported yet"
         )
-    pre_name = metadata.get("tokenizer.ggml.pre", "default")
-    family = PRE_ALIASES.get(pre_name) if isinstance(pre_name, str) else None
-    if family is None:
-        raise errors.UnsupportedFormat(
-            f"[tokenizer] {source}: tokenizer.ggml.pre: expected one of "
-            f"{sorted(PRE_ALIASES)}, got {pre_name!r}"
-        )
-    hf, types = _build_byte_level_bpe(metadata, source, family)
     n_vocab = len(types)
     names = ("bos", "eos", "eot", "eom")
     ids = {k: token_id(metadata, f"tokenizer.ggml.{k}_token_id", n_vocab, source) for k in names}
-    add_bos = _scalar(metadata.get("tokenizer.ggml.add_bos_token", family in _ADD_BOS_DEFAULT))
-    add_eos = _scalar(metadata.get("tokenizer.ggml.add_eos_token", False))
+    for k in ("bos", "eos"):
+        if ids[k] is None and default_ids.get(k, n_vocab) < n_vocab:
+            ids[k] = default_ids[k]
+    add_bos = scalar(metadata.get("tokenizer.ggml.add_bos_token", add_bos_default))
+    add_eos = scalar(metadata.get("tokenizer.ggml.add_eos_token", False))
     for key, flag, tid in (("add_bos", add_bos, ids["bos"]), ("add_eos", add_eos, ids["eos"])):
         if not isinstance(flag, bool):
             raise corrupt(f"{source}: tokenizer.ggml.{key}_token", "a bool", repr(flag))
@@ -178,32 +198,42 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     )
 
 
+def read_token_table(meta: dict[str, Any], source: str) -> tuple[list[str], list[int], dict]:
+    """``tokenizer.ggml.tokens`` / ``.token_type`` checked. Returns (tokens, types, token → id)."""
+    key = f"{source}: tokenizer.ggml"
+    if "tokenizer.ggml.tokens" not in meta:
+        raise corrupt(f"{key}.tokens", "an array", "none")
+    tokens = as_list(meta["tokenizer.ggml.tokens"], f"{key}.tokens")
+    if not tokens or not all(type(t) is str for t in tokens):
+        raise corrupt(f"{key}.tokens", "a non-empty array of strings", "other values")
+    n_vocab = len(tokens)
+    raw_types = meta.get("tokenizer.ggml.token_type")
+    types = [1] * n_vocab if raw_types is None else as_list(raw_types, f"{key}.token_type")
+    if len(types) != n_vocab:
+        raise corrupt(f"{key}.token_type", f"{n_vocab} entries", len(types))
+    bad = [t for t in types if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+    bad = bad or sorted({int(t) for t in types} - _VALID_TOKEN_TYPES)
+    if bad:
+        raise corrupt(f"{key}.token_type", "integers in 0..6", repr(bad[:4]))
+    types = [int(t) for t in types]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != n_vocab:  # DEBT: llama.cpp tolerates duplicates; HF models cannot hold them
+        seen: set[str] = set()
+        dup = next(t for t in tokens if t in seen or seen.add(t))
+        raise corrupt(f"{key}.tokens", "unique tokens", f"{dup!r} twice")
+    return tokens, types, vocab
+
+
 def _build_byte_level_bpe(
     meta: dict[str, Any], source: str, family: str
 ) -> tuple[_HFTokenizer, list[int]]:
     """Byte-level BPE from GGUF tokens / merges / token types. Returns (tokenizer, types)."""
     key = f"{source}: tokenizer.ggml"
-    for name in ("tokens", "merges"):
-        if f"tokenizer.ggml.{name}" not in meta:
-            raise corrupt(f"{key}.{name}", "an array", "none")
-    tokens = _as_list(meta["tokenizer.ggml.tokens"], f"{key}.tokens")
-    if not tokens or not all(type(t) is str for t in tokens):
-        raise corrupt(f"{key}.tokens", "a non-empty array of strings", "other values")
+    tokens, types, vocab = read_token_table(meta, source)
+    if "tokenizer.ggml.merges" not in meta:
+        raise corrupt(f"{key}.merges", "an array", "none")
     n_vocab = len(tokens)
-    raw_types = meta.get("tokenizer.ggml.token_type")
-    types = [1] * n_vocab if raw_types is None else _as_list(raw_types, f"{key}.token_type")
-    if len(types) != n_vocab:
-        raise corrupt(f"{key}.token_type", f"{n_vocab} entries", len(types))
-    if not set(types) <= _VALID_TOKEN_TYPES:
-        raise corrupt(
-            f"{key}.token_type", "values in 0..6", sorted(set(types) - _VALID_TOKEN_TYPES)
-        )
-    vocab = {t: i for i, t in enumerate(tokens)}
-    if len(vocab) != n_vocab:  # DEBT: llama.cpp tolerates duplicates; HF BPE cannot hold them
-        seen: set[str] = set()
-        dup = next(t for t in tokens if t in seen or seen.add(t))
-        raise corrupt(f"{key}.tokens", "unique tokens", f"{dup!r} twice")
-    merges = _as_list(meta["tokenizer.ggml.merges"], f"{key}.merges")
+    merges = as_list(meta["tokenizer.ggml.merges"], f"{key}.merges")
     pairs = []
     append = pairs.append
     for i, merge in enumerate(merges):

@@ -4,22 +4,27 @@ Two ways in:
 
 * :meth:`Tokenizer.from_folder` — an HF folder: ``tokenizer.json`` (+ ``tokenizer_config.json``,
   ``generation_config.json``, ``config.json`` when present).
-* :meth:`Tokenizer.from_gguf` — the ``tokenizer.ggml.*`` keys of a GGUF file. Only
-  ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE) is rebuilt; the pre-tokenizer comes from
-  ``tokenizer.ggml.pre`` (see :mod:`metallic._gguf_vocab`: the split regexes llama.cpp applies
-  for that name). A missing ``pre`` means ``"default"`` (as in llama.cpp); an unknown one raises
-  :class:`~metallic.errors.UnsupportedFormat` rather than guessing, since a wrong split silently
-  changes token ids. DEBT: SentencePiece GGUFs (``model == "llama"``: Llama 2, Gemma) raise
-  :class:`~metallic.errors.NotImplementedFeature`.
+* :meth:`Tokenizer.from_gguf` — the ``tokenizer.ggml.*`` keys of a GGUF file, with the ids
+  llama.cpp gives (see :mod:`metallic._gguf_vocab`). ``tokenizer.ggml.model == "gpt2"``
+  (byte-level BPE): the pre-tokenizer comes from ``tokenizer.ggml.pre`` (the split regexes
+  llama.cpp applies for that name); a missing ``pre`` means ``"default"`` (as in llama.cpp); an
+  unknown one raises :class:`~metallic.errors.UnsupportedFormat` rather than guessing, since a
+  wrong split silently changes token ids. ``"llama"`` (SentencePiece with scores and byte
+  fallback: Llama 2, Mistral v0.1, Phi-3, Gemma): see :mod:`metallic._gguf_spm`. Other models
+  raise :class:`~metallic.errors.NotImplementedFeature`.
 
-BOS: a GGUF's ``tokenizer.ggml.add_bos_token`` decides (default: True only for the llama3 family);
-a folder's ``add_bos_token`` in tokenizer_config.json decides, else tokenizer.json's
-post-processor. Chat templates may write BOS themselves: encode their output with
-``add_special_tokens=False`` then.
+BOS: a GGUF's ``tokenizer.ggml.add_bos_token`` decides (default: True for SentencePiece and the
+llama3 family); a folder's ``add_bos_token`` in tokenizer_config.json decides, else
+tokenizer.json's post-processor. Chat templates may write BOS themselves: encode their output
+with ``add_special_tokens=False`` then.
 
-Decoding never "cleans up" spaces (llama.cpp's ``clean_spaces``), so ``decode(encode(s)) == s``.
+Decoding never "cleans up" spaces (llama.cpp's ``clean_spaces``), so ``decode(encode(s)) == s``
+for byte-level BPE. For SentencePiece it holds for text without a literal ``▁`` (U+2581, which
+decodes to a space), except that with ``add_space_prefix`` llama.cpp also prefixes a space to
+the text after each marker token, which decoding keeps (``"<s>hi"`` decodes as ``"<s> hi"``).
 Streaming decode (:class:`StreamingDetokenizer`) maps each token to its bytes once (cached) and
-feeds them to an incremental UTF-8 decoder, so it is O(1) per token and never splits a character.
+feeds them to an incremental UTF-8 decoder, so it is O(1) per token and never splits a character
+(SentencePiece byte tokens ``<0xE2>`` are held back until their character is complete).
 """
 
 from __future__ import annotations
@@ -251,9 +256,10 @@ class Tokenizer:
             source: the file path, for messages.
 
         Raises:
-            errors.CorruptFile: missing or inconsistent keys, unknown merge tokens, bad ids.
-            errors.UnsupportedFormat: an unknown ``tokenizer.ggml.pre``.
-            errors.NotImplementedFeature: a tokenizer model other than ``gpt2``.
+            errors.CorruptFile: missing or inconsistent keys, unknown merge tokens, bad ids,
+                SentencePiece scores / byte tokens that do not fit the token list.
+            errors.UnsupportedFormat: an unknown ``tokenizer.ggml.pre`` (byte-level BPE).
+            errors.NotImplementedFeature: a tokenizer model other than ``gpt2`` / ``llama``.
         """
         v = build_gguf_vocab(metadata, source)
         return cls(
