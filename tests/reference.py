@@ -1,313 +1,249 @@
-"""Independent NumPy reference for the ``llama`` and ``qwen2`` decoder families (HF convention).
+"""Independent NumPy reference for the decoder families, with HF transformers' semantics.
 
 Written for clarity, not speed: every op is a few lines of plain NumPy and the forward pass reads
 top to bottom like the model card. The engine's kernels and whole-model outputs are checked
-against it.
+against it, and it is itself checked against transformers' logits (tests/fixtures/families/,
+written by scripts/make_family_fixtures.py). Dequantizers live in ``reference_quant.py`` and RoPE
+in ``reference_rope.py``; both are re-exported here.
 
 Conventions
 -----------
 * Weights use HF names (``model.layers.N.self_attn.q_proj.weight`` ...) and HF layouts: q/k rows
-  are *not* permuted and RoPE pairs element ``i`` with ``i + head_dim/2`` ("rotate halves").
-* ``cfg`` is an HF ``config.json`` dict (``hidden_size``, ``num_attention_heads``,
-  ``num_key_value_heads``, ``head_dim`` (optional), ``rms_norm_eps``, ``rope_theta``,
-  ``rope_scaling`` (optional)). q/k/v biases are used when present in ``weights`` (qwen2); the
-  head is ``lm_head.weight`` when present, else the tied ``model.embed_tokens.weight``.
+  are *not* permuted and RoPE pairs element ``i`` with ``i + rot/2`` ("rotate halves"). Gemma
+  norm weights are HF's ``w`` (the norm multiplies by ``1 + w``; GGUF files store ``1 + w``).
+* ``cfg`` is an HF ``config.json`` dict with hub-style keys (``rope_theta``, ``rope_scaling``, ...).
+  q/k/v biases are used when present in ``weights`` (qwen2); the head is ``lm_head.weight`` when
+  present, else the tied ``model.embed_tokens.weight``. Defaults for missing keys are the
+  transformers config classes' defaults (e.g. mistral ``sliding_window`` 4096, gemma2 softcaps
+  50 / 30, gemma ``query_pre_attn_scalar`` 256).
 * Math runs in float64 by default. The reference stands for the exact result, so its own rounding
   (~1e-16) vanishes next to the engine's float32 rounding (~6e-8 per op) and every measured
   difference is the engine's. ``dtype=np.float32`` exists to measure that float32 noise floor.
 * The engine's two deliberate precision trades are reproduced exactly when asked for:
   ``act_quant`` (int8 activations for matmuls whose weight is stored in a block type) and
   ``kv_f16`` (K after RoPE and V rounded to float16 when written to the cache).
+
+Families (``cfg["model_type"]``) and what each adds to the llama block
+----------------------------------------------------------------------
+* ``llama``, ``qwen2`` (q/k/v biases): pre-norm block, SiLU-gated MLP, causal attention.
+* ``qwen3``: per-head RMSNorm of q and k (``self_attn.q_norm`` / ``k_norm``, over head_dim)
+  before RoPE; explicit ``head_dim``.
+* ``mistral``: every layer attends to a sliding window of ``sliding_window`` keys.
+* ``phi3``: fused ``qkv_proj`` (rows q, k, v) and ``gate_up_proj`` (rows gate, up); RoPE on the
+  first ``head_dim * partial_rotary_factor`` features; ``longrope`` scaling; a ``sliding_window``
+  when set (llama.cpp ignores phi3's window).
+* ``gemma2`` / ``gemma3_text``: RMSNorm multiplies by ``(1 + w)``; four norms per block (input,
+  post-attention on the attention output, pre-feedforward, post-feedforward on the MLP output);
+  GELU-tanh gated MLP; embeddings times sqrt(hidden_size) rounded to the model dtype; attention
+  scale ``query_pre_attn_scalar ** -0.5``; sliding-window layers (gemma2: even layers; gemma3:
+  ``layer_types`` or every layer but each ``sliding_window_pattern``-th) and final-logit
+  soft-capping ``tanh(x / cap) * cap``. gemma2 also soft-caps attention scores (before the
+  mask); gemma3 adds the per-head q/k norm (also ``1 + w``) and a second RoPE base for its
+  sliding layers.
+* Sliding window W (transformers' ``sliding_window_overlay``: ``kv_idx > q_idx - W``): the query
+  at position t sees keys t-W+1 .. t, i.e. W keys including itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-QK = 32  # elements per block of every 32-block type (Q8_0, Q4_0, Q4_1 and the int8 activations)
-# storage dtypes whose matmuls quantize activations
-QUANTIZED = frozenset({"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
-
-# ----------------------------------------------------------------------------- dequantizers
-# Each takes the raw bytes of whole blocks (uint8, any shape whose last axis holds complete
-# blocks of a row) and returns float32 values, shape (..., elements per row).
-
-
-def _blocks(raw: np.ndarray, block_bytes: int) -> np.ndarray:
-    raw = np.ascontiguousarray(raw, dtype=np.uint8)
-    return raw.reshape(*raw.shape[:-1], raw.shape[-1] // block_bytes, block_bytes)
-
-
-def _f16(two_bytes: np.ndarray) -> np.ndarray:
-    """(..., 2) little-endian bytes -> float32 (...) through float16."""
-    return np.ascontiguousarray(two_bytes).view("<f2")[..., 0].astype(np.float32)
-
-
-def _merge_blocks(vals: np.ndarray) -> np.ndarray:
-    """(..., n_blocks, 32) -> (..., n_blocks * 32)."""
-    return vals.reshape(*vals.shape[:-2], vals.shape[-2] * vals.shape[-1])
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """(..., 16) packed bytes -> (..., 32): low nibbles are elements 0..15, high 16..31."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)
-
-
-def dequant_q8_0(raw: np.ndarray) -> np.ndarray:
-    """Q8_0 block (34 bytes): f16 d, 32 x int8 q. Value q * d."""
-    b = _blocks(raw, 34)
-    d = _f16(b[..., 0:2])
-    q = b[..., 2:34].view(np.int8).astype(np.float32)
-    return _merge_blocks(q * d[..., None])
-
-
-def dequant_q4_0(raw: np.ndarray) -> np.ndarray:
-    """Q4_0 block (18 bytes): f16 d, 16 bytes of nibbles. Value (q - 8) * d."""
-    b = _blocks(raw, 18)
-    d = _f16(b[..., 0:2])
-    return _merge_blocks((_nibbles(b[..., 2:18]) - 8.0) * d[..., None])
-
-
-def dequant_q4_1(raw: np.ndarray) -> np.ndarray:
-    """Q4_1 block (20 bytes): f16 d, f16 m, 16 bytes of nibbles. Value q * d + m."""
-    b = _blocks(raw, 20)
-    d = _f16(b[..., 0:2])
-    m = _f16(b[..., 2:4])
-    return _merge_blocks(_nibbles(b[..., 4:20]) * d[..., None] + m[..., None])
-
-
-def _q5_codes(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
-    """(..., 4) little-endian uint32 high bits, (..., 16) nibbles -> (..., 32) 5-bit codes."""
-    bits = (np.ascontiguousarray(qh).view("<u4") >> np.arange(32, dtype=np.uint32)) & 1
-    return _nibbles(qs) + 16.0 * bits.astype(np.float32)
-
-
-def dequant_q5_0(raw: np.ndarray) -> np.ndarray:
-    """Q5_0 block (22 bytes): f16 d, 4 bytes of fifth bits, 16 bytes of nibbles. (q - 16) * d."""
-    b = _blocks(raw, 22)
-    return _merge_blocks(
-        (_q5_codes(b[..., 2:6], b[..., 6:22]) - 16.0) * _f16(b[..., 0:2])[..., None]
-    )
-
-
-def dequant_q5_1(raw: np.ndarray) -> np.ndarray:
-    """Q5_1 block (24 bytes): f16 d, f16 m, 4 bytes of fifth bits, 16 bytes of nibbles. q*d + m."""
-    b = _blocks(raw, 24)
-    q = _q5_codes(b[..., 4:8], b[..., 8:24])
-    return _merge_blocks(q * _f16(b[..., 0:2])[..., None] + _f16(b[..., 2:4])[..., None])
-
-
-def _k4_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(..., 12) packed Q4_K/Q5_K scales -> 6-bit (sc, m), each (..., 8) float32."""
-    sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 15) | (s[..., 0:4] >> 6 << 4)], -1)
-    m = np.concatenate([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | (s[..., 4:8] >> 6 << 4)], -1)
-    return sc.astype(np.float32), m.astype(np.float32)
-
-
-def _dequant_k45(raw: np.ndarray, block_bytes: int) -> np.ndarray:
-    """Q4_K (144 bytes) / Q5_K (176): f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, [32 bytes
-    of fifth bits,] 128 bytes of nibbles. Sub-block j (32 values): d*sc[j]*q - dmin*m[j], where
-    q's low 4 bits are byte 32*(j//2)+l's low (j even) or high (j odd) nibble and its fifth bit
-    is bit j of qh[l]."""
-    b = _blocks(raw, block_bytes)
-    sc, m = _k4_scales(b[..., 4:16])
-    qs = b[..., -128:].reshape(*b.shape[:-1], 4, 1, 32) >> np.array([[0], [4]], np.uint8)
-    q = (qs & 15).reshape(*b.shape[:-1], 8, 32).astype(np.float32)
-    if block_bytes == 176:
-        q += 16.0 * ((b[..., None, 16:48] >> np.arange(8, dtype=np.uint8)[:, None]) & 1)
-    d, dmin = _f16(b[..., 0:2])[..., None], _f16(b[..., 2:4])[..., None]
-    return _merge_blocks(_merge_blocks((d * sc)[..., None] * q - (dmin * m)[..., None]))
-
-
-def dequant_q6_k(raw: np.ndarray) -> np.ndarray:
-    """Q6_K block (210 bytes): 128 bytes low nibbles, 64 bytes of 2-bit highs, 16 int8 scales,
-    f16 d. Value 128h+32t+l: low nibble of ql[64h+32(t%2)+l] >> 4(t//2), high bits
-    qh[32h+l] >> 2t; value = d * scales[v//16] * (q - 32)."""
-    b = _blocks(raw, 210)
-    lead = b.shape[:-1]
-    ql = b[..., 0:128].reshape(*lead, 2, 1, 2, 32) >> np.array([[[0]], [[4]]], np.uint8)
-    low = (ql & 15).reshape(*lead, 2, 4, 32)  # (half, t, l)
-    high = (
-        b[..., 128:192].reshape(*lead, 2, 1, 32) >> (2 * np.arange(4, dtype=np.uint8))[:, None]
-    ) & 3
-    q = (low | (high << 4)).astype(np.float32).reshape(*lead, 16, 16) - 32.0
-    scale = _f16(b[..., 208:210])[..., None] * b[..., 192:208].view(np.int8).astype(np.float32)
-    return _merge_blocks(_merge_blocks(scale[..., None] * q))
-
-
-def dequant_f16(raw: np.ndarray) -> np.ndarray:
-    """IEEE half, little endian."""
-    return np.ascontiguousarray(raw, dtype=np.uint8).view("<f2").astype(np.float32)
-
-
-def dequant_bf16(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 = the top 16 bits of a float32."""
-    bits = np.ascontiguousarray(raw, dtype=np.uint8).view("<u2").astype(np.uint32)
-    return (bits << 16).view(np.float32)
-
-
-def dequant_f32(raw: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(raw, dtype=np.uint8).view("<f4").copy()
-
-
-DEQUANT = {
-    "f32": dequant_f32,
-    "f16": dequant_f16,
-    "bf16": dequant_bf16,
-    "q8_0": dequant_q8_0,
-    "q4_0": dequant_q4_0,
-    "q4_1": dequant_q4_1,
-    "q5_0": dequant_q5_0,
-    "q5_1": dequant_q5_1,
-    "q4_k": lambda raw: _dequant_k45(raw, 144),
-    "q5_k": lambda raw: _dequant_k45(raw, 176),
-    "q6_k": dequant_q6_k,
-}
-
-
-def dequantize(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Raw tensor bytes of storage ``dtype`` -> float32 array of numpy-order ``shape``."""
-    flat = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1)
-    return DEQUANT[dtype](flat).reshape(shape)
-
-
-# ----------------------------------------------------------------------------- int8 activations
-
-
-def quantize_act_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize activations per block of 32, as the engine does before a quantized matmul.
-
-    Args:
-        x: (..., K) activations, K a multiple of 32; converted to float32 first (the engine's
-           activations are float32).
-    Returns:
-        q: (..., K) int8 in [-127, 127], q = rint(x * (127 / amax)) in float32, half to even.
-        d: (..., K / 32) float32 scales, d = amax / 127; an all-zero block has d = 0, q = 0.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    xb = x.reshape(*x.shape[:-1], x.shape[-1] // QK, QK)
-    amax = np.abs(xb).max(axis=-1)
-    d = amax / np.float32(127)
-    with np.errstate(divide="ignore"):
-        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
-    q = np.rint(xb * inv[..., None])  # float32 product, round half to even
-    q = np.clip(q, -127, 127).astype(np.int8)
-    return q.reshape(x.shape), d.astype(np.float32)
-
-
-def dequant_act(q: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """(q, d) from :func:`quantize_act_q8` -> float64 q * d (exact: 8-bit times 24-bit)."""
-    qb = q.astype(np.float64).reshape(*q.shape[:-1], q.shape[-1] // QK, QK)
-    return (qb * d.astype(np.float64)[..., None]).reshape(q.shape)
-
-
-# ----------------------------------------------------------------------------- RoPE frequencies
-
-
-def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    """(head_dim/2,) float64: theta ** (-2i / head_dim)."""
-    return 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-
-
-def llama3_inv_freq(
-    inv_freq: np.ndarray,
-    factor: float,
-    low_freq_factor: float,
-    high_freq_factor: float,
-    original_max_position_embeddings: int,
-) -> np.ndarray:
-    """Llama 3 rope scaling: long wavelengths slowed by ``factor``, short ones kept, a smooth
-    blend in between (wavelength measured against the original context)."""
-    old_ctx = float(original_max_position_embeddings)
-    low_wavelen = old_ctx / low_freq_factor  # longer than this: fully scaled
-    high_wavelen = old_ctx / high_freq_factor  # shorter than this: unchanged
-    out = np.empty_like(inv_freq, dtype=np.float64)
-    for i, f in enumerate(inv_freq):
-        wavelen = 2.0 * math.pi / f
-        if wavelen < high_wavelen:
-            out[i] = f
-        elif wavelen > low_wavelen:
-            out[i] = f / factor
-        else:
-            smooth = (old_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-            out[i] = (1.0 - smooth) * f / factor + smooth * f
-    return out
-
-
-def inv_freq_from_config(cfg: Mapping) -> np.ndarray:
-    """The (head_dim/2,) inverse frequencies after any ``rope_scaling`` in an HF config."""
-    head_dim = head_dim_of(cfg)
-    base = rope_inv_freq(head_dim, float(cfg.get("rope_theta", 10000.0)))
-    scaling = cfg.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return base
-    if kind == "linear":
-        return base / float(scaling["factor"])
-    if kind == "llama3":
-        return llama3_inv_freq(
-            base,
-            float(scaling["factor"]),
-            float(scaling["low_freq_factor"]),
-            float(scaling["high_freq_factor"]),
-            int(scaling["original_max_position_embeddings"]),
-        )
-    raise ValueError(f"reference: unsupported rope_scaling {kind!r}")
-
-
-def head_dim_of(cfg: Mapping) -> int:
-    return int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
-
+from reference_quant import (  # noqa: F401  (re-exported: the tests use reference.*)
+    DEQUANT,
+    QK,
+    QUANTIZED,
+    dequant_act,
+    dequant_bf16,
+    dequant_f16,
+    dequant_f32,
+    dequant_q4_0,
+    dequant_q4_1,
+    dequant_q5_0,
+    dequant_q5_1,
+    dequant_q6_k,
+    dequant_q8_0,
+    dequantize,
+    quantize_act_q8,
+)
+from reference_rope import (  # noqa: F401  (re-exported)
+    FULL,
+    SLIDING,
+    Rope,
+    apply_rope,
+    head_dim_of,
+    inv_freq_from_config,
+    llama3_inv_freq,
+    longrope_attention_factor,
+    longrope_original,
+    rope_for_layer,
+    rope_interleaved,
+    rope_inv_freq,
+    rope_rotate_halves,
+    rope_theta,
+    rotary_dim,
+)
 
 # ----------------------------------------------------------------------------- ops
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """x: (n, d), w: (d,). x / sqrt(mean(x^2) + eps) * w."""
+    """x: (..., d), w: (d,). x / sqrt(mean(x^2) + eps) * w."""
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope_rotate_halves(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
-    """x: (n, heads, head_dim). Rotates the pair (x[i], x[i + head_dim/2]) by pos * inv_freq[i]."""
-    ang = positions[:, None].astype(np.float64) * inv_freq[None, :]  # (n, head_dim/2)
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
-def rope_interleaved(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
-    """x: (n, heads, head_dim). Rotates the pair (x[2i], x[2i+1]) by pos * inv_freq[i] (the
-    GGUF-llama layout). Used by the tests to prove the q/k permutation facts."""
-    ang = positions[:, None].astype(np.float64) * inv_freq[None, :]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-    out = np.empty_like(x)
-    out[..., 0::2] = x[..., 0::2] * cos - x[..., 1::2] * sin
-    out[..., 1::2] = x[..., 1::2] * cos + x[..., 0::2] * sin
-    return out
-
-
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+def causal_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    scale: float,
+    *,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> np.ndarray:
     """q: (n, n_head, hd); k, v: (n, n_head_kv, hd). Query head h reads kv head
-    h // (n_head / n_head_kv) (GQA). Position i attends to 0..i. Returns (n, n_head * hd)."""
+    h // (n_head / n_head_kv) (GQA). Position i attends to keys j with i - window < j <= i (all
+    j <= i without a window); scores are scaled, then soft-capped (tanh(s / cap) * cap), then
+    masked. Returns (n, n_head * hd)."""
     n, n_head, hd = q.shape
     group = n_head // k.shape[1]
-    out = np.empty_like(q)
-    future = np.triu(np.ones((n, n), dtype=bool), k=1)
+    out = np.empty((n, n_head, v.shape[-1]), dtype=q.dtype)
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    masked = j > i
+    if window is not None:
+        masked |= j <= i - window
     for h in range(n_head):
         kh, vh = k[:, h // group, :], v[:, h // group, :]
         scores = (q[:, h, :] @ kh.T) * scale  # (n, n)
-        scores[future] = -np.inf
+        if softcap is not None:
+            scores = np.tanh(scores / softcap) * softcap
+        scores[masked] = -np.inf
         p = np.exp(scores - scores.max(axis=-1, keepdims=True))
         out[:, h, :] = (p / p.sum(axis=-1, keepdims=True)) @ vh
-    return out.reshape(n, n_head * hd)
+    return out.reshape(n, n_head * v.shape[-1])
 
 
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """transformers' ``gelu_pytorch_tanh``: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def soft_cap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    return x if cap is None else np.tanh(x / cap) * cap
+
+
+# ----------------------------------------------------------------------------- family traits
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "silu": silu,
+    "gelu_pytorch_tanh": gelu_tanh,
+}
+GEMMA = ("gemma2", "gemma3_text")
+MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "phi3", *GEMMA)
+
+
+def round_to_model_dtype(value: float, cfg: Mapping) -> float:
+    """``value`` as transformers holds it in the model dtype (``torch_dtype`` / ``dtype`` of the
+    config, float32 when absent): a float32 tensor, then cast (bfloat16: round to nearest even)."""
+    name = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
+    f32 = np.float32(value)
+    if name == "float32":
+        return float(f32)
+    if name == "float16":
+        return float(np.float16(f32))
+    if name == "bfloat16":
+        bits = int(f32.view(np.uint32))
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return float(np.uint32(bits).view(np.float32))
+    raise ValueError(f"reference: unsupported model dtype {name!r}")
+
+
+def layer_types(cfg: Mapping) -> list[str]:
+    """Per layer "full_attention" or "sliding_attention", as the family's config class sets it."""
+    n, mt = int(cfg["num_hidden_layers"]), cfg.get("model_type", "llama")
+    if mt in GEMMA:
+        if cfg.get("layer_types"):
+            types = list(cfg["layer_types"])
+        else:  # gemma2: alternating, gemma3: sliding_window_pattern (BC default 6)
+            pattern = 2 if mt == "gemma2" else int(cfg.get("sliding_window_pattern", 6))
+            types = [SLIDING if (i + 1) % pattern else FULL for i in range(n)]
+    elif mt in ("mistral", "phi3"):
+        types = [SLIDING if sliding_window(cfg) is not None else FULL] * n
+    elif mt in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
+        raise ValueError("reference: qwen use_sliding_window=True is not supported")
+    else:
+        types = [FULL] * n
+    if len(types) != n or set(types) - {FULL, SLIDING}:
+        raise ValueError(f"reference: layer_types {types} for {n} layers")
+    return types
+
+
+def sliding_window(cfg: Mapping) -> int | None:
+    mt = cfg.get("model_type", "llama")
+    if mt in ("mistral", *GEMMA):
+        return cfg.get("sliding_window", 4096)  # the config classes' default
+    if mt == "phi3":
+        return cfg.get("sliding_window")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """What the config says about the block structure (the one place that dispatches on
+    ``model_type``)."""
+
+    model_type: str
+    norm_offset: float  # gemma: RMSNorm multiplies by (norm_offset + w)
+    qk_norm: bool  # per-head RMSNorm of q and k before RoPE
+    sandwich: bool  # gemma: post-attention / pre- and post-feedforward norms
+    fused: bool  # phi3: qkv_proj and gate_up_proj
+    act: Callable[[np.ndarray], np.ndarray]
+    embed_scale: float | None
+    attn_scale: float
+    attn_softcap: float | None
+    final_softcap: float | None
+    layer_types: tuple[str, ...]
+    window: int | None
+
+
+def arch_of(cfg: Mapping) -> Arch:
+    mt = cfg.get("model_type", "llama")
+    if mt not in MODEL_TYPES:
+        raise ValueError(f"reference: unsupported model_type {mt!r}")
+    gemma = mt in GEMMA
+    act = cfg.get("hidden_activation", "gelu_pytorch_tanh") if gemma else cfg.get("hidden_act")
+    if (act or "silu") not in ACTIVATIONS:
+        raise ValueError(f"reference: unsupported activation {act!r}")
+    attn_softcap = final_softcap = None
+    if mt == "gemma2":
+        attn_softcap = cfg.get("attn_logit_softcapping", 50.0)
+        final_softcap = cfg.get("final_logit_softcapping", 30.0)
+    elif mt == "gemma3_text":
+        if cfg.get("attn_logit_softcapping") is not None:  # HF ignores it, llama.cpp refuses it
+            raise ValueError("reference: gemma3 with attn_logit_softcapping")
+        final_softcap = cfg.get("final_logit_softcapping")
+    scalar = float(cfg.get("query_pre_attn_scalar", 256)) if gemma else head_dim_of(cfg)
+    return Arch(
+        model_type=mt,
+        norm_offset=1.0 if gemma else 0.0,
+        qk_norm=mt in ("qwen3", "gemma3_text"),
+        sandwich=gemma,
+        fused=mt == "phi3",
+        act=ACTIVATIONS[act or "silu"],
+        embed_scale=round_to_model_dtype(math.sqrt(cfg["hidden_size"]), cfg) if gemma else None,
+        attn_scale=scalar**-0.5,
+        attn_softcap=attn_softcap,
+        final_softcap=final_softcap,
+        layer_types=tuple(layer_types(cfg)),
+        window=sliding_window(cfg),
+    )
 
 
 # ----------------------------------------------------------------------------- forward
@@ -336,6 +272,7 @@ def forward(
     act_quant: Mapping[str, str] | None = None,
     kv_f16: bool = False,
     dtype=np.float64,
+    longrope_long: bool | None = None,
 ) -> np.ndarray:
     """Logits of every position of ``tokens`` (a fresh context, positions 0..n-1).
 
@@ -349,40 +286,70 @@ def forward(
             None: no activation quantization.
         kv_f16: round K (after RoPE) and V to float16 as they enter the KV cache.
         dtype: math dtype, float64 (default) or float32.
+        longrope_long: longrope only: force the long (True) or short (False) factors. None is
+            transformers' rule (long iff len(tokens) > original_max_position_embeddings);
+            llama.cpp's rule is long iff its context size > original.
     Returns:
         (len(tokens), vocab) logits in ``dtype``.
     """
+    arch = arch_of(cfg)
     n_head, n_kv = int(cfg["num_attention_heads"]), int(cfg["num_key_value_heads"])
     hd, eps = head_dim_of(cfg), float(cfg["rms_norm_eps"])
-    inv_freq = inv_freq_from_config(cfg)
-    linear = _Linear(weights, act_quant, dtype)
-    pos = np.arange(len(tokens))
     n = len(tokens)
+    ropes = {t: rope_for_layer(cfg, t, n, longrope_long) for t in set(arch.layer_types)}
+    linear = _Linear(weights, act_quant, dtype)
+    pos = np.arange(n)
 
     def w(name: str) -> np.ndarray:
         return weights[name].astype(dtype)
 
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        scale = w(name) + arch.norm_offset if arch.norm_offset else w(name)
+        return rms_norm(x, scale, eps)
+
     x = w("model.embed_tokens.weight")[np.asarray(tokens)]  # (n, hidden)
-    for i in range(int(cfg["num_hidden_layers"])):
+    if arch.embed_scale is not None:
+        x = x * dtype(arch.embed_scale)
+    for i, kind in enumerate(arch.layer_types):
         p = f"model.layers.{i}."
-        h = rms_norm(x, w(p + "input_layernorm.weight"), eps)
+        h = norm(x, p + "input_layernorm.weight")
         a = p + "self_attn."
-        q = linear(h, a + "q_proj.weight", a + "q_proj.bias").reshape(n, n_head, hd)
-        k = linear(h, a + "k_proj.weight", a + "k_proj.bias").reshape(n, n_kv, hd)
-        v = linear(h, a + "v_proj.weight", a + "v_proj.bias").reshape(n, n_kv, hd)
-        q, k = rope_rotate_halves(q, pos, inv_freq), rope_rotate_halves(k, pos, inv_freq)
+        if arch.fused:
+            qkv = linear(h, a + "qkv_proj.weight")
+            q, k, v = np.split(qkv, [n_head * hd, (n_head + n_kv) * hd], axis=-1)
+        else:
+            q = linear(h, a + "q_proj.weight", a + "q_proj.bias")
+            k = linear(h, a + "k_proj.weight", a + "k_proj.bias")
+            v = linear(h, a + "v_proj.weight", a + "v_proj.bias")
+        q, k, v = q.reshape(n, n_head, hd), k.reshape(n, n_kv, hd), v.reshape(n, n_kv, hd)
+        if arch.qk_norm:
+            q, k = norm(q, a + "q_norm.weight"), norm(k, a + "k_norm.weight")
+        q, k = apply_rope(q, pos, ropes[kind]), apply_rope(k, pos, ropes[kind])
         if kv_f16:
             k = k.astype(np.float32).astype(np.float16).astype(dtype)
             v = v.astype(np.float32).astype(np.float16).astype(dtype)
-        attn = causal_attention(q, k, v, 1.0 / math.sqrt(hd))
-        x = x + linear(attn, a + "o_proj.weight")
-        h = rms_norm(x, w(p + "post_attention_layernorm.weight"), eps)
+        window = arch.window if kind == SLIDING else None
+        attn = causal_attention(q, k, v, arch.attn_scale, window=window, softcap=arch.attn_softcap)
+        out = linear(attn, a + "o_proj.weight")
+        if arch.sandwich:
+            out = norm(out, p + "post_attention_layernorm.weight")
+        x = x + out
         m = p + "mlp."
-        gate_up = silu(linear(h, m + "gate_proj.weight")) * linear(h, m + "up_proj.weight")
-        x = x + linear(gate_up, m + "down_proj.weight")
-    x = rms_norm(x, w("model.norm.weight"), eps)
+        if arch.sandwich:
+            h = norm(x, p + "pre_feedforward_layernorm.weight")
+        else:
+            h = norm(x, p + "post_attention_layernorm.weight")
+        if arch.fused:
+            gate, up = np.split(linear(h, m + "gate_up_proj.weight"), 2, axis=-1)
+        else:
+            gate, up = linear(h, m + "gate_proj.weight"), linear(h, m + "up_proj.weight")
+        out = linear(arch.act(gate) * up, m + "down_proj.weight")
+        if arch.sandwich:
+            out = norm(out, p + "post_feedforward_layernorm.weight")
+        x = x + out
+    x = norm(x, "model.norm.weight")
     head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
-    return linear(x, head)
+    return soft_cap(linear(x, head), arch.final_softcap)
 
 
 # ----------------------------------------------------------------------------- comparisons

@@ -1,10 +1,13 @@
-"""Tiny random-weight ``llama`` / ``qwen2`` models written as GGUF files or HF safetensors folders.
+"""Tiny random-weight decoder models written as GGUF files or HF safetensors folders: ``llama`` and
+``qwen2`` here, ``qwen3``, ``gemma3``, ``gemma2``, ``mistral`` and ``phi3`` through
+``tiny_families.py`` (configs, weights and GGUF layout facts per family).
 
 ``make_model(tmp_dir, family, dtype, fmt, tied, seed, **overrides)`` returns a :class:`TinyModel`
 whose ``ref_weights`` are the HF-named float32 values *as stored in the file* (quantized weights
 dequantized), so ``reference.forward(model.cfg, model.ref_weights, tokens)`` and the engine see
-exactly the same numbers. GGUF llama files carry q/k rows permuted as llama.cpp's HF->GGUF
-converter does; qwen2 GGUF files are not permuted; HF folders never are.
+exactly the same numbers. GGUF llama (and mistral) files carry q/k rows permuted as llama.cpp's
+HF->GGUF converter does; the other families are not permuted; HF folders never are. GGUF gemma
+files store norm weights as 1 + w, as the converter does; ``ref_weights`` stay in HF terms (w).
 
 Each model ships a byte-level BPE tokenizer trained here (cached per pre-tokenizer for the
 session) with the ChatML special tokens, as tokenizer.json + tokenizer_config.json (HF) or the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -24,6 +28,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import reference
+import tiny_families as tf
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
 BOS_ID, EOS_ID = 1, 2  # as SmolLM2-Instruct: bos <|im_start|>, eos <|im_end|>
@@ -286,22 +291,27 @@ def reference_inputs_from_gguf(path) -> tuple[dict, dict[str, np.ndarray], dict[
 
 
 def _write_gguf(path: Path, cfg: dict, stored: dict, dtypes: dict, tok_json: str) -> None:
-    arch = cfg["model_type"]
+    family_model = cfg["model_type"] in tf.MODEL_TYPE.values()
+    arch = tf.gguf_arch(cfg) if family_model else cfg["model_type"]
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"tiny-{arch}")
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_rope_dimension_count(cfg["head_dim"])
-    w.add_vocab_size(cfg["vocab_size"])
+    # (llama.cpp's vocab loader special-cases general.name containing "phi3": keep family names out)
+    w.add_name("metallic tiny test model" if family_model else f"tiny-{arch}")
+    if family_model:
+        tf.add_gguf_metadata(w, cfg)
+    else:
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"])
+        w.add_block_count(cfg["num_hidden_layers"])
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(cfg["num_attention_heads"])
+        w.add_head_count_kv(cfg["num_key_value_heads"])
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_rope_freq_base(cfg["rope_theta"])
+        w.add_rope_dimension_count(cfg["head_dim"])
+        w.add_vocab_size(cfg["vocab_size"])
     tokens, types, merges = gguf_vocab(tok_json)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2" if arch == "qwen2" else "smollm")
+    w.add_tokenizer_pre("qwen2" if arch in ("qwen2", "qwen3") else "smollm")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
@@ -310,14 +320,21 @@ def _write_gguf(path: Path, cfg: dict, stored: dict, dtypes: dict, tok_json: str
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML)
     scaling = cfg.get("rope_scaling")
-    if scaling:  # llama.cpp stores llama3 scaling as per-frequency divisors of the base inv_freq
-        base = reference.rope_inv_freq(cfg["head_dim"], cfg["rope_theta"])
+    if scaling and not family_model:  # llama.cpp stores llama3 scaling as per-frequency
+        base = reference.rope_inv_freq(cfg["head_dim"], cfg["rope_theta"])  # divisors
         divisors = base / reference.inv_freq_from_config(cfg)
         w.add_tensor("rope_freqs.weight", divisors.astype(np.float32))
+    for name, values in (tf.extra_gguf_tensors(cfg) if family_model else {}).items():
+        w.add_tensor(name, values)
     for hf, raw in stored.items():
-        name, dt = gguf_name(hf), dtypes[hf]
-        if arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k"):
-            heads = cfg["num_attention_heads" if "attn_q" in name else "num_key_value_heads"]
+        dt = dtypes[hf]
+        if family_model:
+            name, heads = tf.gguf_name(cfg, hf), tf.permuted_heads(cfg, hf)
+        else:
+            name, heads = gguf_name(hf), None
+            if arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k"):
+                heads = cfg["num_attention_heads" if "attn_q" in name else "num_key_value_heads"]
+        if heads:
             raw = permute_qk(raw, heads)
         if dt == "f32":
             w.add_tensor(name, raw.view("<f4"))
@@ -400,26 +417,44 @@ def make_model(
     """Write a tiny model under ``tmp_dir`` and return it with its reference weights.
 
     Args:
-        family: "llama" or "qwen2" (qwen2: q/k/v biases; pass tied=False for its usual head).
+        family: "llama" or "qwen2" (qwen2: q/k/v biases; pass tied=False for its usual head), or
+            one of ``tiny_families.FAMILIES`` ("qwen3", "gemma3", "gemma2", "mistral", "phi3";
+            their usual heads: ``tiny_families.USUAL_TIED``).
         dtype: storage of the 2-D weights: f32, f16, bf16 (gguf and hf), q8_0, q4_0, q4_1 (gguf).
             GGUF 1-D tensors (norms, biases) stay F32 as llama.cpp writes them; HF folders store
             every tensor in ``dtype`` as an HF checkpoint does.
         fmt: "gguf" (one file) or "hf" (config.json + model.safetensors + tokenizer files).
-        size_overrides: config.json keys of :data:`DEFAULT_SIZE`, e.g. rope_scaling=LLAMA3_SCALING.
+        size_overrides: config.json keys, of :data:`DEFAULT_SIZE` (llama, qwen2, e.g.
+            rope_scaling=LLAMA3_SCALING) or of ``tiny_families.DEFAULTS[family]``.
     """
-    if family not in ("llama", "qwen2") or fmt not in ("gguf", "hf") or dtype not in STORAGE:
+    family_model = family in tf.FAMILIES
+    if family not in ("llama", "qwen2", *tf.FAMILIES) or fmt not in ("gguf", "hf"):
         raise ValueError(f"unsupported tiny model {family=} {fmt=} {dtype=}")
-    if fmt == "hf" and dtype not in HF_DTYPES:
-        raise ValueError(f"HF safetensors cannot hold {dtype}")
-    cfg = make_config(family, tied, dtype, **size_overrides)
-    tok_json = trained_tokenizer_json(family, cfg["vocab_size"])
+    if dtype not in STORAGE or (fmt == "hf" and dtype not in HF_DTYPES):
+        raise ValueError(f"{fmt} files cannot hold {dtype}")
+    if family_model:
+        ids = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": 0}
+        torch_dtype = TORCH_DTYPES.get(dtype, "float32")
+        cfg = tf.family_config(family, tied, torch_dtype, ids, **size_overrides)
+        weights = tf.family_weights(cfg, seed)
+    else:
+        cfg = make_config(family, tied, dtype, **size_overrides)
+        weights = random_hf_weights(cfg, seed)
+    tok_json = trained_tokenizer_json("qwen2" if "qwen" in family else "llama", cfg["vocab_size"])
     stored, ref, dtypes = {}, {}, {}
-    for name, values in random_hf_weights(cfg, seed).items():
+    for name, values in weights.items():
         dt = dtype if (values.ndim == 2 or fmt == "hf") else "f32"
-        stored[name], ref[name] = store(values, dt)
+        in_gguf = fmt == "gguf" and family_model
+        stored[name], ref[name] = store(
+            tf.to_gguf_values(cfg, name, values) if in_gguf else values, dt
+        )
+        ref[name] = tf.from_gguf_values(cfg, name, ref[name]) if in_gguf else ref[name]
         dtypes[name] = dt
     tag = f"{family}-{'tied' if tied else 'untied'}-{dtype}-s{seed}"
-    tag += "-rs" if cfg.get("rope_scaling") else ""
+    tag += "-rs" if cfg.get("rope_scaling") and not family_model else ""
+    if family_model and size_overrides:
+        key = json.dumps(size_overrides, sort_keys=True).encode()
+        tag += "-o" + hashlib.sha256(key).hexdigest()[:10]
     out = Path(tmp_dir) / f"{tag}.{fmt}"
     if fmt == "gguf":
         _write_gguf(out, cfg, stored, dtypes, tok_json)
