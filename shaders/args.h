@@ -4,7 +4,9 @@
 // Grid constants the host needs for sizing live here too.
 #pragma once
 
-#ifndef __METAL_VERSION__
+#ifdef __METAL_VERSION__
+#include <metal_stdlib>  // shaders: uint32_t comes with the standard library, as in quant_blocks.h
+#else
 #include <cstdint>
 #endif
 

@@ -19,7 +19,7 @@ struct Fmt;
 template <>
 struct Fmt<float> {
   enum { kElems = 1, kBytes = 4 };
-  static float get(device const uchar* b, uint i) { return *(device const float*)b; }
+  static float get(device const uchar* b, uint) { return *(device const float*)b; }
   template <typename X>
   static float dot(device const uchar* b, X x) {
     return *(device const float*)b * x[0];
@@ -29,7 +29,7 @@ struct Fmt<float> {
 template <>
 struct Fmt<half> {
   enum { kElems = 1, kBytes = 2 };
-  static float get(device const uchar* b, uint i) { return float(*(device const half*)b); }
+  static float get(device const uchar* b, uint) { return float(*(device const half*)b); }
   template <typename X>
   static float dot(device const uchar* b, X x) {
     return float(*(device const half*)b) * x[0];
@@ -39,7 +39,7 @@ struct Fmt<half> {
 template <>
 struct Fmt<Bf16> {
   enum { kElems = 1, kBytes = 2 };
-  static float get(device const uchar* b, uint i) { return as_type<float>(uint(((device const Bf16*)b)->bits) << 16); }
+  static float get(device const uchar* b, uint) { return as_type<float>(uint(((device const Bf16*)b)->bits) << 16); }
   template <typename X>
   static float dot(device const uchar* b, X x) {
     return get(b, 0) * x[0];

@@ -19,13 +19,17 @@
 
 #ifdef __METAL_VERSION__
 #include <metal_stdlib>  // shaders: fixed-width integer types come with the standard library
+// MSL keeps every program-scope variable, constexpr ones included, in the constant address space
+// ("program scope variable must reside in constant address space"; scripts/check_msl_apple.py).
+#define METALLIC_PROGRAM_SCOPE constant
 #else
 #include <cstdint>
+#define METALLIC_PROGRAM_SCOPE
 #endif
 
 namespace metallic {
 
-constexpr int kQK = 32;  // elements per block of the 32-wide formats
+constexpr METALLIC_PROGRAM_SCOPE int kQK = 32;  // elements per block of the 32-wide formats
 
 struct BlockQ8_0 {
   uint16_t d;  // fp16 scale
@@ -61,13 +65,13 @@ struct BlockQ5_1 {
 };
 static_assert(sizeof(BlockQ5_1) == 24, "BlockQ5_1 must be 24 bytes");
 
-constexpr int kQK_K = 256;  // elements per K-quant super-block
+constexpr METALLIC_PROGRAM_SCOPE int kQK_K = 256;  // elements per K-quant super-block
 
 // Q4_K / Q5_K 6-bit scales and mins of the 8 sub-blocks, packed into 12 bytes:
 //   bytes 0..3:  sc[0..3] in bits 0..5; bits 6..7 are bits 4..5 of sc[4..7]
 //   bytes 4..7:  m[0..3]  in bits 0..5; bits 6..7 are bits 4..5 of m[4..7]
 //   bytes 8..11: low nibble = bits 0..3 of sc[4..7], high nibble = bits 0..3 of m[4..7]
-constexpr int kKScaleBytes = 12;
+constexpr METALLIC_PROGRAM_SCOPE int kKScaleBytes = 12;
 
 // Sub-block j (values 32j .. 32j+31): nib[l] = qs[32 * (j / 2) + l] >> (4 * (j % 2)) & 0xf.
 struct BlockQ4_K {
@@ -101,3 +105,5 @@ struct BlockQ6_K {
 static_assert(sizeof(BlockQ6_K) == 210, "BlockQ6_K must be 210 bytes");
 
 }  // namespace metallic
+
+#undef METALLIC_PROGRAM_SCOPE

@@ -22,6 +22,7 @@
 
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
+#include <mach/vm_page_size.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -109,7 +110,7 @@ class MetalDevice final : public MetalPlanDevice {
   id<MTLCommandBuffer> cmd_ = nil;          // retained while recording; nil when idle
   id<MTLComputeCommandEncoder> enc_ = nil;  // retained while recording
   std::unordered_map<std::string, id<MTLComputePipelineState>> pipelines_;  // owned values
-  size_t page_ = 4096;
+  size_t page_ = 0;  // vm_page_size: the granule newBufferWithBytesNoCopy needs (16 KiB on Apple Silicon)
 };
 
 MetalDevice::MetalDevice(const DeviceLimits& limits) : MetalPlanDevice(kWhere, limits) {
@@ -119,15 +120,20 @@ MetalDevice::MetalDevice(const DeviceLimits& limits) : MetalPlanDevice(kWhere, l
       fail(ErrorCode::kDeviceUnavailable, kWhere,
            "MTLCreateSystemDefaultDevice returned no device (no Metal GPU on this system); device='cpu' or "
            "'metal-emulated' run the same plan without one");
-    queue_ = [device_ newCommandQueue];
-    if (queue_ == nil) {
+    page_ = static_cast<size_t>(vm_page_size);
+    std::string why;
+    if (page_ == 0 || (page_ & (page_ - 1)) != 0) {
+      why = "vm_page_size " + std::to_string(page_) + " is not a power of two";
+    } else {
+      queue_ = [device_ newCommandQueue];
+      if (queue_ == nil) why = "cannot create a command queue";
+    }
+    if (!why.empty()) {
       [device_ release];
       device_ = nil;
-      fail(ErrorCode::kDeviceUnavailable, kWhere, "cannot create a command queue");
+      fail(ErrorCode::kDeviceUnavailable, kWhere, why);
     }
   });
-  const long page = sysconf(_SC_PAGESIZE);
-  if (page > 0) page_ = static_cast<size_t>(page);
 }
 
 MetalDevice::~MetalDevice() {
@@ -149,6 +155,10 @@ MetalDevice::~MetalDevice() {
 Buffer MetalDevice::alloc(size_t nbytes) {
   const size_t rounded = std::max<size_t>((nbytes + kAlign - 1) / kAlign * kAlign, kAlign);
   return pooled([&] {
+    if (rounded > [device_ maxBufferLength])
+      fail(ErrorCode::kOutOfMemory, kWhere,
+           "alloc: " + std::to_string(nbytes) + " bytes exceed the device's largest buffer (" +
+               std::to_string([device_ maxBufferLength]) + ")");
     id<MTLBuffer> b = [device_ newBufferWithLength:rounded options:MTLResourceStorageModeShared];
     if (b == nil) fail(ErrorCode::kOutOfMemory, kWhere, "cannot allocate " + std::to_string(nbytes) + " bytes");
     std::memset([b contents], 0, rounded);  // the interface promises zeroed memory
@@ -178,7 +188,9 @@ Buffer MetalDevice::wrap_host(const void* ptr, size_t nbytes) {
                                                 options:MTLResourceStorageModeShared
                                             deallocator:nil];
     if (b == nil)
-      fail(ErrorCode::kOutOfMemory, kWhere, "wrap_host: Metal could not wrap " + std::to_string(span) + " bytes");
+      fail(ErrorCode::kOutOfMemory, kWhere,
+           "wrap_host: newBufferWithBytesNoCopy refused " + std::to_string(span) + " bytes at a " +
+               std::to_string(page_) + "-byte page boundary");
     return Buffer{const_cast<void*>(ptr), nbytes, (void*)b};
   });
 }
@@ -279,6 +291,13 @@ void MetalDevice::encode(const Launch& l) {
           id<MTLBuffer> mb = (id<MTLBuffer>)b.buf.handle;
           const size_t base =
               static_cast<size_t>(static_cast<const char*>(b.buf.host) - static_cast<const char*>([mb contents]));
+          // The plan fenced [offset, offset + extent) inside the Buffer; this fences the Buffer's
+          // bytes inside the MTLBuffer (Metal's rule: a bound offset lies inside its buffer).
+          if (base + b.offset >= [mb length] || b.extent > [mb length] - base - b.offset)
+            fail(ErrorCode::kInvalidArgument, kWhere,
+                 std::string(l.kernel) + ": buffer(" + std::to_string(i) + ") range [" +
+                     std::to_string(base + b.offset) + ", +" + std::to_string(b.extent) +
+                     ") outside its MTLBuffer of " + std::to_string([mb length]) + " bytes");
           [enc setBuffer:mb offset:base + b.offset atIndex:at];
           break;
         }

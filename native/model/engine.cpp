@@ -70,6 +70,18 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
         std::string("kv_dtype: expected F32 or F16, got ") + dtype_name(kv_dtype));
   if (cfg_.attn_scale == 0.f) cfg_.attn_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
 
+  try {
+    build(weights, device, threads);
+  } catch (...) {
+    close();  // a constructor that throws never runs ~Engine: release what was made so far
+    throw;
+  }
+}
+
+// The device, weights, KV cache and activation buffers (every buffer recorded in owned_ as soon
+// as it exists, so close() can release a partly built engine).
+void Engine::build(const WeightMap& weights, const std::string& device, int threads) {
+  const ModelConfig& c = cfg_;
   const int64_t q_dim = c.n_head * c.head_dim;
   const int64_t kv_dim = c.n_head_kv * c.head_dim;
   max_batch_ = std::min(kMaxBatch, ctx_);
@@ -91,7 +103,7 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
     inv_freq_ = Tensor{b, 0, DType::kF32, 1, c.head_dim / 2, b.nbytes};
   }
 
-  const size_t kv_elem = kv_dtype == DType::kF16 ? 2 : 4;
+  const size_t kv_elem = kv_dtype_ == DType::kF16 ? 2 : 4;
   const size_t kv_row = static_cast<size_t>(c.head_dim) * kv_elem;
   const size_t kv_tensor = static_cast<size_t>(c.n_head_kv * ctx_) * kv_row;
   // One zeroed allocation for the whole cache: pages are touched only as positions fill.
@@ -115,8 +127,8 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
     L.w_up = weight(weights, p + "ffn_up.weight", c.n_ff, c.n_embd, true);
     L.w_down = weight(weights, p + "ffn_down.weight", c.n_embd, c.n_ff, true);
     const size_t base = static_cast<size_t>(i) * 2 * kv_tensor;
-    L.k_cache = Tensor{kv, base, kv_dtype, c.n_head_kv * ctx_, c.head_dim, kv_row};
-    L.v_cache = Tensor{kv, base + kv_tensor, kv_dtype, c.n_head_kv * ctx_, c.head_dim, kv_row};
+    L.k_cache = Tensor{kv, base, kv_dtype_, c.n_head_kv * ctx_, c.head_dim, kv_row};
+    L.v_cache = Tensor{kv, base + kv_tensor, kv_dtype_, c.n_head_kv * ctx_, c.head_dim, kv_row};
   }
 
   x_ = activations(c.n_embd);

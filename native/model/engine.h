@@ -76,6 +76,7 @@ class Engine {
     Tensor k_cache, v_cache;  // (n_head_kv * ctx, head_dim)
   };
 
+  void build(const WeightMap& weights, const std::string& device, int threads);
   Tensor weight(const WeightMap& w, const std::string& name, int64_t rows, int64_t cols, bool required);
   Tensor vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required);
   Tensor activations(int64_t cols);

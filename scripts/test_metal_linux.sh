@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# device="metal" on Linux: installs metallic built with the Linux Metal runtime exactly as the
+# README says (pip install . -C cmake.define.METALLIC_METAL_ON_LINUX=ON), into its own folder
+# (build/metal-linux-site; its own build dir, so the ordinary install is left alone), then runs
+# tests/python/test_metal_linux.py against it with METALLIC_REQUIRE_METAL_LINUX=1 (a missing
+# runtime fails instead of skipping). Needs root for apt (CI runs as root).
+#
+# Usage: scripts/test_metal_linux.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_clang.sh
+if ! command -v gnustep-config >/dev/null || [[ ! -e /usr/include/Block.h ]]; then
+  SUDO=""
+  [[ "$(id -u)" != 0 ]] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq libgnustep-base-dev libblocksruntime-dev >/dev/null 2>&1 ||
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libgnustep-base-dev libblocksruntime-dev >/dev/null; }
+fi
+site=build/metal-linux-site
+rm -rf "$site"
+echo "== pip install . -C cmake.define.METALLIC_METAL_ON_LINUX=ON (into $site)"
+python3 -m pip install --quiet --no-deps --target "$site" . \
+  -C cmake.define.METALLIC_METAL_ON_LINUX=ON -C build-dir=build/metal-linux-wheel
+# The installed package must be the one the tests import (checked without importing _core).
+PYTHONPATH="$PWD/$site" python3 -c 'import importlib.util as u, sys; p = u.find_spec("metallic").origin
+sys.exit(0 if "/metal-linux-site/" in p else f"test_metal_linux.sh: metallic resolves to {p}")'
+echo "== tests/python/test_metal_linux.py (device=\"metal\" on the Linux Metal runtime)"
+PYTHONPATH="$PWD/$site" METALLIC_REQUIRE_METAL_LINUX=1 \
+  python3 -m pytest -q -p no:cacheprovider tests/python/test_metal_linux.py "$@"
