@@ -74,7 +74,16 @@ void init_engine(nb::module_& m) {
       .def_rw("qkv_bias", &ModelConfig::qkv_bias)
       .def_rw("tied_embeddings", &ModelConfig::tied_embeddings)
       .def_rw("activation", &ModelConfig::activation)
-      .def_rw("embed_scale", &ModelConfig::embed_scale);
+      .def_rw("embed_scale", &ModelConfig::embed_scale)
+      .def_rw("qk_norm", &ModelConfig::qk_norm)
+      .def_rw("post_norms", &ModelConfig::post_norms)
+      .def_rw("norm_weight_offset", &ModelConfig::norm_weight_offset)
+      .def_rw("layer_window", &ModelConfig::layer_window)
+      .def_rw("rope_inv_freq_local", &ModelConfig::rope_inv_freq_local)
+      .def_rw("attn_softcap", &ModelConfig::attn_softcap)
+      .def_rw("final_softcap", &ModelConfig::final_softcap)
+      .def_rw("rope_dim", &ModelConfig::rope_dim)
+      .def_rw("rope_mscale", &ModelConfig::rope_mscale);
 
   nb::class_<PyWeight>(m, "Weight")
       .def(nb::init<int, std::vector<int64_t>, Bytes>(), nb::arg("dtype"), nb::arg("shape"), nb::arg("data"),

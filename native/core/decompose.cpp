@@ -66,6 +66,7 @@ void decompose(const OpCall& c, void (*run)(void* ctx, const OpCall& op), void* 
       s.t[0] = c.t[7];
       s.t[1] = c.t[8];
       s.p.n_tokens = c.p.n_tokens;
+      s.p.gelu = c.p.gelu;
       run(ctx, s);
       return;
     }

@@ -80,6 +80,12 @@ struct OpParams {
   bool accumulate = false;  // kMatMul: out += result (residual add in the epilogue)
                             // kNormMatMul, kNormSwiGlu: eps is the norm's epsilon
   bool neox = true;         // kRopeKv: rotate-halves pairing (else interleaved pairs)
+                            // kRmsNorm: accumulate = out += norm(x) * w (a post-norm's residual add)
+  int32_t window = 0;       // kAttention: > 0, a query at position t sees keys t-window+1..t
+  float softcap = 0.f;      // kAttention: > 0, scores -> softcap * tanh(score / softcap)
+  bool gelu = false;        // kSwiGlu, kNormSwiGlu: GELU (tanh approximation) gate instead of SiLU
+  int32_t rope_dim = 0;     // kRopeKv: rotate the first rope_dim dims of each head (0: head_dim)
+  float rope_mscale = 1.f;  // kRopeKv: rotated values scaled by this (longrope attention factor)
   // kSample: scale = 1 / temperature; top_k (0: off), top_p, min_p and the uniform draw u.
   int32_t top_k = 0;
   float top_p = 1.f;

@@ -16,6 +16,11 @@ namespace metallic::cpu {
 namespace {
 
 inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+// GELU, tanh approximation (HF "gelu_pytorch_tanh", ggml's gelu).
+inline float gelu_tanh(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  return 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
 
 }  // namespace
 
@@ -50,6 +55,7 @@ void op_rms_norm(const OpCall& c, ThreadPool& pool) {
   const Tensor& out = c.t[2];
   const int64_t n = x.cols;
   const float eps = c.p.eps;
+  const bool acc = c.p.accumulate;
   auto body = [&](int64_t b, int64_t e, int) {
     for (int64_t t = b; t < e; ++t) {
       const float* xi = x.ptr<const float>() + t * n;
@@ -57,7 +63,11 @@ void op_rms_norm(const OpCall& c, ThreadPool& pool) {
       float ss = 0.f;
       for (int64_t i = 0; i < n; ++i) ss += xi[i] * xi[i];
       const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
-      for (int64_t i = 0; i < n; ++i) o[i] = xi[i] * r * w[i];
+      if (acc) {
+        for (int64_t i = 0; i < n; ++i) o[i] += xi[i] * r * w[i];
+      } else {
+        for (int64_t i = 0; i < n; ++i) o[i] = xi[i] * r * w[i];
+      }
     }
   };
   if (c.p.n_tokens < 4) {
@@ -231,17 +241,18 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const float* inv_freq = c.t[5].ptr<const float>();
   const int64_t nt = c.p.n_tokens;
   const int hd = c.p.head_dim;
-  const int half = hd / 2;
+  const int half = (c.p.rope_dim > 0 ? c.p.rope_dim : hd) / 2;  // partial rotary: the first dims
   const int nh = c.p.n_head;
   const int nkv = c.p.n_head_kv;
   const bool neox = c.p.neox;
+  const double mscale = c.p.rope_mscale;  // longrope's attention factor on the rotated dims
   float* cs = s.rope_cs.data();
   for (int64_t t = 0; t < nt; ++t) {  // angles in double: exact enough at long positions
     const double pos = static_cast<double>(c.p.pos0 + t);
     for (int i = 0; i < half; ++i) {
       const double a = pos * static_cast<double>(inv_freq[i]);
-      cs[t * hd + i] = static_cast<float>(std::cos(a));
-      cs[t * hd + half + i] = static_cast<float>(std::sin(a));
+      cs[t * hd + i] = static_cast<float>(std::cos(a) * mscale);
+      cs[t * hd + half + i] = static_cast<float>(std::sin(a) * mscale);
     }
   }
   auto rotate = [&](float* h, const float* cst) {
@@ -300,6 +311,8 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const int group = nh / c.p.n_head_kv;
   const float scale = c.p.scale;
   const int64_t cap = c.p.kv_capacity;
+  const int64_t window = c.p.window;
+  const float softcap = c.p.softcap;
   const DotF32Fn kdot = cpu_traits(kc.dtype).dot_f32;
   const AxpyFn vaxpy = cpu_traits(vc.dtype).axpy;
   auto body = [&](int64_t b, int64_t e, int tid) {
@@ -309,21 +322,24 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       const int64_t t = job / nh;
       const int h = static_cast<int>(job % nh);
       const int64_t g = h / group;
-      const int64_t n_ctx = c.p.pos0 + t + 1;  // causal: positions 0..pos
+      const int64_t n_ctx = c.p.pos0 + t + 1;                                    // causal: positions 0..pos
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, n_ctx - window) : 0;  // sliding window
       const float* qh = q.ptr<const float>() + t * q.cols + h * hd;
       float mx = -INFINITY;
-      for (int64_t p = 0; p < n_ctx; ++p) {
-        scores[p] = kdot(hd, kc.row(g * cap + p), qh) * scale;
-        mx = std::max(mx, scores[p]);
+      for (int64_t p = lo; p < n_ctx; ++p) {
+        float sc = kdot(hd, kc.row(g * cap + p), qh) * scale;
+        if (softcap > 0.f) sc = softcap * std::tanh(sc / softcap);
+        scores[p] = sc;
+        mx = std::max(mx, sc);
       }
       float sum = 0.f;
-      for (int64_t p = 0; p < n_ctx; ++p) {
+      for (int64_t p = lo; p < n_ctx; ++p) {
         scores[p] = std::exp(scores[p] - mx);
         sum += scores[p];
       }
       const float inv = 1.f / sum;
       std::fill(acc, acc + hd, 0.f);
-      for (int64_t p = 0; p < n_ctx; ++p) vaxpy(hd, scores[p] * inv, vc.row(g * cap + p), acc);
+      for (int64_t p = lo; p < n_ctx; ++p) vaxpy(hd, scores[p] * inv, vc.row(g * cap + p), acc);
       std::memcpy(out.ptr<float>() + t * out.cols + h * hd, acc, static_cast<size_t>(hd) * sizeof(float));
     }
   };
@@ -342,8 +358,13 @@ void op_swiglu(const OpCall& c, ThreadPool& pool) {
   const int64_t n = c.p.n_tokens * g.cols;
   float* gp = g.ptr<float>();
   const float* up = u.ptr<const float>();
+  const bool gelu = c.p.gelu;
   auto body = [&](int64_t b, int64_t e, int) {
-    for (int64_t i = b; i < e; ++i) gp[i] = silu(gp[i]) * up[i];
+    if (gelu) {
+      for (int64_t i = b; i < e; ++i) gp[i] = gelu_tanh(gp[i]) * up[i];
+    } else {
+      for (int64_t i = b; i < e; ++i) gp[i] = silu(gp[i]) * up[i];
+    }
   };
   if (n < 8192) {
     body(0, n, 0);

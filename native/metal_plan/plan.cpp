@@ -173,6 +173,15 @@ bool MetalPlanDevice::supports(OpCode op, DType dtype) const {
 }
 
 void MetalPlanDevice::run(const OpCall& call) {
+  // DEBT(issue #11): the kernels have no GELU gate, post-norm residual add, sliding window,
+  // soft-capping, partial or scaled RoPE yet (gemma2/3, phi3 and windowed models run on cpu).
+  const bool partial_rope = call.op == OpCode::kRopeKv &&
+                            ((call.p.rope_dim != 0 && call.p.rope_dim != call.p.head_dim) || call.p.rope_mscale != 1.f);
+  if (call.p.gelu || call.p.window > 0 || call.p.softcap > 0.f || (call.op == OpCode::kRmsNorm && call.p.accumulate) ||
+      partial_rope)
+    fail(ErrorCode::kNotImplemented, where_,
+         "this model needs GELU gates, post-norms, a sliding window, soft-capping or partial / scaled RoPE, which the "
+         "Metal kernels do not implement yet; use device='cpu'");
   switch (call.op) {
     case OpCode::kEmbed: embed(call); return;
     case OpCode::kRmsNorm: rms_norm(call); return;

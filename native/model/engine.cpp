@@ -56,14 +56,30 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
             "head_dim: expected a positive even number, got " + std::to_string(c.head_dim));
   check_cfg(c.n_head % c.n_head_kv == 0, "n_head_kv must divide n_head: got n_head=" + std::to_string(c.n_head) +
                                              ", n_head_kv=" + std::to_string(c.n_head_kv));
-  check_cfg(static_cast<int64_t>(c.rope_inv_freq.size()) == c.head_dim / 2,
-            "rope_inv_freq: expected " + std::to_string(c.head_dim / 2) + " values, got " +
-                std::to_string(c.rope_inv_freq.size()));
+  check_cfg(c.rope_dim >= 0 && c.rope_dim <= c.head_dim && c.rope_dim % 2 == 0,
+            "rope_dim: expected an even number in 0..head_dim, got " + std::to_string(c.rope_dim));
+  const int64_t rot = c.rope_dim > 0 ? c.rope_dim : c.head_dim;
+  check_cfg(
+      static_cast<int64_t>(c.rope_inv_freq.size()) == rot / 2,
+      "rope_inv_freq: expected " + std::to_string(rot / 2) + " values, got " + std::to_string(c.rope_inv_freq.size()));
+  check_cfg(std::isfinite(c.rope_mscale) && c.rope_mscale > 0.f, "rope_mscale: expected > 0");
   for (float f : c.rope_inv_freq) check_cfg(std::isfinite(f), "rope_inv_freq: non-finite value");
   check_cfg(std::isfinite(c.rms_eps) && c.rms_eps > 0.f, "rms_eps: expected > 0");
   check_cfg(std::isfinite(c.embed_scale), "embed_scale: expected a finite value");
   check_cfg(std::isfinite(c.attn_scale) && c.attn_scale >= 0.f, "attn_scale: expected >= 0");
-  check_cfg(c.activation == Activation::kSilu, "activation: only SILU is implemented by the decoder plan");
+  check_cfg(c.activation == Activation::kSilu || c.activation == Activation::kGeluTanh,
+            "activation: expected SILU or GELU_TANH");
+  check_cfg(
+      c.layer_window.empty() || static_cast<int64_t>(c.layer_window.size()) == c.n_layer,
+      "layer_window: expected " + std::to_string(c.n_layer) + " values, got " + std::to_string(c.layer_window.size()));
+  for (int32_t w : c.layer_window) check_cfg(w >= 0, "layer_window: expected values >= 0");
+  check_cfg(c.rope_inv_freq_local.empty() || c.rope_inv_freq_local.size() == c.rope_inv_freq.size(),
+            "rope_inv_freq_local: expected " + std::to_string(rot / 2) + " values, got " +
+                std::to_string(c.rope_inv_freq_local.size()));
+  for (float f : c.rope_inv_freq_local) check_cfg(std::isfinite(f), "rope_inv_freq_local: non-finite value");
+  check_cfg(std::isfinite(c.norm_weight_offset), "norm_weight_offset: expected a finite value");
+  check_cfg(std::isfinite(c.attn_softcap) && c.attn_softcap >= 0.f, "attn_softcap: expected >= 0");
+  check_cfg(std::isfinite(c.final_softcap) && c.final_softcap >= 0.f, "final_softcap: expected >= 0");
   check(context_length > 0 && context_length <= kMaxContext, ErrorCode::kInvalidArgument, "engine",
         "context_length: expected 1.." + std::to_string(kMaxContext) + ", got " + std::to_string(context_length));
   check(kv_dtype == DType::kF32 || kv_dtype == DType::kF16, ErrorCode::kUnsupportedDType, "engine",
@@ -94,19 +110,29 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   device_ = make_device(device, threads, lim);
 
   tok_embd_ = weight(weights, "token_embd.weight", c.n_vocab, c.n_embd, true);
-  output_norm_ = vector_f32(weights, "output_norm.weight", c.n_embd, true);
+  output_norm_ = norm_weight(weights, "output_norm.weight", c.n_embd, true);
   output_ = c.tied_embeddings ? tok_embd_ : weight(weights, "output.weight", c.n_vocab, c.n_embd, true);
   {
     Buffer b = device_->alloc(c.rope_inv_freq.size() * sizeof(float));
     owned_.push_back(b);
     device_->copy_in(b, 0, c.rope_inv_freq.data(), c.rope_inv_freq.size() * sizeof(float));
-    inv_freq_ = Tensor{b, 0, DType::kF32, 1, c.head_dim / 2, b.nbytes};
+    inv_freq_ = Tensor{b, 0, DType::kF32, 1, static_cast<int64_t>(c.rope_inv_freq.size()), b.nbytes};
+  }
+  inv_freq_local_ = inv_freq_;
+  if (!c.rope_inv_freq_local.empty()) {
+    Buffer b = device_->alloc(c.rope_inv_freq_local.size() * sizeof(float));
+    owned_.push_back(b);
+    device_->copy_in(b, 0, c.rope_inv_freq_local.data(), c.rope_inv_freq_local.size() * sizeof(float));
+    inv_freq_local_ = Tensor{b, 0, DType::kF32, 1, static_cast<int64_t>(c.rope_inv_freq_local.size()), b.nbytes};
   }
 
   const size_t kv_elem = kv_dtype_ == DType::kF16 ? 2 : 4;
   const size_t kv_row = static_cast<size_t>(c.head_dim) * kv_elem;
   const size_t kv_tensor = static_cast<size_t>(c.n_head_kv * ctx_) * kv_row;
   // One zeroed allocation for the whole cache: pages are touched only as positions fill.
+  // DEBT(issue #11): a sliding-window layer keeps every position too (correct, prefix reuse and
+  // prompt-cache files unchanged); a ring of window + max_batch rows per such layer would make
+  // Gemma 3's local layers cost W rows instead of the whole context.
   Buffer kv = device_->alloc(kv_tensor * 2 * static_cast<size_t>(c.n_layer));
   owned_.push_back(kv);
 
@@ -114,7 +140,13 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   for (int64_t i = 0; i < c.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     Layer& L = layers_[static_cast<size_t>(i)];
-    L.attn_norm = vector_f32(weights, p + "attn_norm.weight", c.n_embd, true);
+    L.attn_norm = norm_weight(weights, p + "attn_norm.weight", c.n_embd, true);
+    L.q_norm = norm_weight(weights, p + "attn_q_norm.weight", c.head_dim, c.qk_norm);
+    L.k_norm = norm_weight(weights, p + "attn_k_norm.weight", c.head_dim, c.qk_norm);
+    L.post_attn_norm = norm_weight(weights, p + "post_attention_norm.weight", c.n_embd, c.post_norms);
+    L.post_ffn_norm = norm_weight(weights, p + "post_ffw_norm.weight", c.n_embd, c.post_norms);
+    L.window = c.layer_window.empty() ? 0 : c.layer_window[static_cast<size_t>(i)];
+    L.inv_freq = L.window > 0 ? &inv_freq_local_ : &inv_freq_;
     L.wq = weight(weights, p + "attn_q.weight", q_dim, c.n_embd, true);
     L.wk = weight(weights, p + "attn_k.weight", kv_dim, c.n_embd, true);
     L.wv = weight(weights, p + "attn_v.weight", kv_dim, c.n_embd, true);
@@ -122,7 +154,7 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
     L.bk = vector_f32(weights, p + "attn_k.bias", kv_dim, c.qkv_bias);
     L.bv = vector_f32(weights, p + "attn_v.bias", kv_dim, c.qkv_bias);
     L.wo = weight(weights, p + "attn_output.weight", c.n_embd, q_dim, true);
-    L.ffn_norm = vector_f32(weights, p + "ffn_norm.weight", c.n_embd, true);
+    L.ffn_norm = norm_weight(weights, p + "ffn_norm.weight", c.n_embd, true);
     L.w_gate = weight(weights, p + "ffn_gate.weight", c.n_ff, c.n_embd, true);
     L.w_up = weight(weights, p + "ffn_up.weight", c.n_ff, c.n_embd, true);
     L.w_down = weight(weights, p + "ffn_down.weight", c.n_embd, c.n_ff, true);
@@ -205,7 +237,7 @@ Tensor Engine::weight(const WeightMap& w, const std::string& name, int64_t rows,
   return device_->prepare_weight(Tensor{b, 0, s.dtype, rows, cols, rb}, weights_evictable_);
 }
 
-Tensor Engine::vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required) {
+Tensor Engine::vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required, float offset) {
   const auto it = w.find(name);
   if (it == w.end()) {
     check(!required, ErrorCode::kCorruptFile, "engine", "missing tensor " + name);
@@ -241,6 +273,8 @@ Tensor Engine::vector_f32(const WeightMap& w, const std::string& name, int64_t n
     case DType::kQ5_K:
     case DType::kQ6_K: break;  // rejected above
   }
+  if (offset != 0.f)
+    for (float& v : tmp) v += offset;
   device_->copy_in(b, 0, tmp.data(), b.nbytes);
   return Tensor{b, 0, DType::kF32, 1, n, b.nbytes};
 }
@@ -279,9 +313,36 @@ void Engine::matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<
   }
 }
 
+void Engine::post_norm(const Tensor& y, const Tensor& w, int64_t n) {
+  OpCall norm{OpCode::kRmsNorm};
+  norm.t[0] = y;
+  norm.t[1] = w;
+  norm.t[2] = x_;
+  norm.p.n_tokens = n;
+  norm.p.eps = cfg_.rms_eps;
+  norm.p.accumulate = true;
+  device_->run(norm);
+}
+
+// The (n, heads * head_dim) rows of t seen as n * heads rows of head_dim, normed in place.
+void Engine::head_norm(const Tensor& t, int64_t heads, const Tensor& w, int64_t n) {
+  Tensor v = t;
+  v.rows = t.rows * heads;
+  v.cols = cfg_.head_dim;
+  v.row_stride = static_cast<size_t>(cfg_.head_dim) * sizeof(float);
+  OpCall norm{OpCode::kRmsNorm};
+  norm.t[0] = v;
+  norm.t[1] = w;
+  norm.t[2] = v;
+  norm.p.n_tokens = n * heads;
+  norm.p.eps = cfg_.rms_eps;
+  device_->run(norm);
+}
+
 void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
                    DeviceDraw* draw) {
   const ModelConfig& c = cfg_;
+  if (c.final_softcap > 0.f) draw = nullptr;  // the cap is applied on the host after the head
   device_->copy_in(tokens_.buf, 0, tokens, static_cast<size_t>(n) * sizeof(int32_t));
   {
     OpCall e{OpCode::kEmbed};
@@ -314,13 +375,17 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
       qkv.p.eps = c.rms_eps;
       device_->run(qkv);
     }
+    if (c.qk_norm) {
+      head_norm(q_, c.n_head, L.q_norm, n);
+      head_norm(k_, c.n_head_kv, L.k_norm, n);
+    }
     OpCall r{OpCode::kRopeKv};
     r.t[0] = q_;
     r.t[1] = k_;
     r.t[2] = v_;
     r.t[3] = L.k_cache;
     r.t[4] = L.v_cache;
-    r.t[5] = inv_freq_;
+    r.t[5] = *L.inv_freq;
     r.p.n_tokens = n;
     r.p.pos0 = pos0;
     r.p.n_head = static_cast<int32_t>(c.n_head);
@@ -328,6 +393,8 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     r.p.head_dim = static_cast<int32_t>(c.head_dim);
     r.p.kv_capacity = ctx_;
     r.p.neox = c.rope_neox;
+    r.p.rope_dim = static_cast<int32_t>(c.rope_dim);
+    r.p.rope_mscale = c.rope_mscale;
     device_->run(r);
     OpCall a{OpCode::kAttention};
     a.t[0] = q_;
@@ -336,8 +403,15 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     a.t[3] = att_;
     a.p = r.p;
     a.p.scale = c.attn_scale;
+    a.p.window = L.window;
+    a.p.softcap = c.attn_softcap;
     device_->run(a);
-    matmul(att_, n, {{&L.wo, nullptr}}, {&x_}, true);
+    if (c.post_norms) {  // x += rmsnorm(W_o att): the residual add moves into the norm
+      matmul(att_, n, {{&L.wo, nullptr}}, {&xn_}, false);
+      post_norm(xn_, L.post_attn_norm, n);
+    } else {
+      matmul(att_, n, {{&L.wo, nullptr}}, {&x_}, true);
+    }
     {  // feed-forward block: rmsnorm + gate/up projections + SwiGLU in one op
       OpCall ffn{OpCode::kNormSwiGlu};
       ffn.t[0] = x_;
@@ -349,9 +423,15 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
       ffn.t[11] = L.ffn_norm;
       ffn.p.n_tokens = n;
       ffn.p.eps = c.rms_eps;
+      ffn.p.gelu = c.activation == Activation::kGeluTanh;
       device_->run(ffn);
     }
-    matmul(gate_, n, {{&L.w_down, nullptr}}, {&x_}, true);
+    if (c.post_norms) {
+      matmul(gate_, n, {{&L.w_down, nullptr}}, {&xn_}, false);
+      post_norm(xn_, L.post_ffn_norm, n);
+    } else {
+      matmul(gate_, n, {{&L.w_down, nullptr}}, {&x_}, true);
+    }
   }
   {
     const DeviceCounters after = device_->counters();
@@ -396,6 +476,11 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     }
     device_->synchronize();
     if (draw != nullptr) device_->copy_out(draw_out_.buf, 0, &draw->token, sizeof(int32_t));
+  }
+  if (c.final_softcap > 0.f) {  // on the host, over the rows this call returns (no device draw then)
+    const float cap = c.final_softcap;
+    float* v = dst;
+    for (int64_t i = 0, m = rows * c.n_vocab; i < m; ++i) v[i] = cap * std::tanh(v[i] / cap);
   }
   if (all_logits) {
     std::memcpy(last_logits_.data(), dst + (rows - 1) * c.n_vocab, row_b);

@@ -73,12 +73,21 @@ class Engine {
  private:
   struct Layer {
     Tensor attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down;
-    Tensor k_cache, v_cache;  // (n_head_kv * ctx, head_dim)
+    Tensor q_norm, k_norm, post_attn_norm, post_ffn_norm;  // family switches (qk_norm, post_norms)
+    Tensor k_cache, v_cache;                               // (n_head_kv * ctx, head_dim)
+    const Tensor* inv_freq = nullptr;                      // global or local RoPE frequencies
+    int32_t window = 0;                                    // sliding window (0: global)
   };
 
   void build(const WeightMap& weights, const std::string& device, int threads);
   Tensor weight(const WeightMap& w, const std::string& name, int64_t rows, int64_t cols, bool required);
-  Tensor vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required);
+  // A 1-D weight as F32 (offset: added to every element, for norm weights stored as w of x*(1+w)).
+  Tensor vector_f32(const WeightMap& w, const std::string& name, int64_t n, bool required, float offset = 0.f);
+  Tensor norm_weight(const WeightMap& w, const std::string& name, int64_t n, bool required) {
+    return vector_f32(w, name, n, required, cfg_.norm_weight_offset);
+  }
+  void post_norm(const Tensor& y, const Tensor& w, int64_t n);                 // x_ += rmsnorm(y) * w
+  void head_norm(const Tensor& t, int64_t heads, const Tensor& w, int64_t n);  // per-head RMSNorm in place
   Tensor activations(int64_t cols);
   void batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
              DeviceDraw* draw);
@@ -95,7 +104,7 @@ class Engine {
   bool weights_evictable_;
   std::unique_ptr<Device> device_;
   std::vector<Buffer> owned_;  // buffers to release at close
-  Tensor tok_embd_, output_norm_, output_, inv_freq_;
+  Tensor tok_embd_, output_norm_, output_, inv_freq_, inv_freq_local_;
   Tensor logits_;                   // (1, n_vocab) view of last_logits_, wrapped once
   Tensor draw_scratch_, draw_out_;  // device draws (kArgmax / kSample); unset: not supported
   std::vector<Layer> layers_;

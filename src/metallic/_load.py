@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .errors import InvalidArgument
+from .families import resolve_context
 from .model import Model, _core
 from .quantize import check_target, quantize_weights
 
@@ -144,6 +145,10 @@ def load(
         # measured slower (0.24 s vs 0.20 s on 2 cores: GIL and core contention).
         tokenizer = _build_tokenizer(bundle)
         bar.step("engine")
+        # Settings that depend on the context length (phi3's longrope factors) are fixed here,
+        # once per load, as llama.cpp does; the bundle keeps the resolved config so that the
+        # prompt-cache fingerprint tells the two apart.
+        bundle.config = resolve_context(bundle.config, context_length)
         core = _core()
         cfg = core.ModelConfig()
         for key, value in bundle.config.items():

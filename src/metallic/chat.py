@@ -51,6 +51,38 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+# Gemma's turn format, for Gemma vocabularies without a template of their own (the base models'
+# GGUF files carry none): roles user / model, a system message folded into the first user turn
+# (Gemma has no system role), no BOS (encoding adds it, as the model asks).
+GEMMA_CHAT_TEMPLATE = (
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% else %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '')"
+    " + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% if role == 'user' %}{% set ns.system = '' %}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def default_template(has_token) -> str:
+    """The template for a model that ships none: Gemma's turns when the vocabulary has
+    ``<start_of_turn>`` / ``<end_of_turn>`` and no ChatML markers, else ChatML.
+
+    Args:
+        has_token: ``str -> bool``, whether the vocabulary holds a token.
+
+    Returns:
+        Jinja2 text.
+    """
+    gemma = has_token("<start_of_turn>") and has_token("<end_of_turn>")
+    return GEMMA_CHAT_TEMPLATE if gemma and not has_token("<|im_start|>") else DEFAULT_CHAT_TEMPLATE
+
+
 MAX_SEQUENCE = 1 << 22  # items a `*` may build (characters of a str, elements of a list)
 MAX_POWER_BITS = 1 << 16  # bits of an integer a `**` may build
 MAX_WIDTH = 100_000  # field width / precision in `%`, `format`, `center`

@@ -309,13 +309,13 @@ def _print_summary(last: Any) -> None:
 
 def _generate(model: Any, args: argparse.Namespace, prompt: str | None) -> int:
     tokenizer = model.tokenizer
-    template = tokenizer.chat_template
+    template = tokenizer.chat_template  # by default chat only with the model's own template
     use_chat = bool(template) if args.chat is None else args.chat
-    if use_chat and not template:
+    if use_chat and not tokenizer.knows_chat_format:  # --chat: also a family format (Gemma)
         raise UsageError("argument --chat: expected a model with a chat template, got none")
     sampling = _sampling(args)
     if prompt is None:  # the REPL
-        if not template:
+        if not tokenizer.knows_chat_format:
             raise UsageError(
                 "argument --interactive: expected a model with a chat template, got none"
             )

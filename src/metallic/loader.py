@@ -1,8 +1,10 @@
 """``open_model``: a GGUF file or an HF folder -> validated config + zero-copy canonical weights.
 
 The bundle (docs/CONTRACTS.md section 2) holds numpy ``uint8`` views of the file mmaps; nothing
-is copied. ``close()`` drops the views and then closes the mmaps (a mapping whose views are still
-referenced elsewhere is left to the garbage collector rather than invalidated).
+is copied. A fused tensor (phi3's ``attn_qkv``) becomes one entry per part, each a view of its row
+range (the family's ``split_fused`` hook; see ``metallic.families``). ``close()`` drops the views
+and then closes the mmaps (a mapping whose views are still referenced elsewhere is left to the
+garbage collector rather than invalidated).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import DType
+from .dtypes import DType, row_nbytes
 from .errors import CorruptFile, FileNotFound, UnsupportedFormat
 from .families import family_name, get_family
 from .families.base import GGUF_IGNORED, check_tensors
@@ -25,8 +27,12 @@ from .safetensors import INDEX_NAME, SINGLE_NAME, SafetensorsModel, open_safeten
 
 TAG = "open_model"
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_SMALL_TENSOR = 1 << 20  # elements of a GGUF tensor read as a hyper-parameter (rope factors)
 
 Weights = dict[str, tuple[DType, tuple[int, ...], np.ndarray]]
+Table = dict[str, tuple[DType, tuple[int, ...]]]
+# canonical name -> (tensor name in the file, first byte, end byte or None for the whole tensor)
+Where = dict[str, tuple[str, int, int | None]]
 
 
 class ModelBundle:
@@ -132,9 +138,16 @@ def _open_gguf(p: Path) -> ModelBundle:
         if not isinstance(arch, str):
             raise CorruptFile(f"[{TAG}] {src}: missing metadata key general.architecture")
         fam = get_family(arch)
-        args = fam.args_from_gguf(md, source=src)
+        arg_tensors = tuple(getattr(fam, "GGUF_ARG_TENSORS", ()))
+        if arg_tensors:
+            small = {n: _small_f32(g, n, src) for n in arg_tensors if n in g.tensors}
+            args = fam.args_from_gguf(md, source=src, tensors=small)
+        else:
+            args = fam.args_from_gguf(md, source=src)
         args = dataclasses.replace(args, tie_word_embeddings="output.weight" not in g.tensors)
-        factors = _rope_freqs(g, args, src)
+        factors = (
+            _small_f32(g, "rope_freqs.weight", src) if "rope_freqs.weight" in g.tensors else None
+        )
         config = fam.native_config(args, "gguf", factors, source=src)
         tokens = md.get("tokenizer.ggml.tokens")
         if isinstance(tokens, list) and len(tokens) != config["n_vocab"]:
@@ -143,9 +156,11 @@ def _open_gguf(p: Path) -> ModelBundle:
                 f"[{TAG}] {src}: key tokenizer.ggml.tokens: expected {config['n_vocab']} "
                 f"tokens (the vocabulary size), got {len(tokens)}"
             )
-        table = {n: (t.dtype, t.shape) for n, t in g.tensors.items() if n not in GGUF_IGNORED}
+        skip = GGUF_IGNORED | set(arg_tensors)
+        table = {n: (t.dtype, t.shape) for n, t in g.tensors.items() if n not in skip}
+        table, where = _split_fused(fam, config, table, {n: n for n in table}, src)
         _check(fam, config, table, src)
-        weights: Weights = {n: (dt, shp, g.data(n)) for n, (dt, shp) in table.items()}
+        weights: Weights = {n: (dt, shp, _view(g.data, where[n])) for n, (dt, shp) in table.items()}
         return ModelBundle(
             arch=family_name(arch),
             args=args,
@@ -161,17 +176,64 @@ def _open_gguf(p: Path) -> ModelBundle:
         raise
 
 
-def _rope_freqs(g: GGUFFile, args: Any, src: str) -> np.ndarray | None:
-    info = g.tensors.get("rope_freqs.weight")
-    if info is None:
-        return None
-    if info.dtype != DType.F32 or len(info.shape) != 1:
+def _small_f32(g: GGUFFile, name: str, src: str) -> np.ndarray:
+    """A present 1-D F32 tensor that holds hyper-parameters (rope_freqs, longrope factors)."""
+    info = g.tensors[name]
+    if info.dtype != DType.F32 or len(info.shape) != 1 or info.shape[0] > MAX_SMALL_TENSOR:
         raise CorruptFile(
-            f"[{TAG}] {src}: tensor rope_freqs.weight: expected 1-D F32, got "
-            f"{info.dtype.name} {'x'.join(map(str, info.shape))}"
+            f"[{TAG}] {src}: tensor {name}: expected 1-D F32 of at most {MAX_SMALL_TENSOR} "
+            f"values, got {info.dtype.name} {'x'.join(map(str, info.shape))}"
         )
     # Tiny (head_dim/2 floats): copied so no view outlives close().
-    return g.data("rope_freqs.weight").view("<f4").astype(np.float64)
+    return g.data(name).view("<f4").astype(np.float64)
+
+
+def _split_fused(
+    fam: ModuleType, config: dict[str, Any], table: Table, file_names: dict[str, str], src: str
+) -> tuple[Table, Where]:
+    """Replace each fused tensor by its parts (the family's ``split_fused`` hook).
+
+    Args:
+        fam: the family module.
+        config: its native config (row counts).
+        table: canonical name -> (dtype, shape), as read.
+        file_names: canonical name -> the tensor's name in the file.
+        src: file path for messages.
+
+    Returns:
+        (the table with parts in place of fused tensors, where each entry's bytes lie).
+
+    Raises:
+        ShapeMismatch: a fused tensor's shape (from the hook).
+        CorruptFile: two tensors (or parts) with one canonical name.
+    """
+    split = getattr(fam, "split_fused", None)
+    out: Table = {}
+    where: Where = {}
+    for canon, (dt, shape) in table.items():
+        fname = file_names[canon]
+        parts = split(canon, shape, config, source=src, file_name=fname) if split else None
+        if parts is None:
+            entries = [(canon, tuple(shape), 0, None)]
+        else:
+            # Row-major: rows [first, first + rows) are one contiguous byte range.
+            row = row_nbytes(DType(dt), shape[-1], where=f"{src}: tensor {fname}")
+            entries = [(n, (r, shape[-1]), f * row, (f + r) * row) for n, f, r in parts]
+        for name, shp, start, stop in entries:
+            if name in out:
+                raise CorruptFile(
+                    f"[{TAG}] {src}: tensors {where[name][0]} and {fname} both map to {name}"
+                )
+            out[name] = (dt, shp)
+            where[name] = (fname, start, stop)
+    return out, where
+
+
+def _view(data: Any, at: tuple[str, int, int | None]) -> np.ndarray:
+    """The bytes of one entry: the whole file tensor, or a slice of it (a view, no copy)."""
+    fname, start, stop = at
+    whole = data(fname)
+    return whole if stop is None else whole[start:stop]
 
 
 # ---------------------------------------------------------------------------- HF folder
@@ -203,8 +265,11 @@ def _open_hf(folder: Path) -> ModelBundle:
             table.pop("output.weight", None)  # HF ignores lm_head when embeddings are tied
         args = dataclasses.replace(args, tie_word_embeddings=tied)
         config = fam.native_config(args, "hf", source=src)
+        table, where = _split_fused(fam, config, table, hf_names, src)
         _check(fam, config, table, src)
-        weights: Weights = {n: (dt, shp, st.data(hf_names[n])) for n, (dt, shp) in table.items()}
+        weights: Weights = {
+            n: (dt, shp, _view(st.data, where[n])) for n, (dt, shp) in table.items()
+        }
         return ModelBundle(
             arch=family_name(arch),
             args=args,

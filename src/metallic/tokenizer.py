@@ -40,7 +40,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from . import errors
 from ._gguf_vocab import build_gguf_vocab, corrupt, token_id
-from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, default_template
 
 __all__ = ["StreamingDetokenizer", "Tokenizer"]
 
@@ -173,9 +173,8 @@ class Tokenizer:
         self._add_bos = add_bos
         self._add_eos = add_eos
         self._chat_template = chat_template
-        self._template = ChatTemplate(
-            chat_template or DEFAULT_CHAT_TEMPLATE, f"{source}: chat_template"
-        )
+        self._fallback = default_template(lambda t: hf.token_to_id(t) is not None)
+        self._template = ChatTemplate(chat_template or self._fallback, f"{source}: chat_template")
         added = hf.get_added_tokens_decoder()
         self._added_ids = frozenset(added)
         self._special_ids = frozenset(i for i, t in added.items() if t.special)
@@ -291,8 +290,15 @@ class Tokenizer:
 
     @property
     def chat_template(self) -> str | None:
-        """The model's own Jinja2 chat template, or None (the ChatML default is then used)."""
+        """The model's own Jinja2 chat template, or None (a default is then used)."""
         return self._chat_template
+
+    @property
+    def knows_chat_format(self) -> bool:
+        """True when chat prompts follow the model's format: its own template, or the turn format
+        of its family recognised from the vocabulary (Gemma's ``<start_of_turn>``); False when
+        only the ChatML guess is left."""
+        return self._chat_template is not None or self._fallback is not DEFAULT_CHAT_TEMPLATE
 
     # ------------------------------------------------------------ encode / decode
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
@@ -373,7 +379,8 @@ class Tokenizer:
     def apply_chat_template(
         self, messages: list[dict], *, add_generation_prompt: bool = True
     ) -> str:
-        """Render ``messages`` with the model's template (ChatML when it has none).
+        """Render ``messages`` with the model's template (when it has none: Gemma's turns for a Gemma
+        vocabulary, else ChatML; see :func:`metallic.chat.default_template`).
 
         Encode the result with ``add_special_tokens=False`` when the template writes BOS itself.
 

@@ -33,6 +33,7 @@ class FakeResponse:
 class FakeTokenizer:
     def __init__(self, chat_template: str | None):
         self.chat_template = chat_template
+        self.knows_chat_format = chat_template is not None  # as a model without a family format
         self.rendered: list = []
 
     def apply_chat_template(self, messages, *, add_generation_prompt=True):

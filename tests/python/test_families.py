@@ -243,8 +243,12 @@ def test_llama_from_hf():
         fam.args_from_hf({**HF_LLAMA, "attention_bias": True})
     with pytest.raises(NotImplementedFeature, match="hidden_act"):
         fam.args_from_hf({**HF_LLAMA, "hidden_act": "gelu"})
-    with pytest.raises(NotImplementedFeature, match="sliding_window"):
-        fam.args_from_hf({**HF_LLAMA, "sliding_window": 128})
+    # Mistral v0.1's window is a switch of the plan now: every layer attends to its last 128 keys.
+    windowed = fam.native_config(fam.args_from_hf({**HF_LLAMA, "sliding_window": 128}), "hf")
+    assert windowed["layer_window"] == [128] * HF_LLAMA["num_hidden_layers"]
+    assert "layer_window" not in cfg  # no window: the plan's default (every layer global)
+    with pytest.raises(CorruptFile, match="key sliding_window: expected a positive integer"):
+        fam.args_from_hf({**HF_LLAMA, "sliding_window": 0})
     with pytest.raises(CorruptFile, match="missing config keys hidden_size"):
         fam.args_from_hf({k: v for k, v in HF_LLAMA.items() if k != "hidden_size"})
 

@@ -76,23 +76,31 @@ class BaseModelArgs:
 # ---------------------------------------------------------------------------- name mapping
 
 
-def hf_to_canonical(name: str) -> str | None:
+def hf_to_canonical(
+    name: str,
+    layer_names: dict[str, str] | None = None,
+    global_names: dict[str, str] | None = None,
+) -> str | None:
     """Canonical name of an HF tensor.
 
     Args:
         name: HF checkpoint tensor name.
+        layer_names: the family's per-layer table (default: Llama's ``HF_LAYER_NAMES``).
+        global_names: the family's global table (default: ``HF_GLOBAL_NAMES``).
 
     Returns:
         The canonical name; None for ignored buffers (``rotary_emb.inv_freq``); the name itself
         when it is not a known HF name (the tensor check then reports it as unexpected).
     """
+    layers = HF_LAYER_NAMES if layer_names is None else layer_names
+    globals_ = HF_GLOBAL_NAMES if global_names is None else global_names
     if name.endswith(HF_IGNORED_SUFFIXES):
         return None
-    if name in HF_GLOBAL_NAMES:
-        return HF_GLOBAL_NAMES[name]
+    if name in globals_:
+        return globals_[name]
     m = _HF_LAYER.fullmatch(name)
-    if m and m.group(2) in HF_LAYER_NAMES:
-        return f"blk.{int(m.group(1))}.{HF_LAYER_NAMES[m.group(2)]}"
+    if m and m.group(2) in layers:
+        return f"blk.{int(m.group(1))}.{layers[m.group(2)]}"
     return name
 
 
@@ -111,7 +119,11 @@ def hf_args(cls: type, config: dict[str, Any], source: str) -> Any:
         CorruptFile: a required key is missing.
         NotImplementedFeature: a non-SiLU activation or partial rotary embeddings.
     """
-    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [k for k in required if k not in config]
     if missing:
         raise CorruptFile(f"[{TAG}] {source}: missing config keys {', '.join(missing)}")
@@ -429,6 +441,12 @@ def expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             out[b + "attn_k.bias"] = (kv,)
             out[b + "attn_v.bias"] = (kv,)
         out[b + "attn_output.weight"] = (e, q)
+        if cfg.get("qk_norm"):
+            out[b + "attn_q_norm.weight"] = (hd,)
+            out[b + "attn_k_norm.weight"] = (hd,)
+        if cfg.get("post_norms"):
+            out[b + "post_attention_norm.weight"] = (e,)
+            out[b + "post_ffw_norm.weight"] = (e,)
         out[b + "ffn_norm.weight"] = (e,)
         out[b + "ffn_gate.weight"] = (ff, e)
         out[b + "ffn_up.weight"] = (ff, e)

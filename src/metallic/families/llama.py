@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgument, NotImplementedFeature
+from ..errors import CorruptFile, InvalidArgument, NotImplementedFeature
 from .base import (
     TAG,
     BaseModelArgs,
@@ -23,6 +23,7 @@ from .base import (
     hf_args,
     hf_to_canonical,
     llama_like_config,
+    meta_int,
 )
 
 ARCH = "llama"
@@ -85,7 +86,13 @@ def args_from_gguf(metadata: dict[str, Any], *, source: str = "<gguf>") -> Model
     Returns:
         The args; ``tie_word_embeddings`` is False until the loader sees no ``output.weight``.
     """
-    return ModelArgs.from_dict(gguf_common_args(metadata, ARCH, source))
+    common = gguf_common_args(metadata, ARCH, source)
+    a = metadata.get("general.architecture")
+    a = a if isinstance(a, str) and a else ARCH
+    # Not written by llama.cpp's converter (its llama arch has no window); Mistral v0.1-style
+    # files that carry it are run with it rather than silently without.
+    window = meta_int(metadata, f"{a}.attention.sliding_window", source, 0)
+    return ModelArgs.from_dict({**common, "sliding_window": window or None})
 
 
 def args_from_hf(config: dict[str, Any], *, source: str = "<config.json>") -> ModelArgs:
@@ -103,16 +110,17 @@ def args_from_hf(config: dict[str, Any], *, source: str = "<config.json>") -> Mo
         NotImplementedFeature: attention/MLP biases, a non-SiLU activation, partial rotary,
             or an active sliding window.
     """
+    if config.get("model_type") == "mistral" and "sliding_window" not in config:
+        config = {**config, "sliding_window": 4096}  # transformers' MistralConfig default
     args = hf_args(ModelArgs, config, source)
     if args.attention_bias or args.mlp_bias:
         raise NotImplementedFeature(
             f"[{TAG}] {source}: keys attention_bias/mlp_bias: projection biases are not supported"
         )
-    if args.sliding_window is not None and args.sliding_window < args.max_position_embeddings:
-        # DEBT: sliding-window attention (Mistral v0.1) is not implemented in the decoder plan.
-        raise NotImplementedFeature(
-            f"[{TAG}] {source}: key sliding_window: {args.sliding_window} < context "
-            f"{args.max_position_embeddings} is not supported"
+    if args.sliding_window is not None and args.sliding_window <= 0:
+        raise CorruptFile(
+            f"[{TAG}] {source}: key sliding_window: expected a positive integer or null, got "
+            f"{args.sliding_window}"
         )
     return args
 
@@ -149,10 +157,13 @@ def native_config(
     """
     if source_format not in ("gguf", "hf"):
         raise InvalidArgument(f"[{TAG}] source_format {source_format!r}, expected 'gguf' or 'hf'")
-    return llama_like_config(
+    cfg = llama_like_config(
         args,
         rope_neox=source_format == "hf",
         qkv_bias=False,
         freq_factors=rope_freq_factors,
         source=source,
     )
+    if args.sliding_window:  # Mistral v0.1: every layer attends to its last sliding_window keys
+        cfg["layer_window"] = [int(args.sliding_window)] * args.num_hidden_layers
+    return cfg

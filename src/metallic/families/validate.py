@@ -31,6 +31,11 @@ _FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "dict[str, Any] | None": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "float | None": (lambda v: v is None or _is_number(v), "a finite number or null"),
+    "list[int]": (
+        lambda v: isinstance(v, list) and all(_is_int(x) and 0 <= x <= 1 << 31 for x in v),
+        "a list of integers >= 0",
+    ),
 }
 
 
