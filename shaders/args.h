@@ -18,6 +18,8 @@ struct RmsNormArgs {
   uint32_t x_stride;    // elements between rows of x
   uint32_t out_stride;  // elements between rows of out
   float eps;
+  uint32_t accumulate;  // 1: out += result (a post-norm's residual add)
+  uint32_t pad0, pad1, pad2;
 };
 
 // gemv: grid (ceil(rows / kGemvRowsPerGroup), n_tokens), kGemvSimdgroups * 32 threads.
@@ -48,7 +50,9 @@ struct RopeKvArgs {
   uint32_t q_stride;     // elements between tokens of q (and of k, v below)
   uint32_t k_stride;
   uint32_t v_stride;
-  uint32_t pad0, pad1, pad2;
+  uint32_t rope_dim;  // rotate the first rope_dim dims of each head (inv_freq: rope_dim / 2 values)
+  float mscale;       // rotated values scaled by this (longrope's attention factor; 1: none)
+  uint32_t pad0;
 };
 
 // attention_decode: grid (n_head, n_tokens), kAttnSimdgroups * 32 threads.
@@ -66,6 +70,8 @@ struct AttnArgs {
   uint32_t q_stride;    // elements between tokens of q
   uint32_t out_stride;  // elements between tokens of out
   float scale;          // score scale, usually 1/sqrt(head_dim)
+  uint32_t window;      // > 0: a query at position t sees positions t - window + 1 .. t
+  float softcap;        // > 0: scores -> softcap * tanh(score / softcap)
 };
 
 // swiglu and embed: grid (ceil(cols / kElementwiseThreads), n_tokens).
@@ -74,7 +80,7 @@ struct SwiGluArgs {
   uint32_t cols;
   uint32_t gate_stride;
   uint32_t up_stride;
-  uint32_t pad0;
+  uint32_t gelu;  // 1: GELU (tanh) gate, 0: SiLU
 };
 struct EmbedArgs {
   uint32_t cols;       // embedding width
@@ -105,7 +111,7 @@ struct GemvNormArgs {
   float eps;
   uint32_t pad0, pad1, pad2;
 };
-// out[t, r] = silu(W_gate[r] . xn) * (W_up[r] . xn), xn = rmsnorm(x[t]) * norm_w.
+// out[t, r] = act(W_gate[r] . xn) * (W_up[r] . xn), xn = rmsnorm(x[t]) * norm_w, act SiLU or GELU.
 struct GemvSwiGluArgs {
   uint32_t rows;
   uint32_t cols;
@@ -114,7 +120,7 @@ struct GemvSwiGluArgs {
   uint32_t x_stride;
   uint32_t out_stride;
   float eps;
-  uint32_t pad0;
+  uint32_t gelu;  // as SwiGluArgs
 };
 
 // flash_attn (prefill attention): grid (n_head, ceil(n_tokens / kFlashTileQ)), kFlashThreads
@@ -138,7 +144,9 @@ struct FlashAttnArgs {
   uint32_t out_stride;  // elements between tokens of out
   uint32_t n_tokens;    // query tokens of this call (cache rows pos0 .. pos0 + n_tokens - 1 written)
   float scale;          // score scale, usually 1/sqrt(head_dim)
-  uint32_t pad0, pad1, pad2;
+  uint32_t window;      // as AttnArgs
+  float softcap;        // as AttnArgs
+  uint32_t pad0;
 };
 // gemm (prefill, simdgroup_matrix tiles; gemm.h): same contract as gemv for n_tokens tokens at
 // once. grid (ceil(rows / kGemmTileRows), ceil(n_tokens / kGemmTileTokens)), kGemmSimdgroups * 32
@@ -202,10 +210,10 @@ struct SoftmaxArgs {
 #ifndef __METAL_VERSION__
 static_assert(sizeof(GemvNormArgs) == 64, "GemvNormArgs layout");
 static_assert(sizeof(GemvSwiGluArgs) == 32, "GemvSwiGluArgs layout");
-static_assert(sizeof(RmsNormArgs) == 16, "RmsNormArgs layout");
+static_assert(sizeof(RmsNormArgs) == 32, "RmsNormArgs layout");
 static_assert(sizeof(GemvArgs) == 32, "GemvArgs layout");
 static_assert(sizeof(RopeKvArgs) == 48, "RopeKvArgs layout");
-static_assert(sizeof(AttnArgs) == 32, "AttnArgs layout");
+static_assert(sizeof(AttnArgs) == 40, "AttnArgs layout");
 static_assert(sizeof(SwiGluArgs) == 16, "SwiGluArgs layout");
 static_assert(sizeof(EmbedArgs) == 16, "EmbedArgs layout");
 static_assert(sizeof(FlashAttnArgs) == 48, "FlashAttnArgs layout");

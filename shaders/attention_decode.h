@@ -35,7 +35,8 @@ template <typename C>  // cache element: float or half
   device const C* kh = kc + ulong(g) * a.kv_capacity * a.head_dim;
   device const C* vh = vc + ulong(g) * a.kv_capacity * a.head_dim;
   float m = -INFINITY, l = 0.f;
-  for (uint p = sg; p < n_ctx; p += kAttnSimdgroups) {  // uniform across the simdgroup
+  const uint lo = a.window > 0 && n_ctx > a.window ? n_ctx - a.window : 0;  // sliding window
+  for (uint p = lo + sg; p < n_ctx; p += kAttnSimdgroups) {  // uniform across the simdgroup
     device const C* kr = kh + ulong(p) * a.head_dim;
     device const C* vr = vh + ulong(p) * a.head_dim;
     float s = 0.f;
@@ -44,6 +45,7 @@ template <typename C>  // cache element: float or half
       if (d < a.head_dim) s += qv[j] * float(kr[d]);
     }
     s = simd_sum(s);
+    if (a.softcap > 0.f) s = a.softcap * tanh(s / a.softcap);
     const float m_new = max(m, s);
     const float corr = exp(m - m_new);
     const float e = exp(s - m_new);
@@ -65,12 +67,15 @@ template <typename C>  // cache element: float or half
   threadgroup_barrier(mem_flags::mem_threadgroup);
   float mx = -INFINITY;
   for (uint s = 0; s < kAttnSimdgroups; ++s) mx = max(mx, tg_m[s]);
+  // A simdgroup that saw no position (a window shorter than the simdgroup count) has m = -inf
+  // and l = 0: weight 0 (never exp(-inf - -inf)).
   float sum = 0.f;
-  for (uint s = 0; s < kAttnSimdgroups; ++s) sum += tg_l[s] * exp(tg_m[s] - mx);
+  for (uint s = 0; s < kAttnSimdgroups; ++s) sum += tg_l[s] > 0.f ? tg_l[s] * exp(tg_m[s] - mx) : 0.f;
   device float* oh = out + ulong(t) * a.out_stride + h * a.head_dim;
   for (uint d = tid; d < a.head_dim; d += kAttnSimdgroups * 32) {
     float acc = 0.f;
-    for (uint s = 0; s < kAttnSimdgroups; ++s) acc += tg_o[s * kAttnMaxHeadDim + d] * exp(tg_m[s] - mx);
+    for (uint s = 0; s < kAttnSimdgroups; ++s)
+      if (tg_l[s] > 0.f) acc += tg_o[s * kAttnMaxHeadDim + d] * exp(tg_m[s] - mx);
     oh[d] = acc / sum;
   }
 }

@@ -95,8 +95,13 @@ template <typename C>  // cache element: float or half
   device const C* kh = kc + ulong(g) * a.kv_capacity * hd;
   device const C* vh = vc + ulong(g) * a.kv_capacity * hd;
   float m = -INFINITY, l = 0.f;  // running max and sum of query qi (equal in its KV lanes)
+  // Sliding window: query position t sees t - window + 1 .. t, so tiles before the first query's
+  // window are skipped; later queries may still see none of a tile (their -inf rows stay 0 below).
+  const uint first = a.pos0 + t0;
+  const uint lo = a.window > 0 && first + 1 > a.window ? first + 1 - a.window : 0;
+  const uint q_lo = a.window > 0 && q_pos + 1 > a.window ? q_pos + 1 - a.window : 0;
 
-  for (uint kv0 = 0; kv0 < kv_end; kv0 += KV) {
+  for (uint kv0 = lo / KV * KV; kv0 < kv_end; kv0 += KV) {
     // Copy rows kv0 .. kv0 + KV - 1 (element e of the tile is element kv0 * hd + e of the head's
     // cache: contiguous reads); rows at or past kv_end are zero, never read from the cache.
     const uint n_elem = min(KV, kv_end - kv0) * hd;
@@ -131,16 +136,19 @@ template <typename C>  // cache element: float or half
         for (uint i = 0; i < Q; ++i) sc[i * (KV / 4) + c] += qv[i][j] * kr;
       }
     }
-    const float dot = simd_reduce_scatter32(sc, lane);
+    float dot = simd_reduce_scatter32(sc, lane);
+    if (a.softcap > 0.f) dot = a.softcap * tanh(dot / a.softcap);
     const uint pos = kv0 + kj;
-    const float s = pos <= q_pos && pos < sg_end ? dot : -INFINITY;  // causal mask
+    const float s = pos <= q_pos && pos >= q_lo && pos < sg_end ? dot : -INFINITY;  // causal + window
 
-    // Online softmax over the KV lanes of query qi.
+    // Online softmax over the KV lanes of query qi. m_new is -inf only while no tile so far held
+    // a position query qi sees (a window): corr and p are then 1 and 0, not exp(-inf - -inf).
     float mx = s;
     for (ushort w = 1; w < KV; w *= 2) mx = max(mx, simd_shuffle_xor(mx, w));
-    const float m_new = max(m, mx);  // finite: tile 0 holds position 0, visible to every query
-    const float corr = exp(m - m_new);
-    const float p = exp(s - m_new);
+    const float m_new = max(m, mx);
+    const bool none = m_new == -INFINITY;
+    const float corr = none ? 1.f : exp(m - m_new);
+    const float p = none ? 0.f : exp(s - m_new);
     float ps = p;
     for (ushort w = 1; w < KV; w *= 2) ps += simd_shuffle_xor(ps, w);
     l = l * corr + ps;

@@ -1,7 +1,7 @@
 // RMSNorm fused into the decode GEMVs that read its output (the transformer block's two norms):
 //
 //   gemv_norm:        out_i[t, r] = W_i[r] . xn + (bias_i[r]),  i < 3 weights of one format (q, k, v)
-//   gemv_norm_swiglu: out[t, r]   = silu(W_gate[r] . xn) * (W_up[r] . xn)
+//   gemv_norm_swiglu: out[t, r]   = act(W_gate[r] . xn) * (W_up[r] . xn), act SiLU or GELU-tanh
 //
 // with xn = x[t] * rsqrt(mean(x[t]^2) + eps) * norm_w. grid = (ceil(total rows /
 // kFusedRowsPerGroup), n_tokens), kFusedSimdgroups * 32 threads. Each threadgroup recomputes its
@@ -86,7 +86,7 @@ template <typename W>
     if (r >= a.rows) break;  // uniform across the simdgroup
     const float g = fused_row_dot<W>(wg, r, a.row_bytes_gate, nb, xn, lane);
     const float u = fused_row_dot<W>(wu, r, a.row_bytes_up, nb, xn, lane);
-    if (lane == 0) out[ulong(tg.y) * a.out_stride + r] = silu(g) * u;
+    if (lane == 0) out[ulong(tg.y) * a.out_stride + r] = gate_act(g, a.gelu) * u;
   }
 }
 

@@ -39,7 +39,11 @@ template <typename T>
   device const T* xr = x + ulong(row) * a.x_stride;
   const float r = rms_scale(xr, a.n, a.eps, partial, tid, ntg, sg, lane, nsg);
   device T* o = out + ulong(row) * a.out_stride;
-  for (uint i = tid; i < a.n; i += ntg) o[i] = T(float(xr[i]) * r * w[i]);
+  if (a.accumulate != 0) {  // uniform: a post-norm adding into the residual stream
+    for (uint i = tid; i < a.n; i += ntg) o[i] = T(float(o[i]) + float(xr[i]) * r * w[i]);
+  } else {
+    for (uint i = tid; i < a.n; i += ntg) o[i] = T(float(xr[i]) * r * w[i]);
+  }
 }
 
 }  // namespace metallic

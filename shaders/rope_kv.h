@@ -17,7 +17,8 @@ template <typename C>  // cache element: float or half
                         device const float* inv_freq [[buffer(5)]], constant RopeKvArgs& a [[buffer(6)]],
                         uint t [[threadgroup_position_in_grid]], uint tid [[thread_index_in_threadgroup]],
                         uint ntg [[threads_per_threadgroup]]) {
-  const uint hd2 = a.head_dim / 2;
+  const uint rot = a.rope_dim != 0 ? a.rope_dim : a.head_dim;  // partial rotary: the first dims
+  const uint hd2 = rot / 2;
   const uint pairs = (a.n_head + a.n_head_kv) * hd2;
   const float pos = float(a.pos0 + t);
   for (uint j = tid; j < pairs; j += ntg) {
@@ -25,7 +26,7 @@ template <typename C>  // cache element: float or half
     const uint i0 = a.neox != 0 ? i : 2 * i;
     const uint i1 = a.neox != 0 ? i + hd2 : 2 * i + 1;
     const float ang = pos * inv_freq[i];
-    const float co = precise::cos(ang), si = precise::sin(ang);
+    const float co = precise::cos(ang) * a.mscale, si = precise::sin(ang) * a.mscale;
     const bool is_q = h < a.n_head;
     device float* p =
         is_q ? q + ulong(t) * a.q_stride + h * a.head_dim : k + ulong(t) * a.k_stride + (h - a.n_head) * a.head_dim;
@@ -42,6 +43,14 @@ template <typename C>  // cache element: float or half
       vc[row * a.head_dim + i0] = C(vh[i0]);
       vc[row * a.head_dim + i1] = C(vh[i1]);
     }
+  }
+  // The dims past rope_dim are not rotated: k and v go to the cache as they are.
+  const uint rest = a.head_dim - rot;
+  for (uint j = tid; j < a.n_head_kv * rest; j += ntg) {
+    const uint g = j / rest, d = rot + j % rest;
+    const ulong row = ulong(g) * a.kv_capacity + a.pos0 + t;
+    kc[row * a.head_dim + d] = C(k[ulong(t) * a.k_stride + g * a.head_dim + d]);
+    vc[row * a.head_dim + d] = C(v[ulong(t) * a.v_stride + g * a.head_dim + d]);
   }
 }
 

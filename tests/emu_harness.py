@@ -58,7 +58,9 @@ def _args(name: str, fields: list[tuple[str, str]]) -> np.dtype:
 
 
 RmsNormArgs = _args(
-    "RmsNormArgs", [("n", "u"), ("x_stride", "u"), ("out_stride", "u"), ("eps", "f")]
+    "RmsNormArgs",
+    [("n", "u"), ("x_stride", "u"), ("out_stride", "u"), ("eps", "f"), ("accumulate", "u")]
+    + [(f, "u") for f in ("pad0", "pad1", "pad2")],
 )
 GemvArgs = _args(
     "GemvArgs",
@@ -68,15 +70,16 @@ GemvArgs = _args(
 RopeKvArgs = _args(
     "RopeKvArgs",
     [(f, "u") for f in ("n_head", "n_head_kv", "head_dim", "neox", "pos0", "kv_capacity")]
-    + [(f, "u") for f in ("q_stride", "k_stride", "v_stride", "pad0", "pad1", "pad2")],
+    + [(f, "u") for f in ("q_stride", "k_stride", "v_stride", "rope_dim")]
+    + [("mscale", "f"), ("pad0", "u")],
 )
 AttnArgs = _args(
     "AttnArgs",
     [(f, "u") for f in ("n_head", "n_head_kv", "head_dim", "pos0", "kv_capacity", "q_stride")]
-    + [("out_stride", "u"), ("scale", "f")],
+    + [("out_stride", "u"), ("scale", "f"), ("window", "u"), ("softcap", "f")],
 )
 SwiGluArgs = _args(
-    "SwiGluArgs", [("cols", "u"), ("gate_stride", "u"), ("up_stride", "u"), ("pad0", "u")]
+    "SwiGluArgs", [("cols", "u"), ("gate_stride", "u"), ("up_stride", "u"), ("gelu", "u")]
 )
 EmbedArgs = _args(
     "EmbedArgs", [("cols", "u"), ("row_bytes", "u"), ("out_stride", "u"), ("scale", "f")]

@@ -173,15 +173,6 @@ bool MetalPlanDevice::supports(OpCode op, DType dtype) const {
 }
 
 void MetalPlanDevice::run(const OpCall& call) {
-  // DEBT(issue #11): the kernels have no GELU gate, post-norm residual add, sliding window,
-  // soft-capping, partial or scaled RoPE yet (gemma2/3, phi3 and windowed models run on cpu).
-  const bool partial_rope = call.op == OpCode::kRopeKv &&
-                            ((call.p.rope_dim != 0 && call.p.rope_dim != call.p.head_dim) || call.p.rope_mscale != 1.f);
-  if (call.p.gelu || call.p.window > 0 || call.p.softcap > 0.f || (call.op == OpCode::kRmsNorm && call.p.accumulate) ||
-      partial_rope)
-    fail(ErrorCode::kNotImplemented, where_,
-         "this model needs GELU gates, post-norms, a sliding window, soft-capping or partial / scaled RoPE, which the "
-         "Metal kernels do not implement yet; use device='cpu'");
   switch (call.op) {
     case OpCode::kEmbed: embed(call); return;
     case OpCode::kRmsNorm: rms_norm(call); return;
@@ -250,7 +241,7 @@ void MetalPlanDevice::rms_norm(const OpCall& c) {
   d.tensor(1, c.t[1], 1, "rms_norm weight");
   d.tensor(2, out, n, "rms_norm out");
   d.args(3, RmsNormArgs{d.u32(x.cols, "cols"), d.elem_stride(x, "rms_norm x"), d.elem_stride(out, "rms_norm out"),
-                        c.p.eps});
+                        c.p.eps, c.p.accumulate ? 1u : 0u, 0u, 0u, 0u});
   submit(d.l);
 }
 
@@ -389,10 +380,11 @@ bool MetalPlanDevice::norm_swiglu(const OpCall& c) {
   d.tensor(2, x, n, "norm_swiglu x");
   d.tensor(3, nwt, 1, "norm_swiglu norm weight");
   d.tensor(4, out, n, "norm_swiglu out");
-  d.args(5, GemvSwiGluArgs{d.u32(wg.rows, "rows"), d.u32(x.cols, "cols"),
-                           d.u32(static_cast<int64_t>(wg.row_stride), "row_bytes_gate"),
-                           d.u32(static_cast<int64_t>(wu.row_stride), "row_bytes_up"),
-                           d.elem_stride(x, "norm_swiglu x"), d.elem_stride(out, "norm_swiglu out"), c.p.eps, 0u});
+  d.args(5,
+         GemvSwiGluArgs{d.u32(wg.rows, "rows"), d.u32(x.cols, "cols"),
+                        d.u32(static_cast<int64_t>(wg.row_stride), "row_bytes_gate"),
+                        d.u32(static_cast<int64_t>(wu.row_stride), "row_bytes_up"), d.elem_stride(x, "norm_swiglu x"),
+                        d.elem_stride(out, "norm_swiglu out"), c.p.eps, c.p.gelu ? 1u : 0u});
   submit(d.l);
   return true;
 }
@@ -407,7 +399,8 @@ void MetalPlanDevice::rope_kv(const OpCall& c) {
          "rope_kv: expected an F32 or F16 KV cache, got " + std::string(dtype_name(kc.dtype)));
   if (!(p.head_dim > 0 && p.head_dim % 2 == 0 && kc.cols == p.head_dim &&
         kc.row_stride == row_bytes(kc.dtype, p.head_dim) && kc.rows >= p.n_head_kv * p.kv_capacity && p.pos0 >= 0 &&
-        p.pos0 + p.n_tokens <= p.kv_capacity && c.t[5].cols == p.head_dim / 2))
+        p.pos0 + p.n_tokens <= p.kv_capacity && p.rope_dim >= 0 && p.rope_dim <= p.head_dim && p.rope_dim % 2 == 0 &&
+        c.t[5].cols == (p.rope_dim > 0 ? p.rope_dim : p.head_dim) / 2 && p.rope_mscale > 0.f))
     fail(ErrorCode::kInvalidArgument, where_, "rope_kv: cache, positions or inv_freq do not match the op's shape");
   static constexpr const char* kNames[] = {"rope_kv_f32", "rope_kv_f16"};
   Builder d(where_, kNames[f], 0, 1, stride_threads(static_cast<int64_t>(p.n_head + p.n_head_kv) * p.head_dim / 2));
@@ -421,7 +414,7 @@ void MetalPlanDevice::rope_kv(const OpCall& c) {
   d.args(6, RopeKvArgs{d.u32(p.n_head, "n_head"), d.u32(p.n_head_kv, "n_head_kv"), d.u32(p.head_dim, "head_dim"),
                        p.neox ? 1u : 0u, d.u32(p.pos0, "pos0"), d.u32(p.kv_capacity, "kv_capacity"),
                        d.elem_stride(c.t[0], "rope q"), d.elem_stride(c.t[1], "rope k"),
-                       d.elem_stride(c.t[2], "rope v"), 0u, 0u, 0u});
+                       d.elem_stride(c.t[2], "rope v"), d.u32(p.rope_dim, "rope_dim"), p.rope_mscale, 0u});
   submit(d.l);
 }
 
@@ -449,7 +442,7 @@ void MetalPlanDevice::attention(const OpCall& c) {
     d.args(4, FlashAttnArgs{d.u32(p.n_head, "n_head"), d.u32(p.n_head_kv, "n_head_kv"), d.u32(p.head_dim, "head_dim"),
                             d.u32(p.pos0, "pos0"), d.u32(p.kv_capacity, "kv_capacity"),
                             d.elem_stride(c.t[0], "attention q"), d.elem_stride(c.t[3], "attention out"),
-                            d.u32(p.n_tokens, "n_tokens"), p.scale, 0u, 0u, 0u});
+                            d.u32(p.n_tokens, "n_tokens"), p.scale, d.u32(p.window, "window"), p.softcap, 0u});
     submit(d.l);
     return;
   }
@@ -463,7 +456,7 @@ void MetalPlanDevice::attention(const OpCall& c) {
   d.tensor(3, c.t[3], p.n_tokens, "attention out");
   d.args(4, AttnArgs{d.u32(p.n_head, "n_head"), d.u32(p.n_head_kv, "n_head_kv"), d.u32(p.head_dim, "head_dim"),
                      d.u32(p.pos0, "pos0"), d.u32(p.kv_capacity, "kv_capacity"), d.elem_stride(c.t[0], "attention q"),
-                     d.elem_stride(c.t[3], "attention out"), p.scale});
+                     d.elem_stride(c.t[3], "attention out"), p.scale, d.u32(p.window, "window"), p.softcap});
   submit(d.l);
 }
 
@@ -477,7 +470,8 @@ void MetalPlanDevice::swiglu(const OpCall& c) {
   d.l.groups[1] = d.u32(c.p.n_tokens, "n_tokens");
   d.tensor(0, g, c.p.n_tokens, "swiglu gate");
   d.tensor(1, u, c.p.n_tokens, "swiglu up");
-  d.args(2, SwiGluArgs{d.u32(g.cols, "cols"), d.elem_stride(g, "swiglu gate"), d.elem_stride(u, "swiglu up"), 0u});
+  d.args(2, SwiGluArgs{d.u32(g.cols, "cols"), d.elem_stride(g, "swiglu gate"), d.elem_stride(u, "swiglu up"),
+                       c.p.gelu ? 1u : 0u});
   submit(d.l);
 }
 

@@ -128,7 +128,7 @@ def test_argument_buffer_too_small(shaders_lib):
             "rms_norm_f32", (1,), (32,), {0: x, 1: x[0], 2: x, 3: np.zeros(2, np.uint32)}
         )
     assert e.value.code == ERR_UNBOUND
-    assert "buffer(3) 'a': expected at least 16 bytes, got 8" in str(e.value)
+    assert f"buffer(3) 'a': expected at least {RmsNormArgs.itemsize} bytes, got 8" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- sanitizers

@@ -68,6 +68,17 @@ def test_rms_norm(emu, n, dtype):
     rel = (n + 8) * U + (HALF_U if dtype == "f16" else 0.0)
     np.testing.assert_allclose(got.astype(np.float64), ref, rtol=rel, atol=rel * np.abs(w).max())
 
+    # accumulate = 1 (a post-norm's residual add): out += norm(x) * w, one more rounding of the
+    # sum (U of |out|, or half of it for f16).
+    base = rng.standard_normal((rows, n)).astype(np_t)
+    want = base.astype(np.float64) + ref  # before the dispatch writes into base
+    args = pack(RmsNormArgs, n=n, x_stride=n, out_stride=n, eps=1e-5, accumulate=1)
+    (acc,) = run_both_orders(
+        emu, f"rms_norm_{dtype}", (rows,), (threads,), {0: x, 1: w, 2: base, 3: args}, [2]
+    )
+    extra = (U if dtype == "f32" else HALF_U) * np.abs(want)
+    assert np.all(np.abs(acc.astype(np.float64) - want) <= rel * np.abs(ref) + extra + rel)
+
 
 # ----------------------------------------------------------------------------- gemv
 
@@ -118,13 +129,18 @@ def test_gemv_large_rows_exact_on_integers(emu):
 # ----------------------------------------------------------------------------- rope_kv
 
 
+@pytest.mark.parametrize(("partial", "mscale"), [(False, 1.0), (True, 1.0), (True, 1.4142135)])
 @pytest.mark.parametrize("neox", [True, False])
 @pytest.mark.parametrize("cache", ["f32", "f16"])
 @pytest.mark.parametrize(
     ("n_head", "n_kv", "hd", "tokens", "pos0"),
     [(1, 1, 2, 1, 0), (4, 2, 16, 3, 5), (9, 3, 64, 2, 37)],
 )
-def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0):
+def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0, partial, mscale):
+    """RoPE + KV write; `partial`: only the first half of each head rotates (phi3's
+    partial_rotary_factor 0.5; rope_dim even), the rest passes through to q, k and the cache;
+    `mscale`: the rotated values scaled (longrope's attention factor)."""
+    rot_dim = max(2, hd // 2 // 2 * 2) if partial else hd
     rng = np.random.default_rng(hd + tokens)
     cap = pos0 + tokens + 2
     q = rng.standard_normal((tokens, n_head * hd)).astype(np.float32)
@@ -133,7 +149,7 @@ def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0):
     np_c = np.float32 if cache == "f32" else np.float16
     kc = np.full((n_kv * cap, hd), 7, np_c)  # rows outside pos0..pos0+tokens must stay untouched
     vc = np.full((n_kv * cap, hd), 7, np_c)
-    inv = reference.rope_inv_freq(hd, 10000.0).astype(np.float32)
+    inv = reference.rope_inv_freq(rot_dim, 10000.0).astype(np.float32)
     args = pack(
         RopeKvArgs,
         n_head=n_head,
@@ -142,6 +158,8 @@ def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0):
         neox=int(neox),
         pos0=pos0,
         kv_capacity=cap,
+        rope_dim=rot_dim if partial else 0,
+        mscale=mscale,
     )
     args["q_stride"], args["k_stride"], args["v_stride"] = n_head * hd, n_kv * hd, n_kv * hd
     q_ref, k_ref = q.astype(np.float64), k.astype(np.float64)
@@ -151,12 +169,17 @@ def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0):
     )
     pos = np.arange(pos0, pos0 + tokens)
     rot = reference.rope_rotate_halves if neox else reference.rope_interleaved
-    rq = rot(q_ref.reshape(tokens, n_head, hd), pos, inv.astype(np.float64)).reshape(tokens, -1)
-    rk = rot(k_ref.reshape(tokens, n_kv, hd), pos, inv.astype(np.float64)).reshape(tokens, -1)
+
+    def rope(x: np.ndarray, heads: int) -> np.ndarray:
+        x = x.reshape(tokens, heads, hd).copy()
+        x[..., :rot_dim] = rot(x[..., :rot_dim], pos, inv.astype(np.float64)) * mscale
+        return x.reshape(tokens, -1)
+
+    rq, rk = rope(q_ref, n_head), rope(k_ref, n_kv)
     # The kernel's angle is pos * inv_freq rounded to float32 (error <= pos * U relative, times
     # the angle), then cos/sin and two products each within a few U.
     ang_err = (pos0 + tokens) * np.abs(inv).max() * U * 2
-    tol = (ang_err + 8 * U) * (np.abs(q_ref).max() + np.abs(k_ref).max())
+    tol = (ang_err + 8 * U) * (np.abs(q_ref).max() + np.abs(k_ref).max()) * mscale
     np.testing.assert_allclose(gq, rq, rtol=0, atol=tol)
     np.testing.assert_allclose(gk, rk, rtol=0, atol=tol)
     rows = (np.arange(n_kv)[:, None] * cap + pos[None, :]).T  # (tokens, n_kv) cache rows
@@ -238,6 +261,31 @@ def test_swiglu(emu, tokens, cols):
     )
     # exp (a few U), 1 + e, the division and the product: within 8 U of the result.
     np.testing.assert_allclose(got, ref, rtol=8 * U, atol=1e-30)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """HF's gelu_pytorch_tanh in float64."""
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+@pytest.mark.parametrize(("tokens", "cols"), [(1, 1), (3, 257), (1, 2048)])
+def test_swiglu_gelu(emu, tokens, cols):
+    """gelu = 1: the GELU-tanh gate (gemma). The float32 chain (cube, fma-free sums, tanh within
+    a few ulps of a value in [-1, 1], products) is within 16 U of |gelu(g) u| plus 8 U of |g u|
+    (the cancellation of 1 + tanh near -1 where the gate goes to 0)."""
+    rng = np.random.default_rng(cols + 1)
+    gate = (rng.standard_normal((tokens, cols)) * 4).astype(np.float32)
+    up = rng.standard_normal((tokens, cols)).astype(np.float32)
+    g64, u64 = gate.astype(np.float64), up.astype(np.float64)
+    ref = gelu_tanh(g64) * u64
+    args = pack(SwiGluArgs, cols=cols, gate_stride=cols, up_stride=cols, gelu=1)
+    groups = (-(-cols // CONST["kElementwiseThreads"]), tokens)
+    (got,) = run_both_orders(
+        emu, "swiglu_f32", groups, (CONST["kElementwiseThreads"],), {0: gate, 1: up, 2: args}, [0]
+    )
+    tol = 16 * U * np.abs(ref) + 8 * U * np.abs(g64 * u64)
+    assert np.all(np.abs(got - ref) <= tol)
+    assert not np.allclose(got, reference.silu(g64) * u64, rtol=1e-3)  # really the other gate
 
 
 @pytest.mark.parametrize("dtype", GEMV_TYPES)

@@ -33,8 +33,8 @@ U = 2.0**-24
 FlashAttnArgs = _args(
     "FlashAttnArgs",
     [(f, "u") for f in ("n_head", "n_head_kv", "head_dim", "pos0", "kv_capacity", "q_stride")]
-    + [("out_stride", "u"), ("n_tokens", "u"), ("scale", "f")]
-    + [(f, "u") for f in ("pad0", "pad1", "pad2")],
+    + [("out_stride", "u"), ("n_tokens", "u"), ("scale", "f"), ("window", "u"), ("softcap", "f")]
+    + [("pad0", "u")],
 )
 
 
@@ -186,4 +186,101 @@ def test_flash_attn(emu, cache, n_head, n_kv, hd, tokens, pos0):
     both = tol + decode_bound(q64, k, v, hd, n_ctx, scale)
     assert np.all(np.abs(got - dec) <= both), (
         f"flash_attn_{cache} vs attention_decode: max diff/bound {(np.abs(got - dec) / both).max():.3g}"
+    )
+
+
+def windowed_attention(q, k, v, pos0, scale, window, softcap):
+    """Exact attention of queries at pos0.. over positions t - window + 1 .. t (window 0: all),
+    scores soft-capped (softcap 0: off), in float64: HF's sliding-window / softcap semantics."""
+    tokens, n_head, hd = q.shape
+    group = n_head // k.shape[0]
+    out = np.zeros_like(q)
+    for t in range(tokens):
+        pos = pos0 + t
+        lo = max(0, pos - window + 1) if window else 0
+        for h in range(n_head):
+            kh, vh = k[h // group, lo : pos + 1], v[h // group, lo : pos + 1]
+            s = kh @ q[t, h] * scale
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
+            p = np.exp(s - s.max())
+            out[t, h] = p @ vh / p.sum()
+    return out
+
+
+@pytest.mark.parametrize("cache", ["f32", "f16"])
+@pytest.mark.parametrize(
+    ("window", "softcap"), [(1, 0.0), (3, 0.0), (8, 0.0), (33, 0.0), (0, 2.5), (5, 1.5)]
+)
+def test_window_and_softcap(emu, cache, window, softcap):
+    """Sliding window (the first queries see fewer than `window` positions, later ones exactly
+    `window`; windows shorter than a KV tile and than the decode kernel's simdgroup count, so
+    whole tiles / simdgroups see nothing) and score soft-capping, in flash_attn and
+    attention_decode. Bounds: flash_bound / decode_bound over all positions (a superset of the
+    window, so still upper bounds) plus the tanh evaluation (a few ulps of |score| <= softcap:
+    exponent error <= 4 U softcap, doubled) times the spread of v."""
+    n_head, n_kv, hd, tokens, pos0 = 4, 2, 64, 40, 9
+    rng = np.random.default_rng(window * 10 + int(softcap * 10))
+    n_ctx = pos0 + tokens
+    cap = n_ctx + 3
+    np_c = np.float32 if cache == "f32" else np.float16
+    q = rng.standard_normal((tokens, n_head * hd)).astype(np.float32)
+    kc = (rng.standard_normal((n_kv * cap, hd)) * 2).astype(np_c)
+    vc = rng.standard_normal((n_kv * cap, hd)).astype(np_c)
+    kc.reshape(n_kv, cap, hd)[:, n_ctx:] = np.nan
+    vc.reshape(n_kv, cap, hd)[:, n_ctx:] = np.nan
+    scale = 1.0 / math.sqrt(hd)
+    q64 = q.astype(np.float64).reshape(tokens, n_head, hd)
+    k = kc.astype(np.float64).reshape(n_kv, cap, hd)
+    v = vc.astype(np.float64).reshape(n_kv, cap, hd)
+    ref = windowed_attention(q64, k, v, pos0, scale, window, softcap)
+    tanh_err = 8 * U * softcap * 2 * np.abs(v[:, :n_ctx]).max()
+
+    out = np.zeros((tokens, n_head * hd), np.float32)
+    args = pack(
+        FlashAttnArgs,
+        n_head=n_head,
+        n_head_kv=n_kv,
+        head_dim=hd,
+        pos0=pos0,
+        kv_capacity=cap,
+        q_stride=n_head * hd,
+        out_stride=n_head * hd,
+        n_tokens=tokens,
+        scale=scale,
+        window=window,
+        softcap=softcap,
+    )
+    groups = (n_head, -(-tokens // CONST["kFlashTileQ"]))
+    (got,) = run_both_orders(
+        emu,
+        f"flash_attn_{cache}",
+        groups,
+        (CONST["kFlashThreads"],),
+        {0: q, 1: kc, 2: vc, 3: out, 4: args},
+        [3],
+    )
+    got = got.reshape(tokens, n_head, hd).astype(np.float64)
+    tol = flash_bound(q64, k, v, ref, n_kv, hd, tokens, pos0, scale) + tanh_err
+    assert np.all(np.isfinite(got))
+    assert np.all(np.abs(got - ref) <= tol), (
+        f"flash: max err/bound {(np.abs(got - ref) / tol).max():.3g}"
+    )
+
+    dec = np.zeros((tokens, n_head * hd), np.float32)
+    dargs = pack(AttnArgs, n_head=n_head, n_head_kv=n_kv, head_dim=hd, pos0=pos0, kv_capacity=cap)
+    dargs["q_stride"], dargs["out_stride"], dargs["scale"] = n_head * hd, n_head * hd, scale
+    dargs["window"], dargs["softcap"] = window, softcap
+    (dec,) = run_both_orders(
+        emu,
+        f"attention_decode_{cache}",
+        (n_head, tokens),
+        (CONST["kAttnSimdgroups"] * 32,),
+        {0: q, 1: kc, 2: vc, 3: dec, 4: dargs},
+        [3],
+    )
+    dec = dec.reshape(tokens, n_head, hd).astype(np.float64)
+    dtol = decode_bound(q64, k, v, hd, n_ctx, scale) + tanh_err
+    assert np.all(np.abs(dec - ref) <= dtol), (
+        f"decode: max err/bound {(np.abs(dec - ref) / dtol).max():.3g}"
     )

@@ -36,7 +36,7 @@ GemvNormArgs = _args(
 GemvSwiGluArgs = _args(
     "GemvSwiGluArgs",
     [(f, "u") for f in ("rows", "cols", "row_bytes_gate", "row_bytes_up", "x_stride")]
-    + [("out_stride", "u"), ("eps", "f"), ("pad0", "u")],
+    + [("out_stride", "u"), ("eps", "f"), ("gelu", "u")],
 )
 EPS = 1e-5
 
@@ -99,9 +99,10 @@ def test_gemv_norm(emu, dtype, rows, cols, tokens):
 
 
 @pytest.mark.parametrize("dtype", GEMV_TYPES)
+@pytest.mark.parametrize("gelu", [0, 1])
 @pytest.mark.parametrize(("rows", "cols"), [(1, 32), (17, 64), (40, 96), (96, 576)])
 @pytest.mark.parametrize("tokens", [1, 2])
-def test_gemv_norm_swiglu(emu, dtype, rows, cols, tokens):
+def test_gemv_norm_swiglu(emu, dtype, rows, cols, tokens, gelu):
     rng = np.random.default_rng(rows * 10 + cols + tokens)
     x = (rng.standard_normal((tokens, cols)) * 2).astype(np.float32)
     nw = (1 + 0.3 * rng.standard_normal(cols)).astype(np.float32)
@@ -110,16 +111,23 @@ def test_gemv_norm_swiglu(emu, dtype, rows, cols, tokens):
     out = np.full((tokens, rows), np.nan, np.float32)
     args = pack(
         GemvSwiGluArgs, rows=rows, cols=cols, row_bytes_gate=raw_g.shape[1],
-        row_bytes_up=raw_u.shape[1], x_stride=cols, out_stride=rows, eps=EPS,
+        row_bytes_up=raw_u.shape[1], x_stride=cols, out_stride=rows, eps=EPS, gelu=gelu,
     )  # fmt: skip
     groups = (-(-rows // CONST["kFusedRowsPerGroup"]), tokens)
     bufs = {0: raw_g, 1: raw_u, 2: x, 3: nw, 4: out, 5: args}
     (got,) = run_both_orders(emu, f"gemv_norm_swiglu_{dtype}", groups, THREADS, bufs, [4])
     g, u = xn @ wg.T, xn @ wu.T
-    silu = g / (1 + np.exp(-g))
-    ref = silu * u
+    # gelu = 1: GELU-tanh (|gelu'| <= 1.13, the same derivative bound as SiLU's 1.1 rounded up),
+    # and 16 U of the result plus 8 U of |g u| for the tanh chain (see test_swiglu_gelu).
+    act = (
+        0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        if gelu
+        else g / (1 + np.exp(-g))
+    )
+    ref = act * u
     eg, eu = _dot_tol(cols, wg, xn, g), _dot_tol(cols, wu, xn, u)
-    tol = 1.1 * np.abs(u) * eg + np.abs(silu) * eu + eg * eu + 8 * U * np.abs(ref)
+    chain = (16 * U * np.abs(ref) + 8 * U * np.abs(g * u)) if gelu else 8 * U * np.abs(ref)
+    tol = 1.13 * np.abs(u) * eg + np.abs(act) * eu + eg * eu + chain
     err = np.abs(got - ref)
     assert np.all(err <= tol), f"gemv_norm_swiglu_{dtype}: max err {err.max()}"
 

@@ -8,7 +8,7 @@ Apple's Metal API as metal-cpp declares it and against libmetallic_mtlshim.so
 run every dispatch through the Metal emulator. Elsewhere this file skips.
 
 What it checks:
-* tiny llama / qwen2 models through device="metal" give bit-identical logits to
+* tiny llama / qwen2 / gemma3 / phi3 models through device="metal" give bit-identical logits to
   device="metal-emulated" (the same kernels run by the same emulator: any difference is a device
   bug) and the same greedy tokens as metal-emulated and cpu, at 4 KiB (Intel Mac) and 16 KiB
   (Apple Silicon) pages; SmolLM2 generates the CPU's greedy text;
@@ -59,6 +59,8 @@ MODELS = [  # family, dtype, fmt, tied (as test_metal_emu_device.py)
     ("llama", "q4_1", "gguf", True),
     ("llama", "f16", "hf", False),
     ("qwen2", "q8_0", "gguf", False),  # q/k/v biases
+    ("gemma3", "f32", "gguf", True),  # q/k norms, post-norms, GELU, windows, two RoPE bases
+    ("phi3", "f32", "hf", True),  # fused qkv / gate_up, partial and scaled RoPE
 ]
 
 
