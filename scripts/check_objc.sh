@@ -19,13 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CXX="${CXX_OBJC:-clang++-19}"
 command -v "$CXX" >/dev/null || bash scripts/install_clang.sh
-if ! command -v gnustep-config >/dev/null || [[ ! -e /usr/include/Block.h ]]; then
-  SUDO=""
-  [[ "$(id -u)" != 0 ]] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -qq libgnustep-base-dev libblocksruntime-dev >/dev/null 2>&1 ||
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libgnustep-base-dev libblocksruntime-dev >/dev/null; }
-fi
+bash scripts/install_gnustep.sh
 
 list=0
 if [[ "${1-}" == "--list-selectors" ]]; then

@@ -9,13 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_clang.sh
-if ! command -v gnustep-config >/dev/null || [[ ! -e /usr/include/Block.h ]]; then
-  SUDO=""
-  [[ "$(id -u)" != 0 ]] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -qq libgnustep-base-dev libblocksruntime-dev >/dev/null 2>&1 ||
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libgnustep-base-dev libblocksruntime-dev >/dev/null; }
-fi
+bash scripts/install_gnustep.sh
 site=build/metal-linux-site
 rm -rf "$site"
 echo "== pip install . -C cmake.define.METALLIC_METAL_ON_LINUX=ON (into $site)"

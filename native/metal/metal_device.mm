@@ -293,11 +293,12 @@ void MetalDevice::encode(const Launch& l) {
               static_cast<size_t>(static_cast<const char*>(b.buf.host) - static_cast<const char*>([mb contents]));
           // The plan fenced [offset, offset + extent) inside the Buffer; this fences the Buffer's
           // bytes inside the MTLBuffer (Metal's rule: a bound offset lies inside its buffer).
-          if (base + b.offset >= [mb length] || b.extent > [mb length] - base - b.offset)
+          const size_t len = [mb length];
+          if (base + b.offset >= len || b.extent > len - base - b.offset)
             fail(ErrorCode::kInvalidArgument, kWhere,
                  std::string(l.kernel) + ": buffer(" + std::to_string(i) + ") range [" +
                      std::to_string(base + b.offset) + ", +" + std::to_string(b.extent) +
-                     ") outside its MTLBuffer of " + std::to_string([mb length]) + " bytes");
+                     ") outside its MTLBuffer of " + std::to_string(len) + " bytes");
           [enc setBuffer:mb offset:base + b.offset atIndex:at];
           break;
         }

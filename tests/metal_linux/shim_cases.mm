@@ -81,6 +81,23 @@ struct Env {
 
 using Case = std::function<bool(Env&)>;
 
+// One correct-or-not swiglu dispatch over 64 floats of e.buf (gate at byte 0, up at byte 256),
+// committed and not waited on; bind_up = false leaves buffer(1) unbound, which the emulator
+// rejects when the command buffer runs.
+id<MTLCommandBuffer> commit_swiglu(Env& e, bool bind_up = true) {
+  id<MTLCommandBuffer> cb = [e.queue commandBuffer];
+  id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
+  [enc setComputePipelineState:e.pipeline];
+  [enc setBuffer:e.buf offset:0 atIndex:0];
+  if (bind_up) [enc setBuffer:e.buf offset:256 atIndex:1];
+  const uint32_t n[4] = {64, 0, 0, 0};  // SwiGluArgs: cols, gate_stride, up_stride, gelu
+  [enc setBytes:n length:sizeof(n) atIndex:2];
+  [enc dispatchThreadgroups:MTLSizeMake(1, 1, 1) threadsPerThreadgroup:MTLSizeMake(64, 1, 1)];
+  [enc endEncoding];
+  [cb commit];
+  return cb;
+}
+
 const std::map<std::string, Case>& cases() {
   static const std::map<std::string, Case> m = {
       {"balanced",
@@ -89,16 +106,7 @@ const std::map<std::string, Case>& cases() {
          float* x = static_cast<float*>([e.buf contents]);
          for (int i = 0; i < 64; ++i) x[i] = 1.0f;       // gate
          for (int i = 0; i < 64; ++i) x[64 + i] = 2.0f;  // up
-         id<MTLCommandBuffer> cb = [e.queue commandBuffer];
-         id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
-         [enc setComputePipelineState:e.pipeline];
-         [enc setBuffer:e.buf offset:0 atIndex:0];
-         [enc setBuffer:e.buf offset:256 atIndex:1];
-         const uint32_t n[4] = {64, 0, 0, 0};  // SwiGluArgs: cols, gate_stride, up_stride
-         [enc setBytes:n length:sizeof(n) atIndex:2];
-         [enc dispatchThreadgroups:MTLSizeMake(1, 1, 1) threadsPerThreadgroup:MTLSizeMake(64, 1, 1)];
-         [enc endEncoding];
-         [cb commit];
+         id<MTLCommandBuffer> cb = commit_swiglu(e);
          [cb waitUntilCompleted];
          const float want = 1.0f / (1.0f + std::exp(-1.0f)) * 2.0f;
          return expect([cb status] == MTLCommandBufferStatusCompleted, "status Completed") &&
@@ -260,15 +268,7 @@ const std::map<std::string, Case>& cases() {
        [](Env& e) {
          // A dispatch the emulator rejects (buffer(1) unbound): the command buffer fails, with
          // the emulator's message as its error.
-         id<MTLCommandBuffer> cb = [e.queue commandBuffer];
-         id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
-         [enc setComputePipelineState:e.pipeline];
-         [enc setBuffer:e.buf offset:0 atIndex:0];
-         const uint32_t n[4] = {64, 0, 0, 0};  // SwiGluArgs: cols, gate_stride, up_stride
-         [enc setBytes:n length:sizeof(n) atIndex:2];
-         [enc dispatchThreadgroups:MTLSizeMake(1, 1, 1) threadsPerThreadgroup:MTLSizeMake(64, 1, 1)];
-         [enc endEncoding];
-         [cb commit];
+         id<MTLCommandBuffer> cb = commit_swiglu(e, false);
          [cb waitUntilCompleted];
          return failed_with(cb, "swiglu_f32");
        }},
@@ -277,16 +277,7 @@ const std::map<std::string, Case>& cases() {
          // commit alone runs nothing: reading before waitUntilCompleted sees the old bytes.
          float* x = static_cast<float*>([e.buf contents]);
          for (int i = 0; i < 128; ++i) x[i] = 1.0f;
-         id<MTLCommandBuffer> cb = [e.queue commandBuffer];
-         id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];
-         [enc setComputePipelineState:e.pipeline];
-         [enc setBuffer:e.buf offset:0 atIndex:0];
-         [enc setBuffer:e.buf offset:256 atIndex:1];
-         const uint32_t n[4] = {64, 0, 0, 0};  // SwiGluArgs: cols, gate_stride, up_stride
-         [enc setBytes:n length:sizeof(n) atIndex:2];
-         [enc dispatchThreadgroups:MTLSizeMake(1, 1, 1) threadsPerThreadgroup:MTLSizeMake(64, 1, 1)];
-         [enc endEncoding];
-         [cb commit];
+         id<MTLCommandBuffer> cb = commit_swiglu(e);
          const bool before = x[0] == 1.0f && [cb status] == MTLCommandBufferStatusCommitted;
          [cb waitUntilCompleted];
          return expect(before, "nothing run before the wait") && expect(x[0] != 1.0f, "the result after the wait");

@@ -24,7 +24,10 @@ from ..errors import (
     UnsupportedArchitecture,
     UnsupportedDType,
 )
+from .rope import rope_inv_freq
 from .validate import check_field_types, check_sizes
+
+__all__ = ["rope_inv_freq"]  # re-exported: families and tests import it from here
 
 TAG = "open_model"
 FLOAT_DTYPES = frozenset({DType.F32, DType.F16, DType.BF16})
@@ -71,6 +74,44 @@ class BaseModelArgs:
         """
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names})
+
+
+@dataclasses.dataclass
+class LlamaLikeArgs(BaseModelArgs):
+    """The hyper-parameters every Llama-like family shares (a family subclasses it, overriding
+    defaults and adding its own fields).
+
+    Attributes:
+        hidden_size: model width (n_embd).
+        num_hidden_layers: decoder blocks.
+        intermediate_size: MLP width (n_ff).
+        num_attention_heads: query heads.
+        rms_norm_eps: RMSNorm epsilon.
+        vocab_size: rows of the embedding.
+        num_key_value_heads: KV heads (GQA); None means num_attention_heads.
+        head_dim: per-head width; None means hidden_size / num_attention_heads.
+        max_position_embeddings: trained context length.
+        rope_theta: RoPE base.
+        rope_scaling: HF rope_scaling dict or None.
+        tie_word_embeddings: output projection reuses the token embedding.
+    """
+
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    rms_norm_eps: float
+    vocab_size: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
 
 
 # ---------------------------------------------------------------------------- name mapping
@@ -193,23 +234,25 @@ def meta_float(md: dict[str, Any], key: str, source: str, default: float | None 
     return float(v)
 
 
-def gguf_common_args(md: dict[str, Any], arch: str, source: str) -> dict[str, Any]:
+def gguf_common_args(
+    md: dict[str, Any], arch: str, source: str, *, partial_rotary: bool = False
+) -> dict[str, Any]:
     """The config.json-named values every Llama-like GGUF architecture stores.
 
     Args:
         md: GGUF metadata.
         arch: the family's name, the key prefix when ``general.architecture`` is absent.
         source: file path for messages.
+        partial_rotary: the family rotates part of each head (phi3): ``rope.dimension_count``
+            is returned as ``rope_dim``; otherwise a count other than head_dim is refused.
 
     Returns:
         Dict with hidden_size, num_hidden_layers, intermediate_size, num_attention_heads,
         num_key_value_heads, head_dim, rms_norm_eps, max_position_embeddings, rope_theta,
-        rope_scaling and vocab_size.
+        rope_scaling and vocab_size (and rope_dim with ``partial_rotary``).
     """
     a = md.get("general.architecture")
-    a = (
-        a if isinstance(a, str) and a else arch
-    )  # key prefix (an alias such as mistral keeps its own)
+    a = a if isinstance(a, str) and a else arch  # key prefix (an alias keeps its own)
     heads = meta_int(md, f"{a}.attention.head_count", source)
     hidden = meta_int(md, f"{a}.embedding_length", source)
     head_dim = meta_int(md, f"{a}.attention.key_length", source, 0) or None
@@ -220,7 +263,7 @@ def gguf_common_args(md: dict[str, Any], arch: str, source: str) -> dict[str, An
         )
     hd = head_dim or (hidden // heads if heads > 0 else 0)
     rot = meta_int(md, f"{a}.rope.dimension_count", source, hd)
-    if rot != hd:
+    if rot != hd and not partial_rotary:
         raise NotImplementedFeature(
             f"[{TAG}] {source}: key {a}.rope.dimension_count: partial rotary ({rot} of {hd} "
             "dims) is not supported"
@@ -235,7 +278,9 @@ def gguf_common_args(md: dict[str, Any], arch: str, source: str) -> dict[str, An
         vocab = len(tokens)
     else:
         vocab = meta_int(md, f"{a}.vocab_size", source)
+    extra = {"rope_dim": rot} if partial_rotary else {}
     return {
+        **extra,
         "hidden_size": hidden,
         "num_hidden_layers": meta_int(md, f"{a}.block_count", source),
         "intermediate_size": meta_int(md, f"{a}.feed_forward_length", source),
@@ -262,95 +307,6 @@ def _gguf_rope_scaling(md: dict[str, Any], a: str, source: str) -> dict[str, Any
         f"[{TAG}] {source}: key {a}.rope.scaling.type: {kind!r} is not supported "
         "(expected none or linear)"
     )
-
-
-# ---------------------------------------------------------------------------- RoPE
-
-
-def rope_inv_freq(
-    head_dim: int,
-    theta: float,
-    scaling: dict[str, Any] | None = None,
-    freq_factors: np.ndarray | None = None,
-    *,
-    source: str = "model",
-) -> list[float]:
-    """RoPE inverse frequencies after scaling: ``1 / theta ** (2i / head_dim)``, i < head_dim/2.
-
-    Args:
-        head_dim: rotary dimension (even).
-        theta: RoPE base.
-        scaling: HF ``rope_scaling`` dict or None. ``rope_type`` (or legacy ``type``)
-            "default"/None: plain; "linear": divide by ``factor``; "llama3": Llama 3.1 rule with
-            ``factor``, ``low_freq_factor``, ``high_freq_factor``,
-            ``original_max_position_embeddings``.
-        freq_factors: GGUF ``rope_freqs.weight`` values, (head_dim/2,) divisors, or None.
-        source: file path for messages.
-
-    Returns:
-        head_dim/2 floats.
-
-    Raises:
-        CorruptFile: bad scaling parameters or divisors.
-        NotImplementedFeature: other scaling types (dynamic, yarn, longrope, ...).
-    """
-    if head_dim <= 0 or head_dim % 2 or not (theta > 0 and math.isfinite(theta)):
-        raise CorruptFile(
-            f"[{TAG}] {source}: rope: expected an even head_dim > 0 and theta > 0, "
-            f"got {head_dim} and {theta}"
-        )
-    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    kind = None
-    if scaling is not None:
-        if not isinstance(scaling, dict):
-            raise CorruptFile(f"[{TAG}] {source}: key rope_scaling: expected an object or null")
-        kind = scaling.get("rope_type", scaling.get("type"))
-    if kind in (None, "default"):
-        pass
-    elif kind == "linear":
-        inv = inv / _param(scaling, "factor", source)
-    elif kind == "llama3":
-        inv = _llama3(inv, scaling, source)
-    else:
-        raise NotImplementedFeature(f"[{TAG}] {source}: rope_scaling type {kind!r} not supported")
-    if freq_factors is not None:
-        f = np.asarray(freq_factors, dtype=np.float64).reshape(-1)
-        if f.shape != inv.shape or not np.all(np.isfinite(f)) or not np.all(f > 0):
-            raise CorruptFile(
-                f"[{TAG}] {source}: tensor rope_freqs.weight: expected {inv.size} finite "
-                f"positive divisors, got {f.size} values"
-            )
-        inv = inv / f
-    return [float(x) for x in inv]
-
-
-def _param(scaling: dict[str, Any], key: str, source: str) -> float:
-    v = scaling.get(key)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 and math.isfinite(v)):
-        raise CorruptFile(
-            f"[{TAG}] {source}: key rope_scaling.{key}: expected a positive number, got {v!r}"
-        )
-    return float(v)
-
-
-def _llama3(inv: np.ndarray, scaling: dict[str, Any], source: str) -> np.ndarray:
-    # Wavelengths longer than old_ctx/low are slowed by `factor`, shorter than old_ctx/high kept,
-    # and the band between blends the two linearly in old_ctx/wavelen.
-    factor = _param(scaling, "factor", source)
-    low = _param(scaling, "low_freq_factor", source)
-    high = _param(scaling, "high_freq_factor", source)
-    old_ctx = _param(scaling, "original_max_position_embeddings", source)
-    if high <= low:
-        raise CorruptFile(
-            f"[{TAG}] {source}: key rope_scaling: high_freq_factor {high} must exceed "
-            f"low_freq_factor {low}"
-        )
-    wavelen = 2.0 * math.pi / inv
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    blended = (1.0 - smooth) * inv / factor + smooth * inv
-    out = np.where(wavelen > old_ctx / low, inv / factor, inv)
-    medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
-    return np.where(medium, blended, out)
 
 
 # ---------------------------------------------------------------------------- config checks

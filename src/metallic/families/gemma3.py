@@ -24,7 +24,7 @@ from ..errors import InvalidArgument, NotImplementedFeature
 from .base import (
     HF_GLOBAL_NAMES,
     TAG,
-    BaseModelArgs,
+    LlamaLikeArgs,
     gguf_common_args,
     hf_args,
     hf_to_canonical,
@@ -83,21 +83,14 @@ GEMMA3 = Variant()
 
 
 @dataclasses.dataclass
-class ModelArgs(BaseModelArgs):
-    """Gemma 3 hyper-parameters, named like HF ``config.json`` keys.
+class ModelArgs(LlamaLikeArgs):
+    """Gemma 3 hyper-parameters, named like HF ``config.json`` keys (the shared ones: see
+    :class:`~metallic.families.base.LlamaLikeArgs`).
 
     Attributes:
-        hidden_size: model width (n_embd).
-        num_hidden_layers: decoder blocks.
-        intermediate_size: MLP width (n_ff).
-        num_attention_heads: query heads.
-        rms_norm_eps: RMSNorm epsilon.
-        vocab_size: rows of the embedding.
-        num_key_value_heads: KV heads (GQA); None means num_attention_heads.
         head_dim: per-head width.
         max_position_embeddings: trained context length.
         rope_theta: RoPE base of the global layers.
-        rope_scaling: rope scaling of the global layers (linear) or None.
         rope_local_base_freq: RoPE base of the sliding-window layers.
         query_pre_attn_scalar: attention scores are scaled by its inverse square root.
         layer_window: per layer sliding window (0: global).
@@ -108,17 +101,9 @@ class ModelArgs(BaseModelArgs):
         model_type: HF model_type.
     """
 
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    num_attention_heads: int
-    rms_norm_eps: float
-    vocab_size: int
-    num_key_value_heads: int | None = None
     head_dim: int | None = 256
     max_position_embeddings: int = 131072
     rope_theta: float = 1000000.0
-    rope_scaling: dict[str, Any] | None = None
     rope_local_base_freq: float = _LOCAL_THETA
     query_pre_attn_scalar: float | None = None
     layer_window: list[int] = dataclasses.field(default_factory=list)
@@ -127,10 +112,6 @@ class ModelArgs(BaseModelArgs):
     tie_word_embeddings: bool = True
     hidden_activation: str = "gelu_pytorch_tanh"
     model_type: str = "gemma3_text"
-
-    def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
 
 
 def args_from_gguf(

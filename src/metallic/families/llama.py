@@ -15,37 +15,27 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFile, InvalidArgument, NotImplementedFeature
+from ..errors import InvalidArgument, NotImplementedFeature
 from .base import (
     TAG,
-    BaseModelArgs,
+    LlamaLikeArgs,
     gguf_common_args,
     hf_args,
     hf_to_canonical,
     llama_like_config,
     meta_int,
 )
+from .switches import check_window
 
 ARCH = "llama"
 
 
 @dataclasses.dataclass
-class ModelArgs(BaseModelArgs):
-    """Llama hyper-parameters, named like HF ``config.json`` keys.
+class ModelArgs(LlamaLikeArgs):
+    """Llama hyper-parameters, named like HF ``config.json`` keys (the shared ones: see
+    :class:`~metallic.families.base.LlamaLikeArgs`).
 
     Attributes:
-        hidden_size: model width (n_embd).
-        num_hidden_layers: decoder blocks.
-        intermediate_size: MLP width (n_ff).
-        num_attention_heads: query heads.
-        rms_norm_eps: RMSNorm epsilon.
-        vocab_size: rows of the embedding.
-        num_key_value_heads: KV heads (GQA); None means num_attention_heads.
-        head_dim: per-head width; None means hidden_size / num_attention_heads.
-        max_position_embeddings: trained context length.
-        rope_theta: RoPE base.
-        rope_scaling: HF rope_scaling dict (linear / llama3) or None.
-        tie_word_embeddings: output projection reuses the token embedding.
         attention_bias: biases on q/k/v/o projections (unsupported when True).
         mlp_bias: biases on the MLP projections (unsupported when True).
         hidden_act: MLP activation ("silu").
@@ -53,27 +43,11 @@ class ModelArgs(BaseModelArgs):
         model_type: HF model_type.
     """
 
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    num_attention_heads: int
-    rms_norm_eps: float
-    vocab_size: int
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None
-    tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
     hidden_act: str = "silu"
     sliding_window: int | None = None
     model_type: str = "llama"
-
-    def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
 
 
 def args_from_gguf(metadata: dict[str, Any], *, source: str = "<gguf>") -> ModelArgs:
@@ -117,11 +91,7 @@ def args_from_hf(config: dict[str, Any], *, source: str = "<config.json>") -> Mo
         raise NotImplementedFeature(
             f"[{TAG}] {source}: keys attention_bias/mlp_bias: projection biases are not supported"
         )
-    if args.sliding_window is not None and args.sliding_window <= 0:
-        raise CorruptFile(
-            f"[{TAG}] {source}: key sliding_window: expected a positive integer or null, got "
-            f"{args.sliding_window}"
-        )
+    check_window(args.sliding_window, source)
     return args
 
 

@@ -36,7 +36,7 @@ from . import LONG_CONTEXT
 from .base import (
     HF_GLOBAL_NAMES,
     TAG,
-    BaseModelArgs,
+    LlamaLikeArgs,
     gguf_common_args,
     hf_args,
     hf_to_canonical,
@@ -45,7 +45,7 @@ from .base import (
     meta_int,
     rope_inv_freq,
 )
-from .switches import FULL, hf_rope
+from .switches import FULL, check_window, hf_rope
 
 ARCH = "phi3"
 _LAYER_NAMES = {
@@ -63,56 +63,32 @@ GGUF_ARG_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight")
 
 
 @dataclasses.dataclass
-class ModelArgs(BaseModelArgs):
-    """Phi-3 hyper-parameters, named like HF ``config.json`` keys.
+class ModelArgs(LlamaLikeArgs):
+    """Phi-3 hyper-parameters, named like HF ``config.json`` keys (the shared ones: see
+    :class:`~metallic.families.base.LlamaLikeArgs`).
 
     Attributes:
-        hidden_size: model width (n_embd).
-        num_hidden_layers: decoder blocks.
-        intermediate_size: MLP width (n_ff; the fused gate_up projection has twice as many rows).
-        num_attention_heads: query heads.
-        rms_norm_eps: RMSNorm epsilon.
-        vocab_size: rows of the embedding.
-        num_key_value_heads: KV heads (GQA); None means num_attention_heads.
-        head_dim: per-head width; None means hidden_size / num_attention_heads.
         max_position_embeddings: context length the model was extended to.
         original_max_position_embeddings: pretraining context length (longrope's switch point).
-        rope_theta: RoPE base.
-        rope_scaling: normalized longrope dict (``long_factor``, ``short_factor``, ``factor``,
-            ``attention_factor``), another HF scaling dict (linear), or None.
+        rope_scaling: (inherited) normalized longrope dict (``long_factor``, ``short_factor``,
+            ``factor``, ``attention_factor``), another HF scaling dict (linear), or None.
         partial_rotary_factor: fraction of head_dim that RoPE turns (HF).
         rope_dim: rotated features per head (GGUF ``rope.dimension_count``); None: from
             partial_rotary_factor.
-        tie_word_embeddings: output projection reuses the token embedding.
         attention_bias: biases on the projections (unsupported when True).
         sliding_window: every layer's window (HF) or None.
         hidden_act: MLP activation ("silu").
         model_type: HF model_type.
     """
 
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    num_attention_heads: int
-    rms_norm_eps: float
-    vocab_size: int
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
     max_position_embeddings: int = 4096
     original_max_position_embeddings: int = ORIGINAL_DEFAULT
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None
     partial_rotary_factor: float = 1.0
     rope_dim: int | None = None
-    tie_word_embeddings: bool = False
     attention_bias: bool = False
     sliding_window: int | None = None
     hidden_act: str = "silu"
     model_type: str = "phi3"
-
-    def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
 
 
 def args_from_gguf(
@@ -138,11 +114,7 @@ def args_from_gguf(
     """
     a = metadata.get("general.architecture")
     a = a if isinstance(a, str) and a else ARCH
-    rot_key = f"{a}.rope.dimension_count"
-    # gguf_common_args refuses partial rotary; phi3 reads the count itself below.
-    common = gguf_common_args({k: v for k, v in metadata.items() if k != rot_key}, ARCH, source)
-    heads = common["num_attention_heads"]
-    head_dim = common["head_dim"] or (common["hidden_size"] // heads if heads > 0 else 0)
+    common = gguf_common_args(metadata, ARCH, source, partial_rotary=True)
     ctx = common["max_position_embeddings"]
     orig_key = f"{a}.rope.scaling.original_context_length"
     tensors = tensors or {}
@@ -166,7 +138,6 @@ def args_from_gguf(
     return ModelArgs.from_dict(
         {
             **common,
-            "rope_dim": meta_int(metadata, rot_key, source, head_dim),
             "original_max_position_embeddings": meta_int(metadata, orig_key, source, ctx),
             "sliding_window": None,
         }
@@ -217,11 +188,7 @@ def args_from_hf(config: dict[str, Any], *, source: str = "<config.json>") -> Mo
         raise NotImplementedFeature(
             f"[{TAG}] {source}: key attention_bias: projection biases are not supported"
         )
-    if args.sliding_window is not None and args.sliding_window <= 0:
-        raise CorruptFile(
-            f"[{TAG}] {source}: key sliding_window: expected a positive integer or null, got "
-            f"{args.sliding_window}"
-        )
+    check_window(args.sliding_window, source)
     args.partial_rotary_factor = float(partial)
     args.original_max_position_embeddings = original
     return args

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InvalidArgument, NotImplementedFeature
 from .base import (
     TAG,
-    BaseModelArgs,
+    LlamaLikeArgs,
     gguf_common_args,
     hf_args,
     hf_to_canonical,
@@ -26,48 +26,25 @@ ARCH = "qwen2"
 
 
 @dataclasses.dataclass
-class ModelArgs(BaseModelArgs):
-    """Qwen2 hyper-parameters, named like HF ``config.json`` keys.
+class ModelArgs(LlamaLikeArgs):
+    """Qwen2 hyper-parameters, named like HF ``config.json`` keys (the shared ones: see
+    :class:`~metallic.families.base.LlamaLikeArgs`).
 
     Attributes:
-        hidden_size: model width (n_embd).
-        num_hidden_layers: decoder blocks.
-        intermediate_size: MLP width (n_ff).
-        num_attention_heads: query heads.
-        rms_norm_eps: RMSNorm epsilon.
-        vocab_size: rows of the embedding.
-        num_key_value_heads: KV heads (GQA); None means num_attention_heads.
-        head_dim: per-head width; None means hidden_size / num_attention_heads.
         max_position_embeddings: trained context length.
         rope_theta: RoPE base.
-        rope_scaling: HF rope_scaling dict (linear only in practice) or None.
-        tie_word_embeddings: output projection reuses the token embedding.
         use_sliding_window: sliding-window attention switch (unsupported when True).
         sliding_window: window size, only meaningful with use_sliding_window.
         hidden_act: MLP activation ("silu").
         model_type: HF model_type.
     """
 
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    num_attention_heads: int
-    rms_norm_eps: float
-    vocab_size: int
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
     max_position_embeddings: int = 32768
     rope_theta: float = 1000000.0
-    rope_scaling: dict[str, Any] | None = None
-    tie_word_embeddings: bool = False
     use_sliding_window: bool = False
     sliding_window: int | None = None
     hidden_act: str = "silu"
     model_type: str = "qwen2"
-
-    def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
 
 
 def args_from_gguf(metadata: dict[str, Any], *, source: str = "<gguf>") -> ModelArgs:

@@ -17,7 +17,7 @@ from ..errors import InvalidArgument
 from .base import (
     HF_LAYER_NAMES,
     TAG,
-    BaseModelArgs,
+    LlamaLikeArgs,
     gguf_common_args,
     hf_args,
     hf_to_canonical,
@@ -33,47 +33,24 @@ _QK_NORMS = {
 
 
 @dataclasses.dataclass
-class ModelArgs(BaseModelArgs):
-    """Qwen3 hyper-parameters, named like HF ``config.json`` keys.
+class ModelArgs(LlamaLikeArgs):
+    """Qwen3 hyper-parameters, named like HF ``config.json`` keys (the shared ones: see
+    :class:`~metallic.families.base.LlamaLikeArgs`).
 
     Attributes:
-        hidden_size: model width (n_embd).
-        num_hidden_layers: decoder blocks.
-        intermediate_size: MLP width (n_ff).
-        num_attention_heads: query heads.
-        rms_norm_eps: RMSNorm epsilon (also of the q/k norms).
-        vocab_size: rows of the embedding.
-        num_key_value_heads: KV heads (GQA); None means num_attention_heads.
-        head_dim: per-head width; None means hidden_size / num_attention_heads.
         max_position_embeddings: trained context length.
         rope_theta: RoPE base.
-        rope_scaling: HF rope scaling dict (linear) or None.
-        tie_word_embeddings: output projection reuses the token embedding.
         layer_window: per layer sliding window (0: global), from ``use_sliding_window`` /
             ``layer_types``; empty: every layer global.
         hidden_act: MLP activation ("silu").
         model_type: HF model_type.
     """
 
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int
-    num_attention_heads: int
-    rms_norm_eps: float
-    vocab_size: int
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
     max_position_embeddings: int = 40960
     rope_theta: float = 1000000.0
-    rope_scaling: dict[str, Any] | None = None
-    tie_word_embeddings: bool = False
     layer_window: list[int] = dataclasses.field(default_factory=list)
     hidden_act: str = "silu"
     model_type: str = "qwen3"
-
-    def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
 
 
 def args_from_gguf(metadata: dict[str, Any], *, source: str = "<gguf>") -> ModelArgs:

@@ -124,3 +124,16 @@ def windows(layer_types: list[str], window: int | None, source: str) -> list[int
             f"[{TAG}] {source}: key sliding_window: expected a positive integer, got {window!r}"
         )
     return [int(window) if t == SLIDING else 0 for t in layer_types]
+
+
+def check_window(window: int | None, source: str) -> None:
+    """A config's ``sliding_window`` that applies to every layer: a positive integer or null.
+
+    Raises:
+        CorruptFile: zero or negative.
+    """
+    if window is not None and window <= 0:
+        raise CorruptFile(
+            f"[{TAG}] {source}: key sliding_window: expected a positive integer or null, got "
+            f"{window}"
+        )
