@@ -1,6 +1,7 @@
 // Attention for one query row per threadgroup, online softmax, GQA: grid = (n_head, n_tokens),
 // kAttnSimdgroups * 32 threads. Query t of head h attends to cache positions 0 .. pos0 + t of KV
-// head h / (n_head / n_head_kv). Simdgroup s takes positions s, s + kAttnSimdgroups, ...; lane l
+// head h / (n_head / n_head_kv), position p in row p % kv_capacity (a sliding-window ring wraps).
+// Simdgroup s takes positions s, s + kAttnSimdgroups, ...; lane l
 // holds dims l, l + 32, ... of q and of its running output. Per position: one simd_sum for the
 // score, then the running max / sum / output are rescaled (flash-attention style), so the cache
 // is read once. The simdgroups' partial results are merged through threadgroup memory.
@@ -36,9 +37,10 @@ template <typename C>  // cache element: float or half
   device const C* vh = vc + ulong(g) * a.kv_capacity * a.head_dim;
   float m = -INFINITY, l = 0.f;
   const uint lo = a.window > 0 && n_ctx > a.window ? n_ctx - a.window : 0;  // sliding window
-  for (uint p = lo + sg; p < n_ctx; p += kAttnSimdgroups) {  // uniform across the simdgroup
-    device const C* kr = kh + ulong(p) * a.head_dim;
-    device const C* vr = vh + ulong(p) * a.head_dim;
+  for (uint p = lo + sg; p < n_ctx; p += kAttnSimdgroups) {                 // uniform across the simdgroup
+    const ulong r = ulong(p % a.kv_capacity) * a.head_dim;
+    device const C* kr = kh + r;
+    device const C* vr = vh + r;
     float s = 0.f;
     for (uint j = 0; j < dpl; ++j) {
       const uint d = lane + 32 * j;

@@ -102,17 +102,18 @@ template <typename C>  // cache element: float or half
   const uint q_lo = a.window > 0 && q_pos + 1 > a.window ? q_pos + 1 - a.window : 0;
 
   for (uint kv0 = lo / KV * KV; kv0 < kv_end; kv0 += KV) {
-    // Copy rows kv0 .. kv0 + KV - 1 (element e of the tile is element kv0 * hd + e of the head's
-    // cache: contiguous reads); rows at or past kv_end are zero, never read from the cache.
+    // Copy positions kv0 .. kv0 + KV - 1 (element e of the tile is element e - j * hd of position
+    // kv0 + j, in row (kv0 + j) % kv_capacity: contiguous reads, a sliding-window ring wraps at
+    // most once per tile); rows at or past kv_end are zero, never read from the cache. Positions
+    // below the window that a ring has overwritten are loaded but masked (-inf) below.
     const uint n_elem = min(KV, kv_end - kv0) * hd;
     threadgroup_barrier(mem_flags::mem_threadgroup);  // the previous tile is consumed
-    device const C* kt = kh + ulong(kv0) * hd;
-    device const C* vt = vh + ulong(kv0) * hd;
     for (uint e = tid; e < KV * hd; e += kFlashThreads) {
       const uint j = e / hd, at = j * MD + (e - j * hd);
       if (e < n_elem) {
-        tk[at] = float(kt[e]);
-        tv[at] = float(vt[e]);
+        const ulong src = ulong((kv0 + j) % a.kv_capacity) * hd + (e - j * hd);
+        tk[at] = float(kh[src]);
+        tv[at] = float(vh[src]);
       } else {
         tk[at] = 0.f;
         tv[at] = 0.f;

@@ -1,9 +1,10 @@
 // RoPE + KV-cache write for token t (at position pos0 + t): rotates the n_head query heads and
 // the n_head_kv key heads in place, then stores the rotated k and the unchanged v into the caches
-// at row g * kv_capacity + pos0 + t of head g. Pairs are (i, i + head_dim/2) with `neox`, else
-// (2i, 2i+1); angle = position * inv_freq[i] in float (the CPU device uses double: see README).
-// grid = (n_tokens); the threads of a group stride over the (n_head + n_head_kv) * head_dim/2
-// pairs, and the thread that rotates pair i of key head g also writes both of its cache elements.
+// at row g * kv_capacity + (pos0 + t) % kv_capacity of head g (a sliding-window layer's cache is a
+// ring of kv_capacity rows; a global layer's holds every position, so the modulo is the identity). Pairs are (i, i +
+// head_dim/2) with `neox`, else (2i, 2i+1); angle = position * inv_freq[i] in float (the CPU device uses double: see
+// README). grid = (n_tokens); the threads of a group stride over the (n_head + n_head_kv) * head_dim/2 pairs, and the
+// thread that rotates pair i of key head g also writes both of its cache elements.
 #pragma once
 
 #include "args.h"
@@ -36,7 +37,7 @@ template <typename C>  // cache element: float or half
     p[i1] = y1;
     if (!is_q) {
       const uint g = h - a.n_head;
-      const ulong row = ulong(g) * a.kv_capacity + a.pos0 + t;
+      const ulong row = ulong(g) * a.kv_capacity + (a.pos0 + t) % a.kv_capacity;
       device const float* vh = v + ulong(t) * a.v_stride + g * a.head_dim;
       kc[row * a.head_dim + i0] = C(y0);
       kc[row * a.head_dim + i1] = C(y1);
@@ -48,7 +49,7 @@ template <typename C>  // cache element: float or half
   const uint rest = a.head_dim - rot;
   for (uint j = tid; j < a.n_head_kv * rest; j += ntg) {
     const uint g = j / rest, d = rot + j % rest;
-    const ulong row = ulong(g) * a.kv_capacity + a.pos0 + t;
+    const ulong row = ulong(g) * a.kv_capacity + (a.pos0 + t) % a.kv_capacity;
     kc[row * a.head_dim + d] = C(k[ulong(t) * a.k_stride + g * a.head_dim + d]);
     vc[row * a.head_dim + d] = C(v[ulong(t) * a.v_stride + g * a.head_dim + d]);
   }

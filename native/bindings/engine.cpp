@@ -95,7 +95,8 @@ void init_engine(nb::module_& m) {
       .def(
           "__init__",
           [](PyEngine* self, const ModelConfig& cfg, const std::unordered_map<std::string, PyWeight>& weights,
-             const std::string& device, int threads, int64_t context_length, int kv_dtype, bool weights_evictable) {
+             const std::string& device, int threads, int64_t context_length, int kv_dtype, bool weights_evictable,
+             int64_t batch_size) {
             new (self) PyEngine();
             WeightMap wm;
             wm.reserve(weights.size());
@@ -110,11 +111,12 @@ void init_engine(nb::module_& m) {
             }
             const DType kv = dtype_from_int(kv_dtype, "kv_dtype");
             nb::gil_scoped_release release;
-            self->engine = std::make_unique<Engine>(cfg, wm, device, threads, context_length, kv, weights_evictable);
+            self->engine =
+                std::make_unique<Engine>(cfg, wm, device, threads, context_length, kv, weights_evictable, batch_size);
           },
           nb::arg("config"), nb::arg("weights"), nb::arg("device") = "cpu", nb::arg("threads") = 0,
           nb::arg("context_length") = 4096, nb::arg("kv_dtype") = static_cast<int>(DType::kF16),
-          nb::arg("weights_evictable") = false)
+          nb::arg("weights_evictable") = false, nb::arg("batch_size") = Engine::kDefaultBatch)
       .def(
           "forward",
           [](PyEngine& self, Tokens tokens, int64_t start_pos, Logits2D logits_out, bool all_logits) {
@@ -150,7 +152,17 @@ void init_engine(nb::module_& m) {
           nb::rv_policy::reference_internal, "View of the last position's logits (valid until the next call).")
       .def(
           "kv_bytes", [](PyEngine& self, int64_t n) { return self.get("engine.kv_bytes").kv_bytes(n); },
-          nb::arg("n_tokens"), "Bytes of KV cache rows for positions [0, n_tokens) (read_kv / write_kv).")
+          nb::arg("n_tokens"),
+          "Bytes of KV cache rows of the first n_tokens positions (read_kv / write_kv; a sliding-window "
+          "layer holds only its last window positions).")
+      .def_prop_ro(
+          "kv_cache_bytes", [](PyEngine& self) { return self.get("engine.kv_cache_bytes").kv_cache_bytes(); },
+          "Bytes allocated for the KV cache (sliding-window layers: rings of window + batch_size rows).")
+      .def(
+          "kv_reusable", [](PyEngine& self, int64_t n) { return self.get("engine.kv_reusable").kv_reusable(n); },
+          nb::arg("n_tokens"),
+          "True when the KV cache holds every row a forward at start_pos n_tokens needs (sliding-window "
+          "rings keep only their last rows); else recompute from position 0.")
       .def(
           "read_kv",
           [](PyEngine& self, int64_t n, nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> out) {

@@ -74,14 +74,15 @@ struct OpParams {
   int32_t n_head_kv = 0;
   int32_t head_dim = 0;
   int32_t n_weights = 0;    // kMatMul: how many weights share the input (1..3)
-  int64_t kv_capacity = 0;  // KV rows per head
+  int64_t kv_capacity = 0;  // KV rows per head; position p lives in row p % kv_capacity (a ring when
+                            // the layer has a window and fewer rows than the context: kv_positions_ok)
   float eps = 0.f;
   float scale = 1.f;        // kEmbed: embedding scale; kAttention: score scale
   bool accumulate = false;  // kMatMul: out += result (residual add in the epilogue)
                             // kNormMatMul, kNormSwiGlu: eps is the norm's epsilon
   bool neox = true;         // kRopeKv: rotate-halves pairing (else interleaved pairs)
                             // kRmsNorm: accumulate = out += norm(x) * w (a post-norm's residual add)
-  int32_t window = 0;       // kAttention: > 0, a query at position t sees keys t-window+1..t
+  int32_t window = 0;       // kAttention, kRopeKv: > 0, a query at position t sees keys t-window+1..t
   float softcap = 0.f;      // kAttention: > 0, scores -> softcap * tanh(score / softcap)
   bool gelu = false;        // kSwiGlu, kNormSwiGlu: GELU (tanh approximation) gate instead of SiLU
   int32_t rope_dim = 0;     // kRopeKv: rotate the first rope_dim dims of each head (0: head_dim)
@@ -92,6 +93,15 @@ struct OpParams {
   float min_p = 0.f;
   float uniform = 0.f;
 };
+
+// kRopeKv / kAttention positions fit the cache: either every position of the batch has its own row
+// (pos0 + n_tokens <= kv_capacity) or the layer is a sliding-window ring that holds the batch and
+// the window before its first query (window + n_tokens - 1 <= kv_capacity), so no row the batch
+// reads is overwritten by a row it writes.
+inline bool kv_positions_ok(const OpParams& p) {
+  return p.pos0 >= 0 && p.n_tokens >= 1 && p.kv_capacity >= 1 &&
+         (p.pos0 + p.n_tokens <= p.kv_capacity || (p.window > 0 && p.window + p.n_tokens - 1 <= p.kv_capacity));
+}
 
 // Tensor slots per op (see the kernels for the exact roles):
 //   kEmbed:     [0]=table (vocab, d)  [1]=tokens (1, n) int32 as F32-sized  [2]=out (n, d)

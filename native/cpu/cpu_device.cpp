@@ -24,7 +24,8 @@ constexpr size_t kMapThreshold = size_t{1} << 20;  // buffers from this size up 
 
 class CpuDevice final : public Device {
  public:
-  CpuDevice(int threads, const DeviceLimits& lim) : pool_(threads) {
+  CpuDevice(int threads, const DeviceLimits& lim)
+      : lim_kv_(lim.kv_capacity), lim_head_dim_(lim.head_dim), lim_cols_(lim.max_cols), pool_(threads) {
     const auto act = static_cast<size_t>(lim.max_tokens * lim.max_cols);
     scratch_.act_q.resize(act);
     scratch_.act_d.resize(act / 32 + 1);
@@ -123,14 +124,34 @@ class CpuDevice final : public Device {
     return false;
   }
 
+  // Rows the op reads and writes lie inside the cache (per layer: the whole context or a ring).
+  void check_kv(const OpCall& call, const char* op) const {
+    const OpParams& p = call.p;
+    const Tensor& kc = call.op == OpCode::kRopeKv ? call.t[3] : call.t[1];
+    if (!kv_positions_ok(p) || kc.rows < p.n_head_kv * p.kv_capacity || p.kv_capacity > lim_kv_ ||
+        p.head_dim != lim_head_dim_ || p.n_head_kv < 1 || p.n_head % p.n_head_kv != 0 ||
+        static_cast<int64_t>(p.n_head) * p.head_dim > lim_cols_)
+      fail(ErrorCode::kInvalidArgument, "cpu.run",
+           std::string(op) + ": positions " + std::to_string(p.pos0) + "+" + std::to_string(p.n_tokens) + " (window " +
+               std::to_string(p.window) + "), " + std::to_string(p.n_head) + "/" + std::to_string(p.n_head_kv) +
+               " heads of " + std::to_string(p.head_dim) + " do not fit the device's limits or a KV cache of " +
+               std::to_string(p.kv_capacity) + " rows per head");
+  }
+
   void run(const OpCall& call) override {
     ++counters_.dispatches;
     switch (call.op) {
       case OpCode::kEmbed: cpu::op_embed(call, pool_); return;
       case OpCode::kRmsNorm: cpu::op_rms_norm(call, pool_); return;
       case OpCode::kMatMul: cpu::op_matmul(call, pool_, scratch_); return;
-      case OpCode::kRopeKv: cpu::op_rope_kv(call, pool_, scratch_); return;
-      case OpCode::kAttention: cpu::op_attention(call, pool_, scratch_); return;
+      case OpCode::kRopeKv:
+        check_kv(call, "rope_kv");
+        cpu::op_rope_kv(call, pool_, scratch_);
+        return;
+      case OpCode::kAttention:
+        check_kv(call, "attention");
+        cpu::op_attention(call, pool_, scratch_);
+        return;
       case OpCode::kSwiGlu: cpu::op_swiglu(call, pool_); return;
       case OpCode::kArgmax: argmax(call); return;
       case OpCode::kSample: fail(ErrorCode::kUnsupportedDType, "cpu.run", "sample: draw with the host Sampler");
@@ -168,6 +189,9 @@ class CpuDevice final : public Device {
   static constexpr bool kHaveVnni = false;
 #endif
   DeviceCounters counters_;
+  int64_t lim_kv_;        // the largest cache a layer may have
+  int32_t lim_head_dim_;  // the scores scratch is sized for these heads
+  int64_t lim_cols_;
 
   // Drops the whole pages inside [p, p + n) of a read-only shared file mapping from this
   // process (they stay in the page cache and re-fault from the file if ever touched again).

@@ -279,7 +279,7 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
       float* kh = k.ptr<float>() + t * k.cols + g * hd;
       const float* vh = v.ptr<const float>() + t * v.cols + g * hd;
       rotate(kh, cst);
-      const int64_t row = g * c.p.kv_capacity + c.p.pos0 + t;
+      const int64_t row = g * c.p.kv_capacity + (c.p.pos0 + t) % c.p.kv_capacity;  // a ring wraps
       if (kc.dtype == DType::kF16) {
         auto* kd = static_cast<uint16_t*>(const_cast<void*>(kc.row(row)));
         auto* vd = static_cast<uint16_t*>(const_cast<void*>(vc.row(row)));
@@ -300,6 +300,8 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
   }
 }
 
+// Batch invariance: a (token, head) job's float steps depend only on its position and window,
+// so a token's attention is bit-identical in decode and in any prefill batch.
 void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const Tensor& q = c.t[0];
   const Tensor& kc = c.t[1];
@@ -324,27 +326,30 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       const int64_t g = h / group;
       const int64_t n_ctx = c.p.pos0 + t + 1;                                    // causal: positions 0..pos
       const int64_t lo = window > 0 ? std::max<int64_t>(0, n_ctx - window) : 0;  // sliding window
+      const int64_t n = n_ctx - lo;  // <= cap (kv_positions_ok): scores[i] is position lo + i
+      const int64_t r0 = lo % cap;   // its row; a ring wraps once, at row cap
       const float* qh = q.ptr<const float>() + t * q.cols + h * hd;
       float mx = -INFINITY;
-      for (int64_t p = lo; p < n_ctx; ++p) {
-        float sc = kdot(hd, kc.row(g * cap + p), qh) * scale;
+      for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
+        float sc = kdot(hd, kc.row(g * cap + r), qh) * scale;
         if (softcap > 0.f) sc = softcap * std::tanh(sc / softcap);
-        scores[p] = sc;
+        scores[i] = sc;
         mx = std::max(mx, sc);
       }
       float sum = 0.f;
-      for (int64_t p = lo; p < n_ctx; ++p) {
-        scores[p] = std::exp(scores[p] - mx);
-        sum += scores[p];
+      for (int64_t i = 0; i < n; ++i) {
+        scores[i] = std::exp(scores[i] - mx);
+        sum += scores[i];
       }
       const float inv = 1.f / sum;
       std::fill(acc, acc + hd, 0.f);
-      for (int64_t p = lo; p < n_ctx; ++p) vaxpy(hd, scores[p] * inv, vc.row(g * cap + p), acc);
+      for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1)
+        vaxpy(hd, scores[i] * inv, vc.row(g * cap + r), acc);
       std::memcpy(out.ptr<float>() + t * out.cols + h * hd, acc, static_cast<size_t>(hd) * sizeof(float));
     }
   };
   // Work ~ heads x positions x head_dim; below ~64K multiply-adds a hand-off costs more than it saves.
-  const int64_t work = nt * nh * (c.p.pos0 + nt) * hd;
+  const int64_t work = nt * nh * std::min(c.p.pos0 + nt, cap) * hd;
   if (work < (int64_t{1} << 16)) {
     body(0, nt * nh, 0);
   } else {

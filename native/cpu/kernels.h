@@ -19,7 +19,7 @@ struct Scratch {
   std::vector<float> act_s;    // (n_tokens, cols/32) scale * sum(q)
   std::vector<float> act_d8;   // (n_tokens/8, cols/32, 8) act_d transposed per 8-token tile
   std::vector<float> act_s8;   // (n_tokens/8, cols/32, 8) act_s transposed per 8-token tile
-  std::vector<float> scores;   // (threads, kv_capacity) attention scores
+  std::vector<float> scores;   // (threads, kv_capacity + 2 * head_dim) attention scores
   std::vector<float> rope_cs;  // (n_tokens, head_dim) cos | sin per position
 };
 

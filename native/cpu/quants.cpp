@@ -205,7 +205,7 @@ CpuTypeTraits make_traits(DType t) {
               nullptr,
               nullptr,
               simd ? x86::dot_f16 : dot_f16_ref,
-              row_to_f32_f16,
+              simd ? x86::row_to_f32_f16 : row_to_f32_f16,
               simd ? x86::axpy_f16 : axpy_f16_ref};
     case DType::kBF16:
       return {t, false, nullptr, nullptr, simd ? x86::dot_bf16 : dot_bf16_ref, row_to_f32_bf16, nullptr};

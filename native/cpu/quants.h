@@ -110,6 +110,7 @@ void dot_q4_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
 void dot_q4_1_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out);
 float dot_f32(int64_t n, const void* w, const float* x);
 float dot_f16(int64_t n, const void* w, const float* x);
+void row_to_f32_f16(int64_t n, const void* w, float* out);  // exact, as the scalar conversion
 float dot_bf16(int64_t n, const void* w, const float* x);
 void axpy_f32(int64_t n, float a, const void* row, float* acc);
 void axpy_f16(int64_t n, float a, const void* row, float* acc);

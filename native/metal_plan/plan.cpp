@@ -398,8 +398,8 @@ void MetalPlanDevice::rope_kv(const OpCall& c) {
     fail(ErrorCode::kUnsupportedDType, where_,
          "rope_kv: expected an F32 or F16 KV cache, got " + std::string(dtype_name(kc.dtype)));
   if (!(p.head_dim > 0 && p.head_dim % 2 == 0 && kc.cols == p.head_dim &&
-        kc.row_stride == row_bytes(kc.dtype, p.head_dim) && kc.rows >= p.n_head_kv * p.kv_capacity && p.pos0 >= 0 &&
-        p.pos0 + p.n_tokens <= p.kv_capacity && p.rope_dim >= 0 && p.rope_dim <= p.head_dim && p.rope_dim % 2 == 0 &&
+        kc.row_stride == row_bytes(kc.dtype, p.head_dim) && kc.rows >= p.n_head_kv * p.kv_capacity &&
+        kv_positions_ok(p) && p.rope_dim >= 0 && p.rope_dim <= p.head_dim && p.rope_dim % 2 == 0 &&
         c.t[5].cols == (p.rope_dim > 0 ? p.rope_dim : p.head_dim) / 2 && p.rope_mscale > 0.f))
     fail(ErrorCode::kInvalidArgument, where_, "rope_kv: cache, positions or inv_freq do not match the op's shape");
   static constexpr const char* kNames[] = {"rope_kv_f32", "rope_kv_f16"};
@@ -428,7 +428,7 @@ void MetalPlanDevice::attention(const OpCall& c) {
          "attention: expected an F32 or F16 KV cache, got " + std::string(dtype_name(kc.dtype)));
   if (!(p.head_dim >= 1 && p.head_dim <= static_cast<int32_t>(kAttnMaxHeadDim) && p.n_head_kv > 0 &&
         p.n_head % p.n_head_kv == 0 && kc.cols == p.head_dim && kc.row_stride == row_bytes(kc.dtype, p.head_dim) &&
-        kc.rows >= p.n_head_kv * p.kv_capacity && p.pos0 >= 0 && p.pos0 + p.n_tokens <= p.kv_capacity))
+        kc.rows >= p.n_head_kv * p.kv_capacity && kv_positions_ok(p)))
     fail(ErrorCode::kInvalidArgument, where_, "attention: heads, cache or positions do not match the op's shape");
   if (p.n_tokens >= kPrefillMinTokens) {  // tiled: each K/V tile read once per kFlashTileQ queries
     static constexpr const char* kFlash[] = {"flash_attn_f32", "flash_attn_f16"};

@@ -8,7 +8,6 @@ namespace metallic {
 
 namespace {
 
-constexpr int64_t kMaxBatch = 256;        // tokens per prefill chunk (bounds activation memory)
 constexpr int64_t kMaxContext = 1 << 22;  // sanity cap on context_length
 
 std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
@@ -47,8 +46,12 @@ Tensor row_view(const Tensor& t, int64_t first_row, int64_t rows) {
 }  // namespace
 
 Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
-               int64_t context_length, DType kv_dtype, bool weights_evictable)
-    : cfg_(cfg), ctx_(context_length), kv_dtype_(kv_dtype), weights_evictable_(weights_evictable) {
+               int64_t context_length, DType kv_dtype, bool weights_evictable, int64_t batch_size)
+    : cfg_(cfg),
+      ctx_(context_length),
+      max_batch_(batch_size),
+      kv_dtype_(kv_dtype),
+      weights_evictable_(weights_evictable) {
   const ModelConfig& c = cfg_;
   check_cfg(c.n_vocab > 0 && c.n_embd > 0 && c.n_layer > 0 && c.n_head > 0 && c.n_head_kv > 0 && c.n_ff > 0,
             "n_vocab, n_embd, n_layer, n_head, n_head_kv and n_ff must all be > 0");
@@ -82,6 +85,8 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
   check_cfg(std::isfinite(c.final_softcap) && c.final_softcap >= 0.f, "final_softcap: expected >= 0");
   check(context_length > 0 && context_length <= kMaxContext, ErrorCode::kInvalidArgument, "engine",
         "context_length: expected 1.." + std::to_string(kMaxContext) + ", got " + std::to_string(context_length));
+  check(batch_size >= 1 && batch_size <= kMaxBatchSize, ErrorCode::kInvalidArgument, "engine",
+        "batch_size: expected 1.." + std::to_string(kMaxBatchSize) + ", got " + std::to_string(batch_size));
   check(kv_dtype == DType::kF32 || kv_dtype == DType::kF16, ErrorCode::kUnsupportedDType, "engine",
         std::string("kv_dtype: expected F32 or F16, got ") + dtype_name(kv_dtype));
   if (cfg_.attn_scale == 0.f) cfg_.attn_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
@@ -100,7 +105,7 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   const ModelConfig& c = cfg_;
   const int64_t q_dim = c.n_head * c.head_dim;
   const int64_t kv_dim = c.n_head_kv * c.head_dim;
-  max_batch_ = std::min(kMaxBatch, ctx_);
+  max_batch_ = std::min(max_batch_, ctx_);
   DeviceLimits lim;
   lim.max_tokens = max_batch_;
   lim.max_cols = std::max({c.n_embd, c.n_ff, q_dim});
@@ -126,15 +131,22 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
     inv_freq_local_ = Tensor{b, 0, DType::kF32, 1, static_cast<int64_t>(c.rope_inv_freq_local.size()), b.nbytes};
   }
 
+  // Per layer: the whole context, or for a sliding-window layer a ring of window + max_batch rows
+  // (position p in row p % rows): Gemma 3's local layers cost W rows, not the context. One zeroed
+  // allocation for the whole cache: pages are touched only as rows fill.
   const size_t kv_elem = kv_dtype_ == DType::kF16 ? 2 : 4;
   const size_t kv_row = static_cast<size_t>(c.head_dim) * kv_elem;
-  const size_t kv_tensor = static_cast<size_t>(c.n_head_kv * ctx_) * kv_row;
-  // One zeroed allocation for the whole cache: pages are touched only as positions fill.
-  // DEBT(issue #11): a sliding-window layer keeps every position too (correct, prefix reuse and
-  // prompt-cache files unchanged); a ring of window + max_batch rows per such layer would make
-  // Gemma 3's local layers cost W rows instead of the whole context.
-  Buffer kv = device_->alloc(kv_tensor * 2 * static_cast<size_t>(c.n_layer));
+  std::vector<int64_t> caps(static_cast<size_t>(c.n_layer));
+  size_t kv_total = 0;
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    const int64_t w = c.layer_window.empty() ? 0 : c.layer_window[static_cast<size_t>(i)];
+    caps[static_cast<size_t>(i)] = w > 0 ? std::min(ctx_, w + max_batch_) : ctx_;
+    kv_total += 2 * static_cast<size_t>(c.n_head_kv * caps[static_cast<size_t>(i)]) * kv_row;
+  }
+  kv_alloc_bytes_ = kv_total;
+  Buffer kv = device_->alloc(kv_total);
   owned_.push_back(kv);
+  size_t kv_at = 0;
 
   layers_.resize(static_cast<size_t>(c.n_layer));
   for (int64_t i = 0; i < c.n_layer; ++i) {
@@ -158,9 +170,11 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
     L.w_gate = weight(weights, p + "ffn_gate.weight", c.n_ff, c.n_embd, true);
     L.w_up = weight(weights, p + "ffn_up.weight", c.n_ff, c.n_embd, true);
     L.w_down = weight(weights, p + "ffn_down.weight", c.n_embd, c.n_ff, true);
-    const size_t base = static_cast<size_t>(i) * 2 * kv_tensor;
-    L.k_cache = Tensor{kv, base, kv_dtype_, c.n_head_kv * ctx_, c.head_dim, kv_row};
-    L.v_cache = Tensor{kv, base + kv_tensor, kv_dtype_, c.n_head_kv * ctx_, c.head_dim, kv_row};
+    L.kv_cap = caps[static_cast<size_t>(i)];
+    const size_t kv_tensor = static_cast<size_t>(c.n_head_kv * L.kv_cap) * kv_row;
+    L.k_cache = Tensor{kv, kv_at, kv_dtype_, c.n_head_kv * L.kv_cap, c.head_dim, kv_row};
+    L.v_cache = Tensor{kv, kv_at + kv_tensor, kv_dtype_, c.n_head_kv * L.kv_cap, c.head_dim, kv_row};
+    kv_at += 2 * kv_tensor;
   }
 
   x_ = activations(c.n_embd);
@@ -353,6 +367,7 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     e.p.scale = c.embed_scale;
     device_->run(e);
   }
+  for (Layer& L : layers_) note_rows_written(L, pos0, pos0 + n);
   const DeviceCounters before = device_->counters();
   for (const Layer& L : layers_) {
     if (cancel_.exchange(false, std::memory_order_acq_rel)) fail(ErrorCode::kCancelled, "engine", "cancelled");
@@ -391,7 +406,8 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     r.p.n_head = static_cast<int32_t>(c.n_head);
     r.p.n_head_kv = static_cast<int32_t>(c.n_head_kv);
     r.p.head_dim = static_cast<int32_t>(c.head_dim);
-    r.p.kv_capacity = ctx_;
+    r.p.kv_capacity = L.kv_cap;
+    r.p.window = L.window;
     r.p.neox = c.rope_neox;
     r.p.rope_dim = static_cast<int32_t>(c.rope_dim);
     r.p.rope_mscale = c.rope_mscale;
@@ -403,7 +419,6 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     a.t[3] = att_;
     a.p = r.p;
     a.p.scale = c.attn_scale;
-    a.p.window = L.window;
     a.p.softcap = c.attn_softcap;
     device_->run(a);
     if (c.post_norms) {  // x += rmsnorm(W_o att): the residual add moves into the norm
@@ -517,9 +532,34 @@ void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float*
   }
 }
 
+// A windowed layer's rows hold positions [ring_lo, ring_end); positions [s, e) written now
+// overwrite the rows of [s - kv_cap, e - kv_cap) (a ring; nothing when kv_cap is the context).
+// Written out of sequence (never by the Python API, which reuses only what kv_reusable allows),
+// only the new rows count.
+void Engine::note_rows_written(Layer& L, int64_t s, int64_t e) {
+  if (s == 0 || s < L.ring_lo || s > L.ring_end) L.ring_lo = s;
+  L.ring_lo = std::max(L.ring_lo, e - L.kv_cap);
+  L.ring_end = e;
+}
+
+int64_t Engine::kv_rows(const Layer& L, int64_t n) const { return L.window > 0 ? std::min<int64_t>(n, L.window) : n; }
+
+bool Engine::kv_reusable(int64_t n) const {
+  check_open("engine.kv_reusable");
+  if (n < 0 || n > ctx_) return false;
+  for (const Layer& L : layers_) {
+    if (L.window == 0 || n == 0) continue;                        // a global layer: every position has its own row
+    const int64_t need = std::max<int64_t>(0, n - L.window + 1);  // the next query's window
+    if (n > L.ring_end || need < L.ring_lo) return false;
+  }
+  return true;
+}
+
 size_t Engine::kv_bytes(int64_t n) const {
-  const size_t elem = kv_dtype_ == DType::kF16 ? 2 : 4;
-  return static_cast<size_t>(n) * static_cast<size_t>(cfg_.n_layer * 2 * cfg_.n_head_kv * cfg_.head_dim) * elem;
+  const size_t row = static_cast<size_t>(cfg_.head_dim) * (kv_dtype_ == DType::kF16 ? 2 : 4);
+  size_t total = 0;
+  for (const Layer& L : layers_) total += 2 * static_cast<size_t>(cfg_.n_head_kv * kv_rows(L, n)) * row;
+  return total;
 }
 
 void Engine::copy_kv(int64_t n, void* dst, const void* src, size_t nbytes, const char* where) {
@@ -530,20 +570,42 @@ void Engine::copy_kv(int64_t n, void* dst, const void* src, size_t nbytes, const
   check(nbytes == kv_bytes(n), ErrorCode::kShapeMismatch, where,
         "buffer: expected " + std::to_string(kv_bytes(n)) + " bytes for " + std::to_string(n) + " tokens, got " +
             std::to_string(nbytes));
-  if (dst != nullptr) device_->synchronize();
+  if (dst != nullptr) {
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const Layer& L = layers_[i];
+      const int64_t first = n - kv_rows(L, n);
+      check(L.window == 0 || n == 0 || (first >= L.ring_lo && n <= L.ring_end), ErrorCode::kInvalidArgument, where,
+            "layer " + std::to_string(i) + ": positions " + std::to_string(first) + ".." + std::to_string(n - 1) +
+                " are no longer in its sliding-window ring (it holds " + std::to_string(L.ring_lo) + ".." +
+                std::to_string(L.ring_end - 1) + ")");
+    }
+    device_->synchronize();
+  }
+  // Per layer, K then V, per KV head: the rows of positions [n - kv_rows, n) in position order
+  // (a ring's rows in at most two contiguous runs).
   size_t at = 0;
-  for (const Layer& L : layers_)
+  for (Layer& L : layers_) {
+    const int64_t first = n - kv_rows(L, n);
     for (const Tensor* t : {&L.k_cache, &L.v_cache})
-      for (int64_t h = 0; h < cfg_.n_head_kv; ++h) {
-        const size_t off = t->offset + static_cast<size_t>(h * ctx_) * t->row_stride;
-        const size_t len = static_cast<size_t>(n) * t->row_stride;
-        if (dst != nullptr) {
-          device_->copy_out(t->buf, off, static_cast<uint8_t*>(dst) + at, len);
-        } else {
-          device_->copy_in(t->buf, off, static_cast<const uint8_t*>(src) + at, len);
+      for (int64_t h = 0; h < cfg_.n_head_kv; ++h)
+        for (int64_t p = first; p < n;) {
+          const int64_t r = p % L.kv_cap;
+          const int64_t run = std::min(n - p, L.kv_cap - r);
+          const size_t off = t->offset + static_cast<size_t>(h * L.kv_cap + r) * t->row_stride;
+          const size_t len = static_cast<size_t>(run) * t->row_stride;
+          if (dst != nullptr) {
+            device_->copy_out(t->buf, off, static_cast<uint8_t*>(dst) + at, len);
+          } else {
+            device_->copy_in(t->buf, off, static_cast<const uint8_t*>(src) + at, len);
+          }
+          at += len;
+          p += run;
         }
-        at += len;
-      }
+    if (src != nullptr) {
+      L.ring_lo = first;
+      L.ring_end = n;
+    }
+  }
 }
 
 void Engine::read_kv(int64_t n, void* dst, size_t nbytes) { copy_kv(n, dst, nullptr, nbytes, "engine.read_kv"); }

@@ -23,8 +23,12 @@ class Engine {
   // Validates config and every weight (names, dtypes, shapes, byte sizes); throws typed errors.
   // `weights_evictable`: every weight is a view of a read-only shared file mapping (see
   // Device::prepare_weight); false for weights in ordinary memory.
+  // batch_size: tokens per forward pass of a long prompt (llama.cpp's n_batch): bounds the
+  // activation buffers; a sliding-window layer's ring holds window + batch_size rows.
+  static constexpr int64_t kDefaultBatch = 256;
+  static constexpr int64_t kMaxBatchSize = 8192;
   Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
-         int64_t context_length, DType kv_dtype, bool weights_evictable = false);
+         int64_t context_length, DType kv_dtype, bool weights_evictable = false, int64_t batch_size = kDefaultBatch);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -44,11 +48,18 @@ class Engine {
   // One token at `pos`; returns the token sampled from its logits.
   int32_t decode(int32_t token, int64_t pos, Sampler& sampler);
 
-  // KV rows of positions [0, n) of every layer, laid out (layer, K then V, kv head, position,
-  // head_dim) in the cache dtype: kv_bytes(n) bytes. For prompt-cache files; n <= context.
+  // KV rows of the first n positions, laid out (layer, K then V, kv head, position, head_dim) in the
+  // cache dtype: kv_bytes(n) bytes. A sliding-window layer has only the last min(n, window)
+  // positions (all its next query sees). For prompt-cache files; n <= context.
+  // read_kv fails (InvalidArgument) when a ring no longer holds those rows (kv_reusable(n)).
+  //
+  // kv_reusable(n): the cache holds every row a forward() at start_pos n needs (the window before
+  // position n of each ring layer, given the positions written since); false: recompute from 0.
   size_t kv_bytes(int64_t n) const;
   void read_kv(int64_t n, void* dst, size_t nbytes);
   void write_kv(int64_t n, const void* src, size_t nbytes);
+  bool kv_reusable(int64_t n) const;
+  size_t kv_cache_bytes() const { return kv_alloc_bytes_; }  // the KV cache's allocation
   DType kv_dtype() const { return kv_dtype_; }
 
   const float* last_logits() const { return last_logits_.data(); }
@@ -74,9 +85,12 @@ class Engine {
   struct Layer {
     Tensor attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, w_gate, w_up, w_down;
     Tensor q_norm, k_norm, post_attn_norm, post_ffn_norm;  // family switches (qk_norm, post_norms)
-    Tensor k_cache, v_cache;                               // (n_head_kv * ctx, head_dim)
+    Tensor k_cache, v_cache;                               // (n_head_kv * kv_cap, head_dim)
     const Tensor* inv_freq = nullptr;                      // global or local RoPE frequencies
     int32_t window = 0;                                    // sliding window (0: global)
+    int64_t kv_cap = 0;   // rows per KV head: the context, or a ring of window + max_batch rows
+    int64_t ring_lo = 0;  // a ring holds positions [ring_lo, ring_end) (note_rows_written)
+    int64_t ring_end = 0;
   };
 
   void build(const WeightMap& weights, const std::string& device, int threads);
@@ -94,12 +108,15 @@ class Engine {
   void matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
               std::initializer_list<const Tensor*> outs, bool accumulate);
   void check_open(const char* where) const;
+  void note_rows_written(Layer& L, int64_t s, int64_t e);
+  int64_t kv_rows(const Layer& L, int64_t n) const;  // rows of the first n positions read_kv holds
   // Exactly one of dst (read) and src (write) is non-null; see read_kv / write_kv.
   void copy_kv(int64_t n, void* dst, const void* src, size_t nbytes, const char* where);
 
   ModelConfig cfg_;
   int64_t ctx_;
   int64_t max_batch_;
+  size_t kv_alloc_bytes_ = 0;
   DType kv_dtype_;
   bool weights_evictable_;
   std::unique_ptr<Device> device_;

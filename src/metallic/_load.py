@@ -73,7 +73,7 @@ def _build_tokenizer(bundle):
     return tokenizer
 
 
-def _check_args(device, threads, context_length, kv_cache_dtype) -> None:
+def _check_args(device, threads, context_length, kv_cache_dtype, batch_size=256) -> None:
     if device not in DEVICES:
         raise InvalidArgument(
             f"[load] device: expected one of {', '.join(DEVICES)}, got {device!r}"
@@ -92,6 +92,14 @@ def _check_args(device, threads, context_length, kv_cache_dtype) -> None:
         raise InvalidArgument(
             f"[load] context_length: expected an int in [2, 4194304], got {context_length!r}"
         )
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or not 1 <= batch_size <= 8192
+    ):
+        raise InvalidArgument(
+            f"[load] batch_size: expected an int in [1, 8192], got {batch_size!r}"
+        )
     if kv_cache_dtype not in _KV_DTYPES:
         raise InvalidArgument(
             f"[load] kv_cache_dtype: expected 'f16' or 'f32', got {kv_cache_dtype!r}"
@@ -107,6 +115,7 @@ def load(
     kv_cache_dtype: str = "f16",
     quantize: str | None = None,
     progress: bool = False,
+    batch_size: int = 256,
 ) -> Model:
     """Loads a model.
 
@@ -119,11 +128,13 @@ def load(
         kv_cache_dtype: "f16" (default, half the memory) or "f32".
         quantize: None, "q8_0" or "q4_0": quantize the float (F32/F16/BF16) matrices at load.
         progress: show progress bars for fetching and loading.
+        batch_size: prompt tokens per forward pass (llama.cpp's n_batch): bounds activation
+            memory; a sliding-window layer keeps window + batch_size KV rows.
 
     Returns:
         A Model; close it (or use ``with``) to free memory.
     """
-    _check_args(device, threads, context_length, kv_cache_dtype)
+    _check_args(device, threads, context_length, kv_cache_dtype, batch_size)
     target = check_target(quantize)
     native_device = "cpu" if device == "auto" else device
     n_threads = threads or _default_threads()
@@ -165,6 +176,7 @@ def load(
             context_length=context_length,
             kv_dtype=_KV_DTYPES[kv_cache_dtype],
             weights_evictable=evictable,
+            batch_size=batch_size,
         )
     except BaseException:
         bundle.close()

@@ -190,6 +190,8 @@ def prefill(engine, cache: list[int], ids: Sequence[int], logits_buf: np.ndarray
     reuse = common_prefix(cache, ids)
     if logits_buf is not None:
         reuse = min(reuse, n - 1)
+    if reuse > 0 and not engine.kv_reusable(reuse):
+        reuse = 0  # a sliding-window ring no longer holds the window before position `reuse`
     del cache[reuse:]
     if reuse < n:
         rest = np.ascontiguousarray(ids[reuse:], dtype=np.int32)

@@ -3,12 +3,13 @@
 Layout (little-endian)::
 
     magic    8 bytes  b"MTLKV\\x00\\x00\\x01"
-    version  u32      1
+    version  u32      2 (1: before sliding-window rings; refused)
     hlen     u32      length of the JSON header
     header   hlen     JSON: {"fingerprint": str, "n_tokens": int, "kv_dtype": int,
                              "kv_bytes": int}
     tokens   n_tokens * int32
-    kv       kv_bytes   Engine.read_kv layout: (layer, K then V, kv head, position, head_dim)
+    kv       kv_bytes   Engine.read_kv layout: (layer, K then V, kv head, position, head_dim);
+                        a sliding-window layer holds its last min(n_tokens, window) positions
 
 The fingerprint hashes the model config, the weight table (names, dtypes, shapes) and the
 weights file's name and size, so a file made by another model (or another quantization) is
@@ -28,7 +29,7 @@ import numpy as np
 from .errors import CorruptFile, FileNotFound, InvalidArgument, UnsupportedFormat
 
 MAGIC = b"MTLKV\x00\x00\x01"
-VERSION = 1
+VERSION = 2
 _FIXED = struct.Struct("<8sII")
 _MAX_HEADER = 1 << 16
 

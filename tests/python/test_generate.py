@@ -230,3 +230,20 @@ def test_padded_vocabulary_ids_decode_to_nothing(smol_tok):
     assert ts.add(n + 10) == ("", False)
     with pytest.raises(errors.InvalidArgument):
         TextStream(smol_tok, ()).add(n + 10)  # without the model's size the id is out of range
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0", "q4_0", "q4_1"])
+def test_a_token_s_logits_do_not_depend_on_its_batch(tmp_path, dtype):
+    """Batch invariance, bit for bit: 13 tokens in one pass (an 8-token tile, a 4-token pass and
+    a single token on the row-major kernels; the interleaved ones where the CPU has VNNI) equal
+    the same tokens decoded one at a time. Prefix reuse, chunked prompts and speculative
+    verification depend on it; an AVX2-only CPU once summed the three kernels in other orders."""
+    m = tiny_models.make_model(tmp_path, "llama", dtype, "gguf")
+    with metallic.load(m.path, device="cpu", threads=2, context_length=32) as model:
+        ids = _ids(model, 13, seed=31)
+        whole = model.logits(ids)
+        engine = model._engine
+        row = np.zeros((1, whole.shape[1]), np.float32)
+        for i, t in enumerate(ids):
+            engine.forward(np.array([t], np.int32), i, row, False)
+            np.testing.assert_array_equal(row[0], whole[i], err_msg=f"{dtype} position {i}")

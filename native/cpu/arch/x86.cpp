@@ -65,28 +65,25 @@ void quantize_act_q8(const float* x, int64_t n, int8_t* q, float* d, float* s) {
   }
 }
 
-// One activation against one row. Blocks are taken in pairs with separate accumulators so the
-// FMA latency chains (vector and scalar offset) overlap; an odd last block goes to the first.
+// One activation against one row. Batch invariance: a token's result is bit-identical whether
+// it runs alone (here), in a 4-token pass (dot_x4) or an 8-token tile (x86_tile.cpp), so a
+// reused prefix, a chunked prompt and a speculative verify pass give the logits of one-at-a-time
+// decoding. All three take the same float steps per token: one 8-lane accumulator, per block
+// acc = fma(d_w * d_a, float(lane products), acc) in block order, then hsum(acc) + off with
+// off = fma(offset, s_a, off) in block order (integer products are exact in any order).
 template <bool kSigned, typename Decode, typename Scale, typename Offset>
 inline float dot1(int64_t n, const ActQ8& a, Decode decode, Scale scale, Offset offset) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float off0 = 0.f, off1 = 0.f;
-  auto block = [&](int64_t b, __m256& acc, float& off) {
+  __m256 acc = _mm256_setzero_ps();
+  float off = 0.f;
+  for (int64_t b = 0; b < n / kQK; ++b) {
     __m256i raw;
     const __m256i u = decode(b, raw);
     __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + b * kQK));
     if constexpr (kSigned) av = _mm256_sign_epi8(av, raw);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(scale(b) * a.d[b]), _mm256_cvtepi32_ps(dot_u8s8(u, av)), acc);
-    if constexpr (!kSigned) off += offset(b) * a.s[b];
-  };
-  const int64_t nb = n / kQK;
-  int64_t b = 0;
-  for (; b + 2 <= nb; b += 2) {
-    block(b, acc0, off0);
-    block(b + 1, acc1, off1);
+    if constexpr (!kSigned) off = std::fma(offset(b), a.s[b], off);
   }
-  if (b < nb) block(b, acc0, off0);
-  return hsum(_mm256_add_ps(acc0, acc1)) + (off0 + off1);
+  return hsum(acc) + off;
 }
 
 float dot_q8_0_q8(int64_t n, const void* w, ActQ8 a) {
@@ -114,7 +111,8 @@ float dot_q4_1_q8(int64_t n, const void* w, ActQ8 a) {
       [&](int64_t b) { return h2f(blk[b].m); });
 }
 
-// Four activations against one row: the weight block is loaded and unpacked once.
+// Four activations against one row: the weight block is loaded and unpacked once. Each token's
+// float steps are dot1's (batch invariance).
 template <typename Unpack, typename Offset>
 inline void dot_x4(int64_t n, const ActQ8* a, float* out, Unpack unpack, Offset offset) {
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -127,7 +125,7 @@ inline void dot_x4(int64_t n, const ActQ8* a, float* out, Unpack unpack, Offset 
       const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[j].q + b * kQK));
       const __m256i p = dot_u8s8(wv, av);
       acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[j].d[b]), _mm256_cvtepi32_ps(p), acc[j]);
-      off[j] += offset(b) * a[j].s[b];
+      off[j] = std::fma(offset(b), a[j].s[b], off[j]);
     }
   }
   for (int j = 0; j < 4; ++j) out[j] = hsum(acc[j]) + off[j];
@@ -184,6 +182,14 @@ float dot_f32(int64_t n, const void* w, const float* x) {
   float acc = hsum(_mm256_add_ps(a0, a1));
   for (; i < n; ++i) acc += r[i] * x[i];
   return acc;
+}
+
+void row_to_f32_f16(int64_t n, const void* w, float* out) {
+  const auto* r = static_cast<const uint16_t*>(w);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i))));
+  for (; i < n; ++i) out[i] = _cvtsh_ss(r[i]);
 }
 
 float dot_f16(int64_t n, const void* w, const float* x) {
@@ -251,6 +257,7 @@ void dot_q4_0_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) { dot_
 void dot_q4_1_q8_x4(int64_t n, const void* w, const ActQ8* a, float* out) { dot_q4_1_q8_x4_ref(n, w, a, out); }
 float dot_f32(int64_t n, const void* w, const float* x) { return dot_f32_ref(n, w, x); }
 float dot_f16(int64_t n, const void* w, const float* x) { return dot_f16_ref(n, w, x); }
+void row_to_f32_f16(int64_t n, const void* w, float* out) { metallic::cpu::row_to_f32_f16(n, w, out); }
 float dot_bf16(int64_t n, const void* w, const float* x) { return dot_bf16_ref(n, w, x); }
 void axpy_f32(int64_t n, float a, const void* row, float* acc) { axpy_f32_ref(n, a, row, acc); }
 void axpy_f16(int64_t n, float a, const void* row, float* acc) { axpy_f16_ref(n, a, row, acc); }

@@ -6,9 +6,13 @@
 // scales and mins are decoded once per super-block into eight float lanes (one per sub-block), so
 // the min terms of a whole super-block cost one FMA against the activation sums s. Q6_K's -32
 // offset is removed in the integer domain, per lane (each lane's 4 elements share a group of 16).
-// The _x4 forms unpack each weight block once for four activations (prefill). Several
-// accumulators keep the FMA chains short. Every unaligned load reads bytes of one validated
+// The _x4 forms unpack each weight block once for four activations (prefill). Two accumulators
+// per token keep the FMA chains short; their number and the block order do not depend on how many
+// tokens share the pass, so a token's result is bit-identical alone or in a batch (batch
+// invariance: prefix reuse, chunked prompts and speculative verification give one-at-a-time
+// logits). Every unaligned load reads bytes of one validated
 // (super-)block only; activations are read per 32-element block.
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -76,11 +80,11 @@ inline void k4_scales(const uint8_t* p, uint64_t& sc, uint64_t& m) {
 // ----------------------------------------------------------------------------- Q5_0 / Q5_1
 
 // NT activations against one Q5_0/Q5_1 row. Q5_0's -16 offset and Q5_1's min enter through
-// s = d_a * sum(q): one scalar FMA per block and token. NT == 1 alternates two accumulators.
+// s = d_a * sum(q): one scalar FMA per block and token. Blocks alternate two accumulators.
 template <typename Block, int NT>
 inline void dot_q5(int64_t n, const void* w, const ActQ8* a, float* out) {
   constexpr bool kHasMin = std::is_same_v<Block, BlockQ5_1>;
-  constexpr int NA = NT == 1 ? 2 : 1;
+  constexpr int NA = 2;  // the same for every NT (batch invariance)
   const auto* blk = static_cast<const Block*>(w);
   __m256 acc[NT][NA];
   float off[NT][NA];
@@ -101,7 +105,7 @@ inline void dot_q5(int64_t n, const void* w, const ActQ8* a, float* out) {
     for (int t = 0; t < NT; ++t) {
       const __m256i p = dot_u8s8(u, load32(a[t].q + b * kQK));
       acc[t][k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[t].d[b]), _mm256_cvtepi32_ps(p), acc[t][k]);
-      off[t][k] += ow * a[t].s[b];
+      off[t][k] = std::fma(ow, a[t].s[b], off[t][k]);
     }
   };
   const int64_t nb = n / kQK;
@@ -128,7 +132,7 @@ inline void dot_q5(int64_t n, const void* w, const ActQ8* a, float* out) {
 template <typename Block, int NT>
 inline void dot_k45(int64_t n, const void* w, const ActQ8* a, float* out) {
   constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_K>;
-  constexpr int NA = NT == 1 ? 4 : 2;  // independent FMA chains per token
+  constexpr int NA = 2;  // independent FMA chains per token, the same for every NT (batch invariance)
   const auto* blk = static_cast<const Block*>(w);
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i bit4 = _mm256_set1_epi8(0x10);
@@ -182,7 +186,7 @@ inline void dot_k45(int64_t n, const void* w, const ActQ8* a, float* out) {
 // lanes 4..7 from group 2j + 1, so its lane scales are (d*sc[2j] x4, d*sc[2j+1] x4) * d_a.
 template <int NT>
 inline void dot_q6k(int64_t n, const void* w, const ActQ8* a, float* out) {
-  constexpr int NA = NT == 1 ? 4 : 2;
+  constexpr int NA = 2;  // as dot_k45
   const auto* blk = static_cast<const BlockQ6_K*>(w);
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i m30 = _mm256_set1_epi8(0x30);

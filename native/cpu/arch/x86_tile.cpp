@@ -18,25 +18,31 @@ using namespace x86::simd;
 // Block loop shared by the 32-wide formats. `decode(b, u, sign_src)` gives the block's unsigned
 // byte operand; `kSigned` types (Q8_0) move the weight sign onto the activations. `scale(b)` is
 // the weight scale, `offset(b)` the coefficient of s (d_a * sum(q_a)) in the block's term.
+// Each token takes exactly the float steps of the single-token kernel (x86.cpp dot1: one 8-lane
+// accumulator, hsum at the end, the offset chain as fmas in block order), so a token's logits do
+// not depend on the batch it ran in (batch invariance); the offsets of the 8 tokens share one
+// vector chain (a lane's fma is the scalar fma).
 template <bool kSigned, typename Decode, typename Scale, typename Offset>
 inline void tile8(int64_t n, const ActTile8& a, float* out, Decode decode, Scale scale, Offset offset) {
-  __m256 acc = _mm256_setzero_ps();
+  __m256 acc[kTile];
+  for (auto& v : acc) v = _mm256_setzero_ps();
   __m256 acc_off = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / kQK; ++b) {
     __m256i w_raw;
     const __m256i u = decode(b, w_raw);
-    __m256i p[kTile];
+    const float sw = scale(b);
     for (int t = 0; t < kTile; ++t) {
       __m256i av = load32(a.q + t * a.q_stride + b * kQK);
       if constexpr (kSigned) av = _mm256_sign_epi8(av, w_raw);
-      p[t] = dot_u8s8(u, av);
+      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, av));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(sw * a.d8[b * kTile + t]), p, acc[t]);
     }
-    const __m256 sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
-    acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(_mm256_set1_ps(scale(b)), _mm256_loadu_ps(a.d8 + b * kTile)), acc);
     if constexpr (!kSigned)
       acc_off = _mm256_fmadd_ps(_mm256_set1_ps(offset(b)), _mm256_loadu_ps(a.s8 + b * kTile), acc_off);
   }
-  _mm256_storeu_ps(out, _mm256_add_ps(acc, acc_off));
+  alignas(32) float off[kTile];
+  _mm256_store_ps(off, acc_off);
+  for (int t = 0; t < kTile; ++t) out[t] = hsum(acc[t]) + off[t];
 }
 
 void dot_q4_0_x8(int64_t n, const void* w, const ActTile8& a, float* out) {
