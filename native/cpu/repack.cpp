@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/quant_blocks.h"
+#include "cpu/quants.h"
 
 namespace metallic::cpu {
 
@@ -10,15 +11,15 @@ size_t interleaved_block_bytes(DType t) {
   switch (t) {
     case DType::kQ4_0: return sizeof(BlockQ4_0x8);
     case DType::kQ4_1: return sizeof(BlockQ4_1x8);
+    case DType::kQ5_0: return sizeof(BlockQ5_0x8);
     case DType::kQ8_0: return sizeof(BlockQ8_0x8);
+    case DType::kQ4_K: return sizeof(BlockQ4_Kx8);
+    case DType::kQ6_K: return sizeof(BlockQ6_Kx8);
     case DType::kF32:
     case DType::kF16:
     case DType::kBF16:
-    case DType::kQ5_0:
     case DType::kQ5_1:
-    case DType::kQ4_K:
-    case DType::kQ5_K:
-    case DType::kQ6_K: return 0;
+    case DType::kQ5_K: return 0;
   }
   return 0;
 }
@@ -31,10 +32,13 @@ inline void interleave16(const uint8_t* const rows_qs[8], uint8_t* qs) {
     for (int r = 0; r < 8; ++r) std::memcpy(qs + 4 * (8 * j + r), rows_qs[r] + 4 * j, 4);
 }
 
+// First element of kernel chunk c (0..7) of a 32-element block: low nibbles, then high.
+inline int chunk_first(int c) { return c < 4 ? 4 * c : 16 + 4 * (c - 4); }
+
 }  // namespace
 
 void repack_groups(const Tensor& src, const Tensor& dst, int64_t g0, int64_t g1) {
-  const int64_t nb = src.cols / kQK;
+  const int64_t nb = src.cols / dtype_info(src.dtype).block_elems;
   for (int64_t g = g0; g < g1; ++g) {
     auto* out = static_cast<uint8_t*>(dst.buf.host) + dst.offset + static_cast<size_t>(g) * dst.group_stride;
     for (int64_t b = 0; b < nb; ++b) {
@@ -62,6 +66,54 @@ void repack_groups(const Tensor& src, const Tensor& dst, int64_t g0, int64_t g1)
           interleave16(qs, o->qs);
           break;
         }
+        case DType::kQ5_0: {
+          auto* o = reinterpret_cast<BlockQ5_0x8*>(out) + b;
+          const uint8_t* qs[8];
+          uint32_t qh[8];
+          for (int r = 0; r < 8; ++r) {
+            const auto* blk = static_cast<const BlockQ5_0*>(src.row(8 * g + r)) + b;
+            o->d[r] = blk->d;
+            qs[r] = blk->qs;
+            std::memcpy(&qh[r], blk->qh, 4);
+          }
+          interleave16(qs, o->qs);
+          for (int c = 0; c < 8; ++c) {
+            uint32_t bits = 0;
+            for (int r = 0; r < 8; ++r) bits |= ((qh[r] >> chunk_first(c)) & 0xfu) << (4 * r);
+            o->qh[c] = bits;
+          }
+          break;
+        }
+        case DType::kQ4_K: {
+          auto* o = reinterpret_cast<BlockQ4_Kx8*>(out) + b;
+          for (int r = 0; r < 8; ++r) {
+            const auto* blk = static_cast<const BlockQ4_K*>(src.row(8 * g + r)) + b;
+            o->d[r] = blk->d;
+            o->dmin[r] = blk->dmin;
+            uint8_t sc[8], m[8];
+            unpack_k4_scales(blk->scales, sc, m);
+            for (int j = 0; j < 8; ++j) {
+              o->sc[j][r] = sc[j];
+              o->m[j][r] = m[j];
+            }
+            for (int p = 0; p < 4; ++p)
+              for (int c = 0; c < 8; ++c) std::memcpy(o->qs + 256 * p + 32 * c + 4 * r, blk->qs + 32 * p + 4 * c, 4);
+          }
+          break;
+        }
+        case DType::kQ6_K: {
+          auto* o = reinterpret_cast<BlockQ6_Kx8*>(out) + b;
+          for (int r = 0; r < 8; ++r) {
+            const auto* blk = static_cast<const BlockQ6_K*>(src.row(8 * g + r)) + b;
+            o->d[r] = blk->d;
+            for (int j = 0; j < 16; ++j) o->sc[j][r] = blk->scales[j];
+            for (int c = 0; c < 8; ++c) {
+              for (int hq = 0; hq < 4; ++hq) std::memcpy(&o->ql[hq][32 * c + 4 * r], blk->ql + 32 * hq + 4 * c, 4);
+              for (int h = 0; h < 2; ++h) std::memcpy(&o->qh[h][32 * c + 4 * r], blk->qh + 32 * h + 4 * c, 4);
+            }
+          }
+          break;
+        }
         case DType::kQ8_0: {
           auto* o = reinterpret_cast<BlockQ8_0x8*>(out) + b;
           for (int r = 0; r < 8; ++r) {
@@ -69,18 +121,15 @@ void repack_groups(const Tensor& src, const Tensor& dst, int64_t g0, int64_t g1)
             o->d[r] = blk->d;
             for (int j = 0; j < 8; ++j)
               for (int k = 0; k < 4; ++k)
-                o->qs[4 * (8 * j + r) + k] = static_cast<uint8_t>(static_cast<int>(blk->qs[4 * j + k]) + 128);
+                o->qs[4 * (8 * j + r) + k] = static_cast<uint8_t>(static_cast<int>(blk->qs[4 * j + k]) + kQ8x8Bias);
           }
           break;
         }
         case DType::kF32:
         case DType::kF16:
         case DType::kBF16:
-        case DType::kQ5_0:
         case DType::kQ5_1:
-        case DType::kQ4_K:
-        case DType::kQ5_K:
-        case DType::kQ6_K: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
+        case DType::kQ5_K: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
       }
     }
   }
@@ -95,10 +144,11 @@ const void* interleaved_tail_row(const Tensor& t, int64_t r) {
 void interleaved_row_to_f32(const Tensor& t, int64_t r, float* out) {
   const int64_t g = r / 8;
   const int lane = static_cast<int>(r % 8);
-  const int64_t nb = t.cols / kQK;
+  const int64_t be = dtype_info(t.dtype).block_elems;
+  const int64_t nb = t.cols / be;
   const auto* base = static_cast<const uint8_t*>(t.buf.host) + t.offset + static_cast<size_t>(g) * t.group_stride;
   for (int64_t b = 0; b < nb; ++b) {
-    float* o = out + b * kQK;
+    float* o = out + b * be;
     switch (t.dtype) {
       case DType::kQ4_0:
       case DType::kQ4_1: {
@@ -119,22 +169,55 @@ void interleaved_row_to_f32(const Tensor& t, int64_t r, float* out) {
           }
         break;
       }
+      case DType::kQ5_0: {  // d * (q - 16), as the row-major dequantizer
+        const auto& blk = reinterpret_cast<const BlockQ5_0x8*>(base)[b];
+        const float dv = fp16_to_f32(blk.d[lane]);
+        for (int c = 0; c < 8; ++c)
+          for (int k = 0; k < 4; ++k) {
+            const uint8_t byte = blk.qs[4 * (8 * (c % 4) + lane) + k];
+            const int lo = c < 4 ? byte & 0x0f : byte >> 4;
+            const int hi = static_cast<int>((blk.qh[c] >> (4 * lane + k)) & 1u) << 4;
+            o[chunk_first(c) + k] = dv * static_cast<float>((lo | hi) - 16);
+          }
+        break;
+      }
+      case DType::kQ4_K: {  // d * sc * q - dmin * m, as the row-major dequantizer
+        const auto& blk = reinterpret_cast<const BlockQ4_Kx8*>(base)[b];
+        const float d = fp16_to_f32(blk.d[lane]), dmin = fp16_to_f32(blk.dmin[lane]);
+        for (int j = 0; j < 8; ++j) {
+          const float dj = d * static_cast<float>(blk.sc[j][lane]), mj = dmin * static_cast<float>(blk.m[j][lane]);
+          for (int l = 0; l < 32; ++l) {
+            const uint8_t byte = blk.qs[256 * (j / 2) + 32 * (l / 4) + 4 * lane + l % 4];
+            o[32 * j + l] = dj * static_cast<float>((byte >> (4 * (j % 2))) & 0x0f) - mj;
+          }
+        }
+        break;
+      }
+      case DType::kQ6_K: {  // d * sc * (q - 32), as the row-major dequantizer
+        const auto& blk = reinterpret_cast<const BlockQ6_Kx8*>(base)[b];
+        const float d = fp16_to_f32(blk.d[lane]);
+        for (int v = 0; v < kQK_K; ++v) {
+          const int h = v / 128, t = (v % 128) / 32, l = v % 32;
+          const int at = 32 * (l / 4) + 4 * lane + l % 4;
+          const int lo = (blk.ql[2 * h + t % 2][at] >> (4 * (t / 2))) & 0x0f;
+          const int hi = (blk.qh[h][at] >> (2 * t)) & 3;
+          o[v] = d * static_cast<float>(blk.sc[v / 16][lane]) * static_cast<float>((lo | hi << 4) - 32);
+        }
+        break;
+      }
       case DType::kQ8_0: {
         const auto& blk = reinterpret_cast<const BlockQ8_0x8*>(base)[b];
         const float dv = fp16_to_f32(blk.d[lane]);
         for (int j = 0; j < 8; ++j)
           for (int k = 0; k < 4; ++k)
-            o[4 * j + k] = dv * static_cast<float>(static_cast<int>(blk.qs[4 * (8 * j + lane) + k]) - 128);
+            o[4 * j + k] = dv * static_cast<float>(q8x8_value(blk.qs[4 * (8 * j + lane) + k]));
         break;
       }
       case DType::kF32:
       case DType::kF16:
       case DType::kBF16:
-      case DType::kQ5_0:
       case DType::kQ5_1:
-      case DType::kQ4_K:
-      case DType::kQ5_K:
-      case DType::kQ6_K: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
+      case DType::kQ5_K: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
     }
   }
 }

@@ -335,3 +335,43 @@ def test_tiny_q4_k_m_model_on_metal_emulated(tmp_path, monkeypatch):
             want = ref.forward(cfg, ref_w, tokens, act_quant=None)
             err = float(np.abs(got - want).max() / np.abs(want).max())
             assert err <= 4e-5, f"n={n}: rel err {err:.2e}"
+
+
+# ----------------------------------------------------------------------------- repacked Q5_0 / Q4_K
+
+# rows: one group, a group + tail, many groups, a large odd count; cols: 1, 3 and many blocks.
+REPACK_CASES = [(kq.Q5_0, r, c) for r, c in [(8, 32), (13, 96), (64, 640), (1001, 64)]]
+REPACK_CASES += [
+    (t, r, c) for t in (kq.Q4_K, kq.Q6_K) for r, c in [(8, 256), (13, 768), (64, 2816), (1001, 256)]
+]
+
+
+@pytest.mark.skipif(not K.simd_available(), reason="repacking needs the AVX2 kernels")
+@pytest.mark.parametrize("c", REPACK_CASES, ids=_cid)
+@pytest.mark.parametrize("nt", [1, 2, 3, 5, 9])
+def test_repacked_matmul_vs_numpy(c, nt):
+    """Q5_0, Q4_K and Q6_K repacked into 8-row interleaved blocks (cpu/repack.h BlockQ5_0x8:
+    Q4_0's nibble chunks plus the fifth bits regrouped per chunk; BlockQ4_Kx8: scales and mins
+    unpacked per sub-block, nibbles chunked per pair of sub-blocks; BlockQ6_Kx8: ql / qh chunked
+    per half, the -32 offset subtracted with 16-element activation sums): rows not a multiple of 8 (a
+    row-major tail), 1..9 tokens (multi-token and single passes), within the row-major rounding
+    bound (each sub-block term is an exact integer sum times one scale; the same (ng + 8) U A
+    argument), and each token bit-identical to its own single-token pass (batch invariance)."""
+    dtype, rows, cols = c
+    raw, x = case(dtype, rows, cols, nt, seed=rows * 5 + nt)
+    exact, bound = reference(dtype, raw, rows, cols, x)
+    got = K.matmul(dtype, raw, rows, cols, x, 2, repack=True)
+    assert_within(got, exact, bound, f"repacked {_cid(c)} nt={nt}")
+    single = [K.matmul(dtype, raw, rows, cols, x[i : i + 1], 2, repack=True)[0] for i in range(nt)]
+    np.testing.assert_array_equal(got, np.stack(single))
+
+
+@pytest.mark.skipif(not K.simd_available(), reason="repacking needs the AVX2 kernels")
+@pytest.mark.parametrize("dtype", [kq.Q5_0, kq.Q4_K, kq.Q6_K], ids=_tid)
+@pytest.mark.parametrize("rows", [8, 13, 1001])
+def test_embedding_rows_from_repacked_table_are_exact(dtype, rows):
+    cols = 256
+    raw, _ = case(dtype, rows, cols, 1, seed=rows)
+    ids = np.array([0, rows - 1, rows // 2, min(7, rows - 1), rows - 1 - rows % 8], np.int32)
+    want = gg_dequantize(raw.reshape(rows, -1), GT(dtype)).astype(np.float32)[ids]
+    np.testing.assert_array_equal(K.embed(dtype, raw, rows, cols, ids, repack=True), want)

@@ -30,8 +30,10 @@ TOKENS = [1, 2, 3, 5, 9, 17]
 
 def repacked_bound(dtype: int, raw: np.ndarray, rows: int, cols: int, x: np.ndarray):
     """Rounding bound of the interleaved kernels. Q4_0 / Q4_1 split each block term as the
-    row-major kernels do; Q8_0 stores q + 128 and subtracts 128 * d_w * s_a, so its terms are
-    |d_w d_a| sum |(q + 128) q_a| + 128 |d_w| |s_a| (the same (nb + 8) U A argument)."""
+    row-major kernels do; Q8_0 with VNNI stores q + 128 and subtracts 128 * d_w * s_a, so its
+    terms are |d_w d_a| sum |(q + 128) q_a| + 128 |d_w| |s_a| (the same (nb + 8) U A argument).
+    Without VNNI it stores q itself (repack.h kQ8x8Bias = 0): the row-major bound, which this
+    one contains."""
     exact, bound = reference(dtype, raw, rows, cols, x)
     if dtype != Q8_0:
         return exact, bound

@@ -34,6 +34,7 @@ using simd::dot_u8s8;
 using simd::h2f;
 using simd::hsum;
 using simd::load32;
+using simd::q5_high_bits;
 using simd::unpack_nibbles;
 
 // Same as dot_u8s8(u - c, s) for codes u, c in 0..63 (u - c may be negative).
@@ -43,21 +44,6 @@ inline __m256i dot_u8s8_minus(__m256i u, __m256i c, __m256i s) {
 #else  // pair sums stay within int16: 2 * 63 * 127 < 2^15
   const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(c, s));
   return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-#endif
-}
-
-// Bit i of the little-endian uint32 at qh -> 0x10 in byte i (the fifth bit of Q5 code i).
-inline __m256i q5_high_bits(const uint8_t* qh) {
-  uint32_t bits;
-  std::memcpy(&bits, qh, 4);
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
-  return _mm256_maskz_mov_epi8(static_cast<__mmask32>(bits), _mm256_set1_epi8(0x10));
-#else
-  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
-                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
-  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), spread), bit);
-  return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
 #endif
 }
 
