@@ -1,6 +1,7 @@
 #include "cpu/repack.h"
 
 #include <cstring>
+#include <type_traits>
 
 #include "core/quant_blocks.h"
 #include "cpu/quants.h"
@@ -14,12 +15,12 @@ size_t interleaved_block_bytes(DType t) {
     case DType::kQ5_0: return sizeof(BlockQ5_0x8);
     case DType::kQ8_0: return sizeof(BlockQ8_0x8);
     case DType::kQ4_K: return sizeof(BlockQ4_Kx8);
+    case DType::kQ5_1: return sizeof(BlockQ5_1x8);
+    case DType::kQ5_K: return sizeof(BlockQ5_Kx8);
     case DType::kQ6_K: return sizeof(BlockQ6_Kx8);
     case DType::kF32:
     case DType::kF16:
-    case DType::kBF16:
-    case DType::kQ5_1:
-    case DType::kQ5_K: return 0;
+    case DType::kBF16: return 0;
   }
   return 0;
 }
@@ -34,6 +35,84 @@ inline void interleave16(const uint8_t* const rows_qs[8], uint8_t* qs) {
 
 // First element of kernel chunk c (0..7) of a 32-element block: low nibbles, then high.
 inline int chunk_first(int c) { return c < 4 ? 4 * c : 16 + 4 * (c - 4); }
+
+// Block b of rows 8g..8g+7 of a Q5_0 / Q5_1 tensor into its x8 block.
+template <typename Block, typename Out>
+void repack_q5(const Tensor& src, int64_t g, int64_t b, Out* o) {
+  const uint8_t* qs[8];
+  uint32_t qh[8];
+  for (int r = 0; r < 8; ++r) {
+    const auto* blk = static_cast<const Block*>(src.row(8 * g + r)) + b;
+    o->d[r] = blk->d;
+    if constexpr (std::is_same_v<Block, BlockQ5_1>) o->m[r] = blk->m;
+    qs[r] = blk->qs;
+    std::memcpy(&qh[r], blk->qh, 4);
+  }
+  interleave16(qs, o->qs);
+  for (int c = 0; c < 8; ++c) {
+    uint32_t bits = 0;
+    for (int r = 0; r < 8; ++r) bits |= ((qh[r] >> chunk_first(c)) & 0xfu) << (4 * r);
+    o->qh[c] = bits;
+  }
+}
+
+// Super-block b of rows 8g..8g+7 of a Q4_K / Q5_K tensor into its x8 block.
+template <typename Block, typename Out>
+void repack_k45(const Tensor& src, int64_t g, int64_t b, Out* o) {
+  constexpr bool kQ5 = std::is_same_v<Block, BlockQ5_K>;
+  if constexpr (kQ5) std::memset(o->qh, 0, sizeof(o->qh));
+  for (int r = 0; r < 8; ++r) {
+    const auto* blk = static_cast<const Block*>(src.row(8 * g + r)) + b;
+    o->d[r] = blk->d;
+    o->dmin[r] = blk->dmin;
+    uint8_t sc[8], m[8];
+    unpack_k4_scales(blk->scales, sc, m);
+    for (int j = 0; j < 8; ++j) {
+      o->sc[j][r] = sc[j];
+      o->m[j][r] = m[j];
+    }
+    for (int p = 0; p < 4; ++p)
+      for (int c = 0; c < 8; ++c) {
+        std::memcpy(o->qs + 256 * p + 32 * c + 4 * r, blk->qs + 32 * p + 4 * c, 4);
+        if constexpr (kQ5)
+          for (int h = 0; h < 2; ++h)
+            for (int k = 0; k < 4; ++k)
+              o->qh[p][h][c] |= static_cast<uint32_t>((blk->qh[4 * c + k] >> (2 * p + h)) & 1) << (4 * r + k);
+      }
+  }
+}
+
+// Row `lane` of an x8 Q5_0 / Q5_1 block: d * (q - 16) / d * q + m, as the row-major dequantizers.
+template <typename Blk>
+void dequant_q5(const Blk& blk, int lane, float* o) {
+  const float dv = fp16_to_f32(blk.d[lane]);
+  for (int c = 0; c < 8; ++c)
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t byte = blk.qs[4 * (8 * (c % 4) + lane) + k];
+      const int code = (c < 4 ? byte & 0x0f : byte >> 4) | static_cast<int>((blk.qh[c] >> (4 * lane + k)) & 1u) << 4;
+      if constexpr (std::is_same_v<Blk, BlockQ5_1x8>) {
+        o[chunk_first(c) + k] = dv * static_cast<float>(code) + fp16_to_f32(blk.m[lane]);
+      } else {
+        o[chunk_first(c) + k] = dv * static_cast<float>(code - 16);
+      }
+    }
+}
+
+// Row `lane` of an x8 Q4_K / Q5_K super-block: d * sc * q - dmin * m, as the row-major
+// dequantizer.
+template <typename Blk>
+void dequant_k45(const Blk& blk, int lane, float* o) {
+  const float d = fp16_to_f32(blk.d[lane]), dmin = fp16_to_f32(blk.dmin[lane]);
+  for (int j = 0; j < 8; ++j) {
+    const float dj = d * static_cast<float>(blk.sc[j][lane]), mj = dmin * static_cast<float>(blk.m[j][lane]);
+    for (int l = 0; l < 32; ++l) {
+      int code = (blk.qs[256 * (j / 2) + 32 * (l / 4) + 4 * lane + l % 4] >> (4 * (j % 2))) & 0x0f;
+      if constexpr (std::is_same_v<Blk, BlockQ5_Kx8>)
+        code |= static_cast<int>((blk.qh[j / 2][j % 2][l / 4] >> (4 * lane + l % 4)) & 1u) << 4;
+      o[32 * j + l] = dj * static_cast<float>(code) - mj;
+    }
+  }
+}
 
 }  // namespace
 
@@ -66,41 +145,10 @@ void repack_groups(const Tensor& src, const Tensor& dst, int64_t g0, int64_t g1)
           interleave16(qs, o->qs);
           break;
         }
-        case DType::kQ5_0: {
-          auto* o = reinterpret_cast<BlockQ5_0x8*>(out) + b;
-          const uint8_t* qs[8];
-          uint32_t qh[8];
-          for (int r = 0; r < 8; ++r) {
-            const auto* blk = static_cast<const BlockQ5_0*>(src.row(8 * g + r)) + b;
-            o->d[r] = blk->d;
-            qs[r] = blk->qs;
-            std::memcpy(&qh[r], blk->qh, 4);
-          }
-          interleave16(qs, o->qs);
-          for (int c = 0; c < 8; ++c) {
-            uint32_t bits = 0;
-            for (int r = 0; r < 8; ++r) bits |= ((qh[r] >> chunk_first(c)) & 0xfu) << (4 * r);
-            o->qh[c] = bits;
-          }
-          break;
-        }
-        case DType::kQ4_K: {
-          auto* o = reinterpret_cast<BlockQ4_Kx8*>(out) + b;
-          for (int r = 0; r < 8; ++r) {
-            const auto* blk = static_cast<const BlockQ4_K*>(src.row(8 * g + r)) + b;
-            o->d[r] = blk->d;
-            o->dmin[r] = blk->dmin;
-            uint8_t sc[8], m[8];
-            unpack_k4_scales(blk->scales, sc, m);
-            for (int j = 0; j < 8; ++j) {
-              o->sc[j][r] = sc[j];
-              o->m[j][r] = m[j];
-            }
-            for (int p = 0; p < 4; ++p)
-              for (int c = 0; c < 8; ++c) std::memcpy(o->qs + 256 * p + 32 * c + 4 * r, blk->qs + 32 * p + 4 * c, 4);
-          }
-          break;
-        }
+        case DType::kQ5_0: repack_q5<BlockQ5_0>(src, g, b, reinterpret_cast<BlockQ5_0x8*>(out) + b); break;
+        case DType::kQ5_1: repack_q5<BlockQ5_1>(src, g, b, reinterpret_cast<BlockQ5_1x8*>(out) + b); break;
+        case DType::kQ4_K: repack_k45<BlockQ4_K>(src, g, b, reinterpret_cast<BlockQ4_Kx8*>(out) + b); break;
+        case DType::kQ5_K: repack_k45<BlockQ5_K>(src, g, b, reinterpret_cast<BlockQ5_Kx8*>(out) + b); break;
         case DType::kQ6_K: {
           auto* o = reinterpret_cast<BlockQ6_Kx8*>(out) + b;
           for (int r = 0; r < 8; ++r) {
@@ -127,9 +175,7 @@ void repack_groups(const Tensor& src, const Tensor& dst, int64_t g0, int64_t g1)
         }
         case DType::kF32:
         case DType::kF16:
-        case DType::kBF16:
-        case DType::kQ5_1:
-        case DType::kQ5_K: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
+        case DType::kBF16: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
       }
     }
   }
@@ -169,30 +215,10 @@ void interleaved_row_to_f32(const Tensor& t, int64_t r, float* out) {
           }
         break;
       }
-      case DType::kQ5_0: {  // d * (q - 16), as the row-major dequantizer
-        const auto& blk = reinterpret_cast<const BlockQ5_0x8*>(base)[b];
-        const float dv = fp16_to_f32(blk.d[lane]);
-        for (int c = 0; c < 8; ++c)
-          for (int k = 0; k < 4; ++k) {
-            const uint8_t byte = blk.qs[4 * (8 * (c % 4) + lane) + k];
-            const int lo = c < 4 ? byte & 0x0f : byte >> 4;
-            const int hi = static_cast<int>((blk.qh[c] >> (4 * lane + k)) & 1u) << 4;
-            o[chunk_first(c) + k] = dv * static_cast<float>((lo | hi) - 16);
-          }
-        break;
-      }
-      case DType::kQ4_K: {  // d * sc * q - dmin * m, as the row-major dequantizer
-        const auto& blk = reinterpret_cast<const BlockQ4_Kx8*>(base)[b];
-        const float d = fp16_to_f32(blk.d[lane]), dmin = fp16_to_f32(blk.dmin[lane]);
-        for (int j = 0; j < 8; ++j) {
-          const float dj = d * static_cast<float>(blk.sc[j][lane]), mj = dmin * static_cast<float>(blk.m[j][lane]);
-          for (int l = 0; l < 32; ++l) {
-            const uint8_t byte = blk.qs[256 * (j / 2) + 32 * (l / 4) + 4 * lane + l % 4];
-            o[32 * j + l] = dj * static_cast<float>((byte >> (4 * (j % 2))) & 0x0f) - mj;
-          }
-        }
-        break;
-      }
+      case DType::kQ5_0: dequant_q5(reinterpret_cast<const BlockQ5_0x8*>(base)[b], lane, o); break;
+      case DType::kQ5_1: dequant_q5(reinterpret_cast<const BlockQ5_1x8*>(base)[b], lane, o); break;
+      case DType::kQ4_K: dequant_k45(reinterpret_cast<const BlockQ4_Kx8*>(base)[b], lane, o); break;
+      case DType::kQ5_K: dequant_k45(reinterpret_cast<const BlockQ5_Kx8*>(base)[b], lane, o); break;
       case DType::kQ6_K: {  // d * sc * (q - 32), as the row-major dequantizer
         const auto& blk = reinterpret_cast<const BlockQ6_Kx8*>(base)[b];
         const float d = fp16_to_f32(blk.d[lane]);
@@ -215,9 +241,7 @@ void interleaved_row_to_f32(const Tensor& t, int64_t r, float* out) {
       }
       case DType::kF32:
       case DType::kF16:
-      case DType::kBF16:
-      case DType::kQ5_1:
-      case DType::kQ5_K: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
+      case DType::kBF16: fail(ErrorCode::kKernelFailure, "repack", "type has no interleaved form");
     }
   }
 }

@@ -1,4 +1,4 @@
-// Load-time repacking of quantized weights (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K) into 8-row interleaved
+// Load-time repacking of quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) into 8-row interleaved
 // blocks, so one 32-byte load holds four consecutive weights of each of eight rows. The kernels
 // then broadcast four activation bytes to all lanes and one u8*s8 multiply-add produces eight
 // rows' partial sums at once: no horizontal reductions and one scale FMA per 8 row-blocks,
@@ -17,6 +17,9 @@
 //                mins unpacked to bytes sub-block-major (8 lanes = 8 rows, one u8->f32 convert
 //                each), qs chunked as Q4_0x8 per pair of sub-blocks: low nibbles = sub-block 2p,
 //                high nibbles = 2p + 1. 1184 bytes for 8 x 144 (+2.8 %).
+//   BlockQ5_1x8: d[8], m[8], qh[8], qs[128]: as BlockQ5_0x8 with Q4_1's minimum.
+//   BlockQ5_Kx8: BlockQ4_Kx8 plus the fifth bits regrouped per (sub-block, chunk) as Q5_0x8's
+//                (1440 bytes for 8 x 176, +2.3 %).
 //   BlockQ6_Kx8: per super-block of 256 (8 rows): d[8], the 16 group scales sub-block-major,
 //                ql and qh chunked so that one load of each gives 4 elements of 8 rows for the
 //                four 32-element groups of a half (the row-major kernel's unpacking, per chunk).
@@ -68,6 +71,24 @@ struct BlockQ4_Kx8 {
   uint8_t qs[1024];  // pair p (0..3), chunk c (0..7): qs[256p + 32c + 4r + k] = row r's byte 32p + 4c + k
 };
 static_assert(sizeof(BlockQ4_Kx8) == 1184, "BlockQ4_Kx8 must be 1184 bytes");
+
+struct BlockQ5_1x8 {
+  uint16_t d[8];
+  uint16_t m[8];
+  uint32_t qh[8];  // as BlockQ5_0x8
+  uint8_t qs[128];
+};
+static_assert(sizeof(BlockQ5_1x8) == 8 * 24, "BlockQ5_1x8 must be 8 Q5_1 blocks");
+
+struct BlockQ5_Kx8 {
+  uint16_t d[8];
+  uint16_t dmin[8];
+  uint8_t sc[8][8];
+  uint8_t m[8][8];
+  uint32_t qh[4][2][8];  // qh[p][h][c] bit 4r + k: fifth bit of row r's element 4c + k of sub-block 2p + h
+  uint8_t qs[1024];      // as BlockQ4_Kx8
+};
+static_assert(sizeof(BlockQ5_Kx8) == 1440, "BlockQ5_Kx8 must be 1440 bytes");
 
 struct BlockQ6_Kx8 {
   uint16_t d[8];       // per row: the super-block scale

@@ -340,9 +340,13 @@ def test_tiny_q4_k_m_model_on_metal_emulated(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- repacked Q5_0 / Q4_K
 
 # rows: one group, a group + tail, many groups, a large odd count; cols: 1, 3 and many blocks.
-REPACK_CASES = [(kq.Q5_0, r, c) for r, c in [(8, 32), (13, 96), (64, 640), (1001, 64)]]
+REPACK_CASES = [
+    (t, r, c) for t in (kq.Q5_0, kq.Q5_1) for r, c in [(8, 32), (13, 96), (64, 640), (1001, 64)]
+]
 REPACK_CASES += [
-    (t, r, c) for t in (kq.Q4_K, kq.Q6_K) for r, c in [(8, 256), (13, 768), (64, 2816), (1001, 256)]
+    (t, r, c)
+    for t in (kq.Q4_K, kq.Q5_K, kq.Q6_K)
+    for r, c in [(8, 256), (13, 768), (64, 2816), (1001, 256)]
 ]
 
 
@@ -350,9 +354,10 @@ REPACK_CASES += [
 @pytest.mark.parametrize("c", REPACK_CASES, ids=_cid)
 @pytest.mark.parametrize("nt", [1, 2, 3, 5, 9])
 def test_repacked_matmul_vs_numpy(c, nt):
-    """Q5_0, Q4_K and Q6_K repacked into 8-row interleaved blocks (cpu/repack.h BlockQ5_0x8:
-    Q4_0's nibble chunks plus the fifth bits regrouped per chunk; BlockQ4_Kx8: scales and mins
-    unpacked per sub-block, nibbles chunked per pair of sub-blocks; BlockQ6_Kx8: ql / qh chunked
+    """Q5_0, Q5_1, Q4_K, Q5_K and Q6_K repacked into 8-row interleaved blocks (cpu/repack.h
+    BlockQ5_0x8 / Q5_1x8: Q4_0's nibble chunks plus the fifth bits regrouped per chunk; BlockQ4_Kx8: scales
+    and mins unpacked per sub-block, nibbles chunked per pair of sub-blocks; BlockQ5_Kx8: plus
+    the fifth bits per (sub-block, chunk); BlockQ6_Kx8: ql / qh chunked
     per half, the -32 offset subtracted with 16-element activation sums): rows not a multiple of 8 (a
     row-major tail), 1..9 tokens (multi-token and single passes), within the row-major rounding
     bound (each sub-block term is an exact integer sum times one scale; the same (ng + 8) U A
@@ -367,7 +372,7 @@ def test_repacked_matmul_vs_numpy(c, nt):
 
 
 @pytest.mark.skipif(not K.simd_available(), reason="repacking needs the AVX2 kernels")
-@pytest.mark.parametrize("dtype", [kq.Q5_0, kq.Q4_K, kq.Q6_K], ids=_tid)
+@pytest.mark.parametrize("dtype", [kq.Q5_0, kq.Q5_1, kq.Q4_K, kq.Q5_K, kq.Q6_K], ids=_tid)
 @pytest.mark.parametrize("rows", [8, 13, 1001])
 def test_embedding_rows_from_repacked_table_are_exact(dtype, rows):
     cols = 256

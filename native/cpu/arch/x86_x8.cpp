@@ -7,6 +7,8 @@
 // against the activation's s. Up to four tokens share each unpacked weight block (prefill).
 // Q8_0 without VNNI stores signed q (repack.h kQ8x8Bias = 0): |q| is the unsigned operand and
 // the sign moves onto the broadcast activation bytes, so no pair sum saturates (128 * 127 * 2).
+#include <type_traits>
+
 #include "core/quant_blocks.h"
 #include "cpu/repack.h"
 
@@ -44,7 +46,8 @@ inline void store8(float* dst, __m256 v, bool accumulate) {
 }
 
 // kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0 (Q4_0's nibbles plus the fifth bits: codes
-// 0..31, offset -16 d). T tokens (1..4) against one group of 8 rows.
+// 0..31, offset -16 d), 4 = Q5_1 (the same codes, Q4_1's min as the offset). T tokens (1..4) against one group of 8
+// rows.
 template <int kKind, int T>
 inline void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                          bool accumulate) {
@@ -66,6 +69,11 @@ inline void group_tokens(int64_t cols, const void* group, const ActRows& a, int6
         qs = blk.qs;
         dv = f16x8(blk.d);
         ov = _mm256_mul_ps(dv, _mm256_set1_ps(-16.f));
+      } else if constexpr (kKind == 4) {
+        const auto& blk = static_cast<const BlockQ5_1x8*>(group)[b];
+        qs = blk.qs;
+        dv = f16x8(blk.d);
+        ov = f16x8(blk.m);
       } else if constexpr (kKind == 1) {
         const auto& blk = static_cast<const BlockQ4_1x8*>(group)[b];
         qs = blk.qs;
@@ -83,8 +91,9 @@ inline void group_tokens(int64_t cols, const void* group, const ActRows& a, int6
         w[j] = _mm256_and_si256(raw, mask);                            // elements 4j..4j+3
         w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);  // elements 16+4j..
       }
-      if constexpr (kKind == 3) {
-        const auto& blk = static_cast<const BlockQ5_0x8*>(group)[b];
+      if constexpr (kKind == 3 || kKind == 4) {
+        using Blk = std::conditional_t<kKind == 3, BlockQ5_0x8, BlockQ5_1x8>;
+        const auto& blk = static_cast<const Blk*>(group)[b];
         for (int c = 0; c < 8; ++c)
           w[c] = _mm256_or_si256(w[c], q5_high_bits(reinterpret_cast<const uint8_t*>(&blk.qh[c])));
       }
@@ -120,7 +129,7 @@ inline void group_tokens(int64_t cols, const void* group, const ActRows& a, int6
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_add_ps(acc[t], off[t]), accumulate);
 }
 
-// Q4_K: T tokens (1..2: the sub-block sums, accumulators and scale lanes fill the 16 ymm
+// Q4_K / Q5_K: T tokens (1..2: the sub-block sums, accumulators and scale lanes fill the 16 ymm
 // registers) against one group of 8 rows. Per pair of sub-blocks: 8 chunks, each one load and
 // two nibble masks for two u8*s8 multiply-adds per token; then per sub-block one convert and one
 // FMA with the rows' d * sc (8 lanes) times the activation scale, and the min term
@@ -131,23 +140,27 @@ inline __m256 u8x8f(const uint8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v)));
 }
 
-template <int T>
-inline void group_q4k(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
+template <typename Blk, int T>
+inline void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                       bool accumulate) {
   const int64_t nsb = cols / kQK_K, nb = cols / kQK;
   const __m256i mask = _mm256_set1_epi8(0x0f);
   __m256 acc[T], off[T];
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
-    const auto& blk = static_cast<const BlockQ4_Kx8*>(group)[sb];
+    const auto& blk = static_cast<const Blk*>(group)[sb];
     const __m256 dv = f16x8(blk.d), mv = f16x8(blk.dmin);
     for (int p = 0; p < 4; ++p) {
       __m256i s0[T], s1[T];
       for (int t = 0; t < T; ++t) s0[t] = s1[t] = _mm256_setzero_si256();
       for (int c = 0; c < 8; ++c) {
         const __m256i raw = load32(blk.qs + 256 * p + 32 * c);
-        const __m256i lo = _mm256_and_si256(raw, mask);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        __m256i lo = _mm256_and_si256(raw, mask);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        if constexpr (std::is_same_v<Blk, BlockQ5_Kx8>) {  // the fifth bits: codes 0..31
+          lo = _mm256_or_si256(lo, q5_high_bits(reinterpret_cast<const uint8_t*>(&blk.qh[p][0][c])));
+          hi = _mm256_or_si256(hi, q5_high_bits(reinterpret_cast<const uint8_t*>(&blk.qh[p][1][c])));
+        }
         for (int t = 0; t < T; ++t) {
           const int8_t* aq = a.q + (t0 + t) * cols + sb * kQK_K + 64 * p + 4 * c;
           s0[t] = dpbusd(s0[t], lo, bcast4(aq));
@@ -168,10 +181,11 @@ inline void group_q4k(int64_t cols, const void* group, const ActRows& a, int64_t
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_sub_ps(acc[t], off[t]), accumulate);
 }
 
-void dot_x8_q4k(int64_t cols, const void* group, const ActRows& a, float* out, int64_t out_stride, bool accumulate) {
+template <typename Blk>
+void dot_x8_k45(int64_t cols, const void* group, const ActRows& a, float* out, int64_t out_stride, bool accumulate) {
   int64_t t = 0;
-  for (; t + 2 <= a.nt; t += 2) group_q4k<2>(cols, group, a, t, out, out_stride, accumulate);
-  for (; t < a.nt; ++t) group_q4k<1>(cols, group, a, t, out, out_stride, accumulate);
+  for (; t + 2 <= a.nt; t += 2) group_k45<Blk, 2>(cols, group, a, t, out, out_stride, accumulate);
+  for (; t < a.nt; ++t) group_k45<Blk, 1>(cols, group, a, t, out, out_stride, accumulate);
 }
 
 // Q6_K: T tokens (1..2) against one group of 8 rows. Per half h and chunk c: three loads give
@@ -260,13 +274,13 @@ DotX8Fn dot_x8_fn(DType t) {
     case DType::kQ4_1: return dot_x8<1>;
     case DType::kQ8_0: return dot_x8<2>;
     case DType::kQ5_0: return dot_x8<3>;
-    case DType::kQ4_K: return dot_x8_q4k;
+    case DType::kQ5_1: return dot_x8<4>;
+    case DType::kQ4_K: return dot_x8_k45<BlockQ4_Kx8>;
+    case DType::kQ5_K: return dot_x8_k45<BlockQ5_Kx8>;
     case DType::kQ6_K: return dot_x8_q6k;
     case DType::kF32:
     case DType::kF16:
-    case DType::kBF16:
-    case DType::kQ5_1:
-    case DType::kQ5_K: return nullptr;
+    case DType::kBF16: return nullptr;
   }
   return nullptr;
 }
