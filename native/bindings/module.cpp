@@ -6,6 +6,7 @@ NB_MODULE(_core, m) {
   metallic::bindings::init_sampler(m);
   metallic::bindings::init_engine(m);
   metallic::bindings::init_kernels(m);
+  metallic::bindings::init_tokenizer(m);
   // Which Metal device this build has: "apple" (the Metal framework), "linux-runtime" (the same
   // device on the Linux Metal runtime, tests only: -DMETALLIC_METAL_ON_LINUX=ON) or "none".
 #if defined(METALLIC_METAL_ON_LINUX)

@@ -1,8 +1,8 @@
-"""Rebuild a ``tokenizers.Tokenizer`` from GGUF ``tokenizer.ggml.*`` metadata.
+"""The tokenizer of a GGUF file, from its ``tokenizer.ggml.*`` metadata.
 
 Private helper of :mod:`metallic.tokenizer` (keeps that module under the size limit).
 
-Two ``tokenizer.ggml.model`` values are rebuilt:
+Two ``tokenizer.ggml.model`` values are supported:
 
 * ``"gpt2"`` (byte-level BPE). The pre-tokenizer is chosen from ``tokenizer.ggml.pre`` through
   :data:`PRE_ALIASES` → :data:`PRE_TOKENIZERS`: the split regexes llama.cpp applies for that
@@ -12,9 +12,9 @@ Two ``tokenizer.ggml.model`` values are rebuilt:
   changes token ids. Tokens of type 3 (control) and 4 (user-defined) become HF added tokens, so
   chat markers such as ``<|im_start|>`` are always matched whole.
 * ``"llama"`` (SentencePiece with scores and ``<0xXX>`` byte tokens: Llama 2, Mistral v0.1,
-  Phi-3, Gemma): see :mod:`metallic._gguf_spm`. ``tokenizer.ggml.pre`` plays no part. As in
-  llama.cpp, missing ids default to unk 0 / bos 1 / eos 2, and BOS is added unless
-  ``tokenizer.ggml.add_bos_token`` says otherwise.
+  Phi-3, Gemma): the native tokenizer, see :mod:`metallic._gguf_spm`. ``tokenizer.ggml.pre``
+  plays no part. As in llama.cpp, missing ids default to unk 0 / bos 1 / eos 2, and BOS is
+  added unless ``tokenizer.ggml.add_bos_token`` says otherwise.
 
 Other models (``bert``, ``t5``, ``rwkv``, ...) raise :class:`~metallic.errors.NotImplementedFeature`.
 """
@@ -25,6 +25,7 @@ import dataclasses
 import numbers
 from typing import Any
 
+import numpy as np
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
@@ -79,7 +80,7 @@ _EOG_TEXTS = frozenset(
         "</s>",
     }
 )
-_VALID_TOKEN_TYPES = frozenset(range(7))
+_MAX_TOKEN_TYPE = 6  # GGUF token types are 0..6
 
 
 def corrupt(key: str, expected: str, got: object) -> errors.CorruptFile:
@@ -184,8 +185,8 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     # Extra end-of-generation ids, as llama.cpp derives them: control tokens whose text is a
     # known end-of-turn / end-of-text marker also stop generation (SmolLM2's <|endoftext|>).
     tokens = metadata.get("tokenizer.ggml.tokens")
-    for tid, kind in enumerate(types):
-        if kind == _CONTROL and tokens[tid] in _EOG_TEXTS:
+    for tid in np.flatnonzero(types == _CONTROL).tolist():
+        if tokens[tid] in _EOG_TEXTS:
             eos.add(tid)
     return GgufVocab(
         hf,
@@ -198,8 +199,8 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     )
 
 
-def read_token_table(meta: dict[str, Any], source: str) -> tuple[list[str], list[int], dict]:
-    """``tokenizer.ggml.tokens`` / ``.token_type`` checked. Returns (tokens, types, token → id)."""
+def read_token_table(meta: dict[str, Any], source: str) -> tuple[list[str], np.ndarray]:
+    """``tokenizer.ggml.tokens`` / ``.token_type`` checked. Returns (tokens, types as uint8)."""
     key = f"{source}: tokenizer.ggml"
     if "tokenizer.ggml.tokens" not in meta:
         raise corrupt(f"{key}.tokens", "an array", "none")
@@ -207,32 +208,47 @@ def read_token_table(meta: dict[str, Any], source: str) -> tuple[list[str], list
     if not tokens or not all(type(t) is str for t in tokens):
         raise corrupt(f"{key}.tokens", "a non-empty array of strings", "other values")
     n_vocab = len(tokens)
-    raw_types = meta.get("tokenizer.ggml.token_type")
-    types = [1] * n_vocab if raw_types is None else as_list(raw_types, f"{key}.token_type")
-    if len(types) != n_vocab:
-        raise corrupt(f"{key}.token_type", f"{n_vocab} entries", len(types))
-    bad = [t for t in types if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
-    bad = bad or sorted({int(t) for t in types} - _VALID_TOKEN_TYPES)
-    if bad:
+    raw = meta.get("tokenizer.ggml.token_type")
+    if raw is None:
+        return tokens, np.ones(n_vocab, np.uint8)
+    if not isinstance(raw, np.ndarray):
+        raw = as_list(raw, f"{key}.token_type")
+    if len(raw) != n_vocab:
+        raise corrupt(f"{key}.token_type", f"{n_vocab} entries", len(raw))
+    try:
+        types = np.asarray(raw)
+    except ValueError:  # ragged nested lists
+        types = np.asarray(raw, dtype=object)
+    if types.ndim != 1 or types.dtype.kind not in "iu":
+        bad = [t for t in raw if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+        raise corrupt(f"{key}.token_type", "integers in 0..6", repr(bad[:4] or raw[:4]))
+    out_of_range = (types < 0) | (types > _MAX_TOKEN_TYPE)
+    if out_of_range.any():
+        bad = sorted(set(types[out_of_range].tolist()))
         raise corrupt(f"{key}.token_type", "integers in 0..6", repr(bad[:4]))
-    types = [int(t) for t in types]
+    return tokens, types.astype(np.uint8)
+
+
+def _vocab_index(tokens: list[str], key: str) -> dict[str, int]:
+    """token -> id, checked unique."""
     vocab = {t: i for i, t in enumerate(tokens)}
-    if len(vocab) != n_vocab:  # DEBT: llama.cpp tolerates duplicates; HF models cannot hold them
+    # DEBT: llama.cpp tolerates duplicates; HF models cannot hold them
+    if len(vocab) != len(tokens):
         seen: set[str] = set()
         dup = next(t for t in tokens if t in seen or seen.add(t))
         raise corrupt(f"{key}.tokens", "unique tokens", f"{dup!r} twice")
-    return tokens, types, vocab
+    return vocab
 
 
 def _build_byte_level_bpe(
     meta: dict[str, Any], source: str, family: str
-) -> tuple[_HFTokenizer, list[int]]:
+) -> tuple[_HFTokenizer, np.ndarray]:
     """Byte-level BPE from GGUF tokens / merges / token types. Returns (tokenizer, types)."""
     key = f"{source}: tokenizer.ggml"
-    tokens, types, vocab = read_token_table(meta, source)
+    tokens, types = read_token_table(meta, source)
+    vocab = _vocab_index(tokens, key)
     if "tokenizer.ggml.merges" not in meta:
         raise corrupt(f"{key}.merges", "an array", "none")
-    n_vocab = len(tokens)
     merges = as_list(meta["tokenizer.ggml.merges"], f"{key}.merges")
     pairs = []
     append = pairs.append
@@ -253,10 +269,11 @@ def _build_byte_level_bpe(
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
         )
     hf.decoder = decoders.ByteLevel()
+    marker_ids = np.flatnonzero((types == _CONTROL) | (types == _USER_DEFINED)).tolist()
     added = [
-        AddedToken(tokens[i], special=types[i] == _CONTROL, normalized=False)
-        for i in range(n_vocab)
-        if types[i] in (_CONTROL, _USER_DEFINED) and tokens[i]
+        AddedToken(tokens[i], special=bool(types[i] == _CONTROL), normalized=False)
+        for i in marker_ids
+        if tokens[i]
     ]
     hf.add_special_tokens([t for t in added if t.special])
     hf.add_tokens([t for t in added if not t.special])

@@ -2,7 +2,8 @@
 
 The grammar side (JSON schema / regex → automaton → allowed-token bitmask) is llguidance
 (``pip install metallic[constrained]``), which works from the HF ``tokenizers`` JSON of the
-model's tokenizer. Each step it writes the bitmask straight into the native sampler's mask
+model's tokenizer, or, for GGUF SentencePiece vocabularies (native tokenizer), from each token's
+bytes and our encoder. Each step it writes the bitmask straight into the native sampler's mask
 buffer (``Sampler.mask``: ceil(n_vocab / 32) uint32 words, no copy); the sampler sets the logits
 of disallowed tokens to -inf before any other step (native, no allocation).
 
@@ -88,19 +89,44 @@ class TokenizerIndex:
     def __init__(self, tokenizer, n_vocab: int):
         llg = _llguidance()
         hf = getattr(tokenizer, "_hf", None)  # metallic.tokenizer.Tokenizer wraps an HF one
-        if hf is None or not hasattr(hf, "to_str"):
-            raise NotImplementedFeature(
-                "[constrain] tokenizer: expected a metallic Tokenizer backed by HF tokenizers, "
-                f"got {type(tokenizer).__name__}"
-            )
         eos = sorted(tokenizer.eos_ids)
         self.n_vocab = n_vocab
+        if hf is not None and hasattr(hf, "to_str"):
+            source = hf.to_str()
+        elif hf is not None and hasattr(hf, "encode_bytes"):  # native SentencePiece (GGUF)
+            source = llg.TokenizerWrapper(_TokenTable(tokenizer, hf, n_vocab))
+        else:
+            raise NotImplementedFeature(
+                "[constrain] tokenizer: expected a metallic Tokenizer, "
+                f"got {type(tokenizer).__name__}"
+            )
         try:
-            self.llg = llg.LLTokenizer(hf.to_str(), n_vocab=n_vocab, eos_token=eos or None)
+            self.llg = llg.LLTokenizer(source, n_vocab=n_vocab, eos_token=eos or None)
         except (ValueError, RuntimeError) as exc:
             raise NotImplementedFeature(
                 f"[constrain] tokenizer: expected one llguidance can index, got an error: {exc}"
             ) from None
+
+
+class _TokenTable:
+    """What ``llguidance.TokenizerWrapper`` reads: each id's bytes and a bytes -> ids function.
+
+    As llguidance's own llama.cpp adapter does, special (control) tokens are marked with a
+    leading 0xFF byte so that grammars never spell them out of text.
+    """
+
+    def __init__(self, tokenizer, spm, n_vocab: int):
+        self.eos_token_id = min(tokenizer.eos_ids) if tokenizer.eos_ids else None
+        self.bos_token_id = tokenizer.bos_id
+        special = spm.special_ids
+        table = spm.native.all_token_bytes()
+        self.tokens = [b"\xff" + t if i in special else t for i, t in enumerate(table)]
+        self.tokens += [b""] * (n_vocab - len(self.tokens))  # padded embedding rows
+        self.special_token_ids = sorted(special)
+        self._encode = spm.encode_bytes
+
+    def __call__(self, data: bytes) -> list[int]:
+        return self._encode(data)
 
 
 class GrammarConstraint:

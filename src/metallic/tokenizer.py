@@ -10,8 +10,8 @@ Two ways in:
   llama.cpp applies for that name); a missing ``pre`` means ``"default"`` (as in llama.cpp); an
   unknown one raises :class:`~metallic.errors.UnsupportedFormat` rather than guessing, since a
   wrong split silently changes token ids. ``"llama"`` (SentencePiece with scores and byte
-  fallback: Llama 2, Mistral v0.1, Phi-3, Gemma): see :mod:`metallic._gguf_spm`. Other models
-  raise :class:`~metallic.errors.NotImplementedFeature`.
+  fallback: Llama 2, Mistral v0.1, Phi-3, Gemma): llama.cpp's algorithm run natively, see
+  :mod:`metallic._gguf_spm`. Other models raise :class:`~metallic.errors.NotImplementedFeature`.
 
 BOS: a GGUF's ``tokenizer.ggml.add_bos_token`` decides (default: True for SentencePiece and the
 llama3 family); a folder's ``add_bos_token`` in tokenizer_config.json decides, else
@@ -39,6 +39,7 @@ from typing import Any
 from tokenizers import Tokenizer as _HFTokenizer
 
 from . import errors
+from ._gguf_spm import SpmTokenizer
 from ._gguf_vocab import build_gguf_vocab, corrupt, token_id
 from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, default_template
 
@@ -140,7 +141,7 @@ class Tokenizer:
 
     def __init__(
         self,
-        hf: _HFTokenizer,
+        hf: _HFTokenizer | SpmTokenizer,
         *,
         source: str,
         bos_id: int | None,
@@ -153,7 +154,8 @@ class Tokenizer:
         """Wrap a built ``tokenizers.Tokenizer``; use the ``from_*`` constructors instead.
 
         Args:
-            hf: the HF tokenizer (model, pre-tokenizer, decoder, added tokens).
+            hf: the HF tokenizer (model, pre-tokenizer, decoder, added tokens), or the native
+                SentencePiece one of a GGUF vocabulary.
             source: path shown in error messages.
             bos_id: BOS token id or None. eos_ids: every id that ends generation.
             eos_id: the primary EOS id (its text is the template's ``eos_token``).
@@ -318,7 +320,7 @@ class Tokenizer:
             if self._add_bos is None:
                 return self._hf.encode(text, add_special_tokens=add_special_tokens).ids
             ids = self._hf.encode(text, add_special_tokens=False).ids
-        except TypeError as exc:  # lone surrogates cannot become Rust strings
+        except (TypeError, UnicodeEncodeError) as exc:  # lone surrogates are not UTF-8
             raise errors.InvalidArgument(
                 f"[tokenizer] encode: expected valid Unicode text, got {exc}"
             ) from exc
@@ -360,6 +362,9 @@ class Tokenizer:
 
     def _token_bytes(self, token: int) -> bytes:
         data = self._bytes_cache.get(token)
+        if data is None and self._piece_kind == "native":  # ids past the vocabulary: padding
+            data = self._hf.token_bytes(token) if token < self._vocab_size else b""
+            self._bytes_cache[token] = data
         if data is None:
             piece = self._hf.id_to_token(token)
             if piece is None:
@@ -404,11 +409,14 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------- helpers
-def _decoder_kind(hf: _HFTokenizer) -> tuple[str | None, bool]:
-    """('byte_level' | 'spm' | None, strip_first_space) from the HF decoder's description.
+def _decoder_kind(hf: _HFTokenizer | SpmTokenizer) -> tuple[str | None, bool]:
+    """('byte_level' | 'spm' | 'native' | None, strip_first_space) from the HF decoder's
+    description ('native': the native SentencePiece tokenizer gives token bytes itself).
 
     None means "unknown decoder": streaming then decodes each token on its own.
     """
+    if isinstance(hf, SpmTokenizer):
+        return "native", hf.add_space_prefix
     if hf.decoder is None:
         return None, False
     try:

@@ -179,3 +179,19 @@ def test_constraint_does_not_leak_into_the_next_call(tiny):
     free = tiny.generate([5, 6, 7], max_tokens=5)
     tiny.generate([5, 6, 7], max_tokens=5, response_format={"type": "regex", "regex": "[0-9]+"})
     assert tiny.generate([5, 6, 7], max_tokens=5) == free
+
+
+def test_gemma3_sentencepiece_json_schema(gemma3_path):
+    # A GGUF SentencePiece vocabulary runs on the native tokenizer: llguidance gets the token
+    # bytes and our encoder instead of an HF tokenizer JSON.
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 100}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    with metallic.load(gemma3_path, device="cpu", threads=2, context_length=256) as model:
+        out = model.generate(
+            "2 + 2 = ", max_tokens=20, response_format={"type": "json_schema", "schema": schema}
+        )
+    jsonschema.validate(json.loads(out), schema)

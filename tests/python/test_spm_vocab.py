@@ -205,6 +205,56 @@ def test_vocabulary_without_byte_tokens_uses_unk():
     assert tok.encode("ab zz b", add_special_tokens=False) == [8, 3, 0, 3, 5]
 
 
+def _small(tokens: list[str], scores: list[float], types: list[int], prefix: bool = False):
+    meta = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.add_space_prefix": prefix,
+    }
+    return Tokenizer.from_gguf(meta, "small.gguf")
+
+
+def test_llama_cpp_rules_where_hf_merges_could_not_follow():
+    # The three former differences from llama.cpp (the HF rebuild could not express them):
+    # * markers are cut longest first over the whole text, not leftmost-longest: "bcd" (3 bytes)
+    #   is taken before "ab" in "abcd";
+    # * a token whose characters are not tokens still forms: "xy" without "x" or "y";
+    # * two different tokens with the same score merge leftmost first, whatever their ids.
+    tokens = ["<unk>", "<s>", "</s>", "ab", "bcd", "a", "c", "d", "xy", "cd", "dc", "zz"]
+    scores = [0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0, -2.0, -2.0, -0.5]
+    types = [2, 3, 3, 4, 4, 1, 1, 1, 1, 1, 1, 1]
+    tok = _small(tokens, scores, types)
+    assert tok.encode("abcd", add_special_tokens=False) == [5, 4]  # "a" "bcd"
+    assert tok.encode("xy", add_special_tokens=False) == [8]
+    # "dcd": "dc" (id 10) and "cd" (id 9) both score -2; the leftmost pair "dc" merges first
+    # ("dcd" is no token): ids [10, 7]; a race by id would take "cd" first: [7, 9].
+    assert tok.encode("dcd", add_special_tokens=False) == [10, 7]
+
+
+def test_control_tokens_stay_text_for_the_grammar_encoder():
+    tok = synthetic(False)
+    spm = tok._hf
+    marker = "<start_of_turn>"
+    assert spm.encode_bytes(marker.encode()) != [VOCAB[marker]]  # control: text, not the marker
+    assert spm.encode_bytes(b"<tool>") == [VOCAB["<tool>"]]  # user-defined: always cut out
+    assert spm.encode_bytes("é".encode()) == tok.encode("é", add_special_tokens=False)
+
+
+def test_decode_and_pieces():
+    tok = synthetic(True)
+    assert tok._hf.id_to_token(VOCAB["<s>"]) == "<s>" and tok._hf.id_to_token(10**9) is None
+    assert tok._hf.token_to_id("<tool>") == VOCAB["<tool>"] and tok._hf.token_to_id("zzz!") is None
+    with pytest.raises(errors.InvalidArgument, match=r"token id: expected an id in \[0, "):
+        tok._hf.token_bytes(-1)
+    with pytest.raises(errors.InvalidArgument, match="expected valid Unicode"):
+        tok.encode("a\udc80b")
+    # The unfinished character at the end becomes one U+FFFD, as in the streaming decoder.
+    ids = [VOCAB["<0xF0>"], VOCAB["<0x9F>"]]
+    assert tok.decode(ids) == "\ufffd" == "".join(_stream(tok, ids))
+
+
 # ---------------------------------------------------------------- round trips
 def _with_marker_spaces(text: str) -> str:
     """``text`` with " " after each marker that is followed by non-marker text."""
