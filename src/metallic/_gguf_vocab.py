@@ -4,13 +4,15 @@ Private helper of :mod:`metallic.tokenizer` (keeps that module under the size li
 
 Two ``tokenizer.ggml.model`` values are supported:
 
-* ``"gpt2"`` (byte-level BPE). The pre-tokenizer is chosen from ``tokenizer.ggml.pre`` through
-  :data:`PRE_ALIASES` → :data:`PRE_TOKENIZERS`: the split regexes llama.cpp applies for that
-  name, applied one after another (each isolating its matches) before the byte-level mapping. A
+* ``"gpt2"`` (byte-level BPE), run natively (``native/tokenizer/bpe.h``). The pre-tokenizer is
+  chosen from ``tokenizer.ggml.pre`` through :data:`PRE_ALIASES` → :data:`PRE_TOKENIZERS`: the
+  split regexes llama.cpp applies for that name, applied one after another (each isolating its
+  matches) before the byte-level mapping; native scanners implement them
+  (tests/python/test_pretokenize.py checks them against HF ``tokenizers``' regex engine). A
   missing ``pre`` means ``"default"`` (as in llama.cpp); an unknown one raises
   :class:`~metallic.errors.UnsupportedFormat` instead of guessing, because a wrong split silently
-  changes token ids. Tokens of type 3 (control) and 4 (user-defined) become HF added tokens, so
-  chat markers such as ``<|im_start|>`` are always matched whole.
+  changes token ids. Tokens of type 3 (control) and 4 (user-defined) are markers, cut out of the
+  text first, so chat markers such as ``<|im_start|>`` are always matched whole.
 * ``"llama"`` (SentencePiece with scores and ``<0xXX>`` byte tokens: Llama 2, Mistral v0.1,
   Phi-3, Gemma): the native tokenizer, see :mod:`metallic._gguf_spm`. ``tokenizer.ggml.pre``
   plays no part. As in llama.cpp, missing ids default to unk 0 / bos 1 / eos 2, and BOS is
@@ -26,10 +28,9 @@ import numbers
 from typing import Any
 
 import numpy as np
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as _HFTokenizer
 
 from . import errors
+from ._native_tokenizer import NativeTokenizer
 
 # ---------------------------------------------------------------- pre-tokenizers (GGUF "pre")
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -64,7 +65,7 @@ PRE_ALIASES: dict[str, str] = {
 _ADD_BOS_DEFAULT = {"llama3"}  # families whose converter default is "add BOS"
 _IGNORE_MERGES = {"llama3"}  # a word that is itself a token is not split (llama3 BPE rule)
 
-_CONTROL, _USER_DEFINED = 3, 4  # GGUF token types matched as whole (added) tokens
+_CONTROL = 3  # GGUF token type of control tokens
 _EOG_TEXTS = frozenset(
     {
         "<|endoftext|>",
@@ -115,7 +116,7 @@ def as_list(value: object, key: str) -> list:
 class GgufVocab:
     """What :func:`build_gguf_vocab` returns (fields as in ``Tokenizer.__init__``)."""
 
-    hf: _HFTokenizer
+    hf: NativeTokenizer
     bos_id: int | None
     eos_id: int | None
     eos_ids: frozenset[int]
@@ -229,52 +230,23 @@ def read_token_table(meta: dict[str, Any], source: str) -> tuple[list[str], np.n
     return tokens, types.astype(np.uint8)
 
 
-def _vocab_index(tokens: list[str], key: str) -> dict[str, int]:
-    """token -> id, checked unique."""
-    vocab = {t: i for i, t in enumerate(tokens)}
-    # DEBT: llama.cpp tolerates duplicates; HF models cannot hold them
-    if len(vocab) != len(tokens):
-        seen: set[str] = set()
-        dup = next(t for t in tokens if t in seen or seen.add(t))
-        raise corrupt(f"{key}.tokens", "unique tokens", f"{dup!r} twice")
-    return vocab
-
-
 def _build_byte_level_bpe(
     meta: dict[str, Any], source: str, family: str
-) -> tuple[_HFTokenizer, np.ndarray]:
-    """Byte-level BPE from GGUF tokens / merges / token types. Returns (tokenizer, types)."""
+) -> tuple[NativeTokenizer, np.ndarray]:
+    r"""Byte-level BPE from GGUF tokens / merges / token types, run natively (the split of
+    :data:`PRE_TOKENIZERS`\ [family] is hand-written in ``native/tokenizer/pretokenize.cpp``).
+    Returns (tokenizer, types)."""
+    from . import _core
+
     key = f"{source}: tokenizer.ggml"
     tokens, types = read_token_table(meta, source)
-    vocab = _vocab_index(tokens, key)
     if "tokenizer.ggml.merges" not in meta:
         raise corrupt(f"{key}.merges", "an array", "none")
     merges = as_list(meta["tokenizer.ggml.merges"], f"{key}.merges")
-    pairs = []
-    append = pairs.append
-    for i, merge in enumerate(merges):
-        a, sep, b = merge.partition(" ") if type(merge) is str else ("", "", "")
-        if not sep or a not in vocab or b not in vocab or a + b not in vocab:
-            raise corrupt(
-                f"{key}.merges[{i}]", "'left right' with both and their join in tokens", repr(merge)
-            )
-        append((a, b))
-    hf = _HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=family in _IGNORE_MERGES))
-    splits = PRE_TOKENIZERS[family]
-    if family == "gpt2":
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    else:
-        hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in splits]
-            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    if not all(type(m) is str for m in merges):
+        i = next(i for i, m in enumerate(merges) if type(m) is not str)
+        raise corrupt(
+            f"{key}.merges[{i}]", "'left right' with both and their join in tokens", repr(merges[i])
         )
-    hf.decoder = decoders.ByteLevel()
-    marker_ids = np.flatnonzero((types == _CONTROL) | (types == _USER_DEFINED)).tolist()
-    added = [
-        AddedToken(tokens[i], special=bool(types[i] == _CONTROL), normalized=False)
-        for i in marker_ids
-        if tokens[i]
-    ]
-    hf.add_special_tokens([t for t in added if t.special])
-    hf.add_tokens([t for t in added if not t.special])
-    return hf, types
+    native = _core.BpeTokenizer(tokens, types, merges, family, family in _IGNORE_MERGES, source)
+    return NativeTokenizer(native, types, strip_first_space=False), types

@@ -1,12 +1,12 @@
-"""Text ↔ token ids (CONTRACTS.md §3), on top of HF ``tokenizers``.
+"""Text ↔ token ids (CONTRACTS.md §3): HF ``tokenizers`` for HF folders, native tokenizers for GGUF.
 
 Two ways in:
 
 * :meth:`Tokenizer.from_folder` — an HF folder: ``tokenizer.json`` (+ ``tokenizer_config.json``,
   ``generation_config.json``, ``config.json`` when present).
 * :meth:`Tokenizer.from_gguf` — the ``tokenizer.ggml.*`` keys of a GGUF file, with the ids
-  llama.cpp gives (see :mod:`metallic._gguf_vocab`). ``tokenizer.ggml.model == "gpt2"``
-  (byte-level BPE): the pre-tokenizer comes from ``tokenizer.ggml.pre`` (the split regexes
+  llama.cpp gives, run natively (see :mod:`metallic._gguf_vocab`). ``tokenizer.ggml.model ==
+  "gpt2"`` (byte-level BPE): the pre-tokenizer comes from ``tokenizer.ggml.pre`` (the split regexes
   llama.cpp applies for that name); a missing ``pre`` means ``"default"`` (as in llama.cpp); an
   unknown one raises :class:`~metallic.errors.UnsupportedFormat` rather than guessing, since a
   wrong split silently changes token ids. ``"llama"`` (SentencePiece with scores and byte
@@ -39,8 +39,8 @@ from typing import Any
 from tokenizers import Tokenizer as _HFTokenizer
 
 from . import errors
-from ._gguf_spm import SpmTokenizer
 from ._gguf_vocab import build_gguf_vocab, corrupt, token_id
+from ._native_tokenizer import NativeTokenizer
 from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, default_template
 
 __all__ = ["StreamingDetokenizer", "Tokenizer"]
@@ -141,7 +141,7 @@ class Tokenizer:
 
     def __init__(
         self,
-        hf: _HFTokenizer | SpmTokenizer,
+        hf: _HFTokenizer | NativeTokenizer,
         *,
         source: str,
         bos_id: int | None,
@@ -155,7 +155,7 @@ class Tokenizer:
 
         Args:
             hf: the HF tokenizer (model, pre-tokenizer, decoder, added tokens), or the native
-                SentencePiece one of a GGUF vocabulary.
+                one of a GGUF vocabulary.
             source: path shown in error messages.
             bos_id: BOS token id or None. eos_ids: every id that ends generation.
             eos_id: the primary EOS id (its text is the template's ``eos_token``).
@@ -409,14 +409,14 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------- helpers
-def _decoder_kind(hf: _HFTokenizer | SpmTokenizer) -> tuple[str | None, bool]:
+def _decoder_kind(hf: _HFTokenizer | NativeTokenizer) -> tuple[str | None, bool]:
     """('byte_level' | 'spm' | 'native' | None, strip_first_space) from the HF decoder's
     description ('native': the native SentencePiece tokenizer gives token bytes itself).
 
     None means "unknown decoder": streaming then decodes each token on its own.
     """
-    if isinstance(hf, SpmTokenizer):
-        return "native", hf.add_space_prefix
+    if isinstance(hf, NativeTokenizer):
+        return "native", hf.strip_first_space
     if hf.decoder is None:
         return None, False
     try:

@@ -137,7 +137,7 @@ def test_gguf_matches_tokenizer_json(trained, tmp_path, pre):
     assert len(tok.encode(USER_TOKEN)) == 1
 
 
-@pytest.mark.parametrize("pre", ["smollm", "llama-bpe"])
+@pytest.mark.parametrize("pre", FAMILIES)
 def test_gguf_matches_tokenizer_json_fuzz(trained, tmp_path, pre):
     ref = reference(trained, pre, tmp_path)
     tok = Tokenizer.from_gguf(
@@ -471,6 +471,21 @@ def test_encode_decode_errors(trained):
     for bad in (tok.vocab_size, -1, 2.5):
         with pytest.raises(errors.InvalidArgument, match=r"^\[tokenizer\] detokenizer"):
             det.add(bad)  # type: ignore[arg-type]
+
+
+def test_native_bpe_long_words_and_raw_bytes(trained, tmp_path):
+    # Long single words (merged by a priority queue, not quadratically), raw non-UTF-8 bytes (the
+    # grammar engine's encoder) and a merge list with a repeated pair (the first rank counts, as
+    # in llama.cpp).
+    tok = _cached(trained)
+    ref = reference(trained, "smollm", tmp_path)
+    for word in ("a" * 20000, "the" * 5000, " " * 10000, "\n" * 3000 + "x"):
+        assert tok.encode(word, add_special_tokens=False) == ref.encode(word).ids
+    raw = tok._hf.encode_bytes(b"ok \xff\xfe\xc3")
+    assert b"".join(tok._hf.token_bytes(t) for t in raw) == b"ok \xff\xfe\xc3"
+    tokens, merges = trained
+    again = Tokenizer.from_gguf(gguf_meta((tokens, [*merges, merges[0]]), "smollm"), "t")
+    assert again.encode(SAMPLES[0]) == tok.encode(SAMPLES[0])
 
 
 def test_folder_errors(trained, tmp_path):
