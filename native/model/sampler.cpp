@@ -17,6 +17,26 @@ uint64_t splitmix64(uint64_t& s) {
   return z ^ (z >> 31);
 }
 
+// First index of the largest value (NaN never wins), or -1 when all are -inf or NaN. Eight
+// independent lanes keep the max pass vectorizable; the index pass stops at the first hit.
+int64_t first_argmax(const float* w, int64_t n) {
+  float lane[8];
+  std::fill(lane, lane + 8, -INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] = w[i + j] > lane[j] ? w[i + j] : lane[j];
+  float mx = -INFINITY;
+  for (; i < n; ++i) mx = w[i] > mx ? w[i] : mx;
+  for (int j = 0; j < 8; ++j) mx = lane[j] > mx ? lane[j] : mx;
+  if (!(mx > -INFINITY)) return -1;
+  for (i = 0; i < n; ++i)
+    if (w[i] == mx) return i;
+  return -1;
+}
+
+// A before B in draw order: larger value first, equal values by lower id.
+bool before(float va, int32_t a, float vb, int32_t b) { return va > vb || (va == vb && a < b); }
+
 void check_param(bool ok, const char* name, const std::string& expected, double got) {
   check(ok, ErrorCode::kInvalidArgument, "sampler",
         std::string(name) + ": expected " + expected + ", got " + std::to_string(got));
@@ -46,6 +66,7 @@ Sampler::Sampler(int64_t n_vocab, const SamplerParams& p) : n_vocab_(n_vocab), p
   for (int32_t id : p.suppress_ids)
     check_param(id >= 0 && id < n_vocab, "suppress_ids", "token ids in [0, " + std::to_string(n_vocab) + ")", id);
   work_.resize(static_cast<size_t>(n_vocab));
+  if (p.top_k > 0 && p.top_k < n_vocab) heap_.reserve(static_cast<size_t>(p.top_k));
   idx_.resize(static_cast<size_t>(n_vocab));
   seen_.assign(static_cast<size_t>(n_vocab), 0);
   counts_.assign(static_cast<size_t>(n_vocab), 0);
@@ -152,24 +173,40 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     for (int64_t i = 0; i < hist_len_; ++i) seen_[static_cast<size_t>(history_[static_cast<size_t>(i)])] = 0;
   }
   if (p_.temperature <= 0.f) {  // greedy: first index of the maximum
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; ++i)
-      if (w[i] > w[best]) best = i;
-    check(w[best] > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
+    const int64_t best = first_argmax(w, n);
+    check(best >= 0, ErrorCode::kInvalidArgument, "sampler",
           "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
     return static_cast<int32_t>(best);
   }
-  // Candidates: all ids, or the top_k by logit.
+  // Candidates: all ids, or the top_k by logit, sorted (larger logit first, ties by lower id) so
+  // that the draw order (below) is specified: the Metal sampler (shaders/sample.h) walks the same
+  // order and picks the same token for the same uniform. The top_k come from one scan that keeps
+  // the best k in a heap (worst on top): most logits fail the first comparison.
   int32_t* idx = idx_.data();
   int64_t m = n;
-  for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<int32_t>(i);
-  auto by_logit = [w](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
+  auto by_logit = [w](int32_t a, int32_t b) { return before(w[a], a, w[b], b); };
   if (p_.top_k > 0 && p_.top_k < n) {
-    // Sorted so that the draw order (below) is specified: the Metal sampler (shaders/sample.h)
-    // walks the same order and picks the same token for the same uniform.
-    std::nth_element(idx, idx + p_.top_k, idx + n, by_logit);
-    std::sort(idx, idx + p_.top_k, by_logit);
+    const auto k = static_cast<size_t>(p_.top_k);
+    auto worse_on_top = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+      return before(a.first, a.second, b.first, b.second);
+    };
+    heap_.clear();
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = w[i];
+      if (heap_.size() < k) {
+        heap_.emplace_back(x, static_cast<int32_t>(i));
+        std::push_heap(heap_.begin(), heap_.end(), worse_on_top);
+      } else if (x > heap_.front().first) {  // equal values come later, so they rank lower
+        std::pop_heap(heap_.begin(), heap_.end(), worse_on_top);
+        heap_.back() = {x, static_cast<int32_t>(i)};
+        std::push_heap(heap_.begin(), heap_.end(), worse_on_top);
+      }
+    }
+    for (size_t j = 0; j < k; ++j) idx[j] = heap_[j].second;
+    std::sort(idx, idx + k, by_logit);
     m = p_.top_k;
+  } else {
+    for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<int32_t>(i);
   }
   float mx = -INFINITY;
   for (int64_t i = 0; i < m; ++i) mx = std::max(mx, w[idx[i]]);
@@ -201,17 +238,21 @@ int32_t Sampler::draw(const float* logits, double uniform) {
       if (mass >= target || thr == 0.f) break;
       thr = thr > 1e-30f ? thr * 1e-3f : 0.f;
     }
-    auto by_prob = [w](int32_t a, int32_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); };
-    std::sort(idx, idx + k, by_prob);
+    // The prefix in sorted order, taken from a heap one candidate at a time: only the cut is
+    // ordered (the same order a full sort gives, so the same prefix).
+    auto by_prob = [w](int32_t a, int32_t b) { return before(w[a], a, w[b], b); };
+    auto after = [&](int32_t a, int32_t b) { return by_prob(b, a); };  // heap top: most likely
+    std::make_heap(idx, idx + k, after);
     double mass = 0.0;
-    int64_t cut = k;
-    for (int64_t i = 0; i < k; ++i) {
-      mass += w[idx[i]];
-      if (mass >= target) {
-        cut = i + 1;
-        break;
-      }
+    int64_t cut = 0;
+    while (cut < k) {
+      std::pop_heap(idx, idx + (k - cut), after);  // most likely left -> idx[k - cut - 1]
+      ++cut;
+      mass += w[idx[k - cut]];
+      if (mass >= target) break;
     }
+    std::reverse(idx + (k - cut), idx + k);  // popped in order at the back, most likely last
+    std::copy(idx + (k - cut), idx + k, idx);
     m = cut;
     total = mass;
   }

@@ -80,13 +80,14 @@ class Sampler {
   int64_t n_vocab_;
   SamplerParams p_;
   uint64_t state_;
-  std::vector<float> work_;       // (n_vocab,) adjusted logits, then probabilities
-  std::vector<int32_t> idx_;      // (n_vocab,) candidate ids
-  std::vector<int32_t> history_;  // ring of the last `repetition_window` tokens
-  std::vector<int32_t> counts_;   // (n_vocab,) occurrences of each token in the ring
-  std::vector<uint8_t> seen_;     // (n_vocab,) dedupe flags for the penalty pass
-  std::vector<uint32_t> mask_;    // ceil(n_vocab / 32) words
-  std::vector<float> lp_val_;     // top_logprobs + 1 (empty when off)
+  std::vector<float> work_;                      // (n_vocab,) adjusted logits, then probabilities
+  std::vector<int32_t> idx_;                     // (n_vocab,) candidate ids
+  std::vector<std::pair<float, int32_t>> heap_;  // (top_k,) the best logits so far, worst on top
+  std::vector<int32_t> history_;                 // ring of the last `repetition_window` tokens
+  std::vector<int32_t> counts_;                  // (n_vocab,) occurrences of each token in the ring
+  std::vector<uint8_t> seen_;                    // (n_vocab,) dedupe flags for the penalty pass
+  std::vector<uint32_t> mask_;                   // ceil(n_vocab / 32) words
+  std::vector<float> lp_val_;                    // top_logprobs + 1 (empty when off)
   std::vector<int32_t> lp_id_;
   bool mask_on_ = false;
   bool penalties_ = false;

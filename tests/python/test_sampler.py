@@ -211,6 +211,34 @@ def test_draws_follow_splitmix64_inverse_cdf():
         assert got[k] == int(np.searchsorted(cdf, target, side="right")), k
 
 
+@FAST
+@given(
+    logits=hnp.arrays(
+        np.float32,
+        st.integers(2, 400),
+        elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, 0.5, -np.inf]),
+    ),
+    top_k=st.integers(1, 60),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_top_k_draw_order_is_logit_then_id(logits, top_k, seed):
+    """Many ties and masked (-inf) logits: the top_k candidates (one heap scan) are walked in
+    descending logit, ties by ascending id, the order the Metal sampler walks too (top_k >= the
+    vocabulary is off: id order)."""
+    if not np.isfinite(logits).any():
+        logits[0] = 0.0
+    n = len(logits)
+    cand = order_by_logit(logits)[:top_k] if top_k < n else np.arange(n)
+    p = np.exp(logits[cand].astype(np.float64) - logits.max())
+    cdf = np.cumsum(p)
+    got = draws(Sampler(len(logits), 1.0, top_k, seed=seed), logits, 40)
+    for k, u in enumerate(splitmix64_uniforms(seed, 40)):
+        target = u * cdf[-1]
+        if np.min(np.abs(cdf - target)) < MARGIN * cdf[-1]:
+            continue  # within float32 rounding of a boundary: either neighbour is right
+        assert got[k] == cand[int(np.searchsorted(cdf, target, side="right"))], k
+
+
 DIST_CASES = [  # (logits, temperature, top_k, top_p, min_p), each leaving an odd number of tokens
     ([1.0, 0.5, 0.0, -0.5, -2.0], 1.0, 0, 1.0, 0.0),
     ([1.0, 0.5, 0.0, -0.5, -2.0], 0.5, 0, 1.0, 0.0),
