@@ -6,6 +6,10 @@ cache's allocation next to what a cache of every position in every layer would t
 layers keep rings of window + batch_size rows), and the machine (CPU model and flags).
 
     PYTHONPATH=src python3 benchmarks/long_context.py -m gemma-3-270m -c 4096 32768 -t 2
+
+``--vs-llama-cpp`` runs llama.cpp (llama-cpp-python, f16 KV, n_batch = n_ubatch = 512, its default
+micro-batch) on the same GGUF and the same token ids in its own fresh process per context, and
+prints the ratios.
 """
 
 from __future__ import annotations
@@ -59,6 +63,42 @@ def one(model_name: str, context: int, threads: int, fill: float, n_gen: int) ->
         }
 
 
+def one_llama(model_name: str, context: int, threads: int, fill: float, n_gen: int) -> dict:
+    from bench_llama import LlamaRunner
+
+    from metallic import registry
+
+    runner = LlamaRunner(
+        registry.resolve(model_name), threads=threads, n_ctx=context, n_batch=512, flash_attn=False
+    )
+    n_prompt = max(1, min(context - n_gen - 1, int(context * fill)))
+    ids = np.random.default_rng(0).integers(10, runner.n_vocab, n_prompt).tolist()
+    pp = runner.prompt(ids)
+    token = runner._argmax()
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        runner.llm.eval([token])
+        token = runner._argmax()
+    tg = time.perf_counter() - t0
+    out = {
+        "context": context,
+        "n_prompt": n_prompt,
+        "pp_tok_s": n_prompt / pp,
+        "tg_tok_s": n_gen / tg,
+        "peak_rss_mib": bench_util.peak_rss_bytes() / MIB,
+    }
+    runner.close()
+    return out
+
+
+def run_one(args: argparse.Namespace, context: int, engine: str) -> dict:
+    cmd = [sys.executable, __file__, "-m", args.model, "-t", str(args.threads)]
+    cmd += ["--fill", str(args.fill), "-n", str(args.n_gen), "--one", str(context)]
+    cmd += ["--engine", engine]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-m", "--model", default="gemma-3-270m")
@@ -67,17 +107,17 @@ def main() -> int:
     ap.add_argument("--fill", type=float, default=1.0, help="prompt share of the context")
     ap.add_argument("-n", "--n-gen", type=int, default=32)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--vs-llama-cpp", action="store_true", help="also run llama.cpp, same ids")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--engine", default="metallic", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(one(args.model, args.one, args.threads, args.fill, args.n_gen)))
+        fn = one_llama if args.engine == "llama" else one
+        print(json.dumps(fn(args.model, args.one, args.threads, args.fill, args.n_gen)))
         return 0
     rows = []
     for c in args.contexts:
-        cmd = [sys.executable, __file__, "-m", args.model, "-t", str(args.threads)]
-        cmd += ["--fill", str(args.fill), "-n", str(args.n_gen), "--one", str(c)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        rows.append(run_one(args, c, "metallic"))
         r = rows[-1]
         print(
             f"ctx {r['context']:>6}: pp{r['n_prompt']} {r['pp_tok_s']:7.1f} tok/s, "
@@ -85,6 +125,14 @@ def main() -> int:
             f"(every position: {r['kv_full_mib']:7.1f}), peak RSS {r['peak_rss_mib']:7.1f} MiB",
             flush=True,
         )
+        if args.vs_llama_cpp:
+            r["llama_cpp"] = ll = run_one(args, c, "llama")
+            print(
+                f"  llama.cpp: pp {ll['pp_tok_s']:7.1f} tok/s ({r['pp_tok_s'] / ll['pp_tok_s']:.2f}x), "
+                f"tg {ll['tg_tok_s']:6.1f} tok/s ({r['tg_tok_s'] / ll['tg_tok_s']:.2f}x), "
+                f"peak RSS {ll['peak_rss_mib']:7.1f} MiB",
+                flush=True,
+            )
     if args.json:
         info = {"machine": bench_util.machine_info(), "model": args.model, "threads": args.threads}
         Path(args.json).write_text(json.dumps({**info, "rows": rows}, indent=1) + "\n")
