@@ -169,7 +169,8 @@ struct DeviceLimits {
   int64_t max_cols = 32;    // widest activation row fed to a matmul
   int64_t kv_capacity = 1;  // KV rows per head
   int32_t head_dim = 1;
-  int64_t n_vocab = 1;  // logits per row (kArgmax)
+  int32_t max_group = 1;  // query heads per KV head (GQA), the most of any layer
+  int64_t n_vocab = 1;    // logits per row (kArgmax)
 };
 
 // Factory (core/device_factory.cpp; threads <= 0 → hardware concurrency): "cpu"; "metal-emulated"

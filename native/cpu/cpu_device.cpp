@@ -33,7 +33,9 @@ class CpuDevice final : public Device {
     scratch_.act_s.resize(act / 32 + 1);
     scratch_.act_d8.resize(act / 32 + 1);
     scratch_.act_s8.resize(act / 32 + 1);
-    scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(lim.kv_capacity + 2 * lim.head_dim));
+    scratch_.max_group = std::max(1, lim.max_group);
+    scratch_.scores_stride = scratch_.max_group * (lim.kv_capacity + 2 * lim.head_dim + 3);
+    scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(scratch_.scores_stride));
     scratch_.rope_cs.resize(static_cast<size_t>(lim.max_tokens * lim.head_dim));
   }
 

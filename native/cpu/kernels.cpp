@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/arch/x86_act.h"
+#include "cpu/arch/x86_attn.h"
 #include "cpu/quants.h"
 #include "cpu/repack.h"
 #include "cpu/tile.h"
@@ -20,6 +22,18 @@ inline float silu(float x) { return x / (1.f + std::exp(-x)); }
 inline float gelu_tanh(float x) {
   constexpr float kSqrt2OverPi = 0.7978845608028654f;
   return 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
+// Sum of x[i]^2 in eight interleaved partial sums (lane i % 8, so the loop vectorizes without
+// reassociation), then added pairwise in a fixed order: the same value for a row whatever the
+// batch, and a shorter rounding chain than one serial sum.
+inline float sum_squares(const float* x, int64_t n) {
+  float p[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) p[j] += x[i + j] * x[i + j];
+  for (; i < n; ++i) p[i % 8] += x[i] * x[i];
+  return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
 }
 
 }  // namespace
@@ -60,8 +74,7 @@ void op_rms_norm(const OpCall& c, ThreadPool& pool) {
     for (int64_t t = b; t < e; ++t) {
       const float* xi = x.ptr<const float>() + t * n;
       float* o = out.ptr<float>() + t * n;
-      float ss = 0.f;
-      for (int64_t i = 0; i < n; ++i) ss += xi[i] * xi[i];
+      float ss = sum_squares(xi, n);
       const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
       if (acc) {
         for (int64_t i = 0; i < n; ++i) o[i] += xi[i] * r * w[i];
@@ -300,8 +313,11 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
   }
 }
 
-// Batch invariance: a (token, head) job's float steps depend only on its position and window,
-// so a token's attention is bit-identical in decode and in any prefill batch.
+// Batch invariance: a head's float steps depend only on its position and window, so a token's
+// attention is bit-identical in decode and in any prefill batch. With an f16 cache and AVX2 the
+// grouped kernels (cpu/arch/x86_attn.h) run: in prefill one job takes the `group` query heads
+// of one KV head, converting each cache row once for all of them; in decode one job per head
+// (the heads spread over threads). Per head the kernels' arithmetic is the same either way.
 void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const Tensor& q = c.t[0];
   const Tensor& kc = c.t[1];
@@ -317,43 +333,75 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const float softcap = c.p.softcap;
   const DotF32Fn kdot = cpu_traits(kc.dtype).dot_f32;
   const AxpyFn vaxpy = cpu_traits(vc.dtype).axpy;
+  const F16HeadsFns hf =
+      kc.dtype == DType::kF16 && vc.dtype == DType::kF16 && hd % 16 == 0 ? f16_heads_fns() : F16HeadsFns{};
+  const int per_job = hf.dot != nullptr && nt > 1 ? group : 1;  // query heads per job
+  check(per_job <= s.max_group && per_job * (cap + hd + 3) <= s.scores_stride, ErrorCode::kKernelFailure, "attention",
+        "scores scratch: sized for fewer query heads per KV head or a smaller cache");
+  const int64_t jobs_per_token = nh / per_job;
   auto body = [&](int64_t b, int64_t e, int tid) {
-    float* scores = s.scores.data() + static_cast<size_t>(tid) * static_cast<size_t>(cap + 2 * hd);
-    float* acc = scores + cap;
+    // Per head: scores (cap), output accumulator (hd), then per head dot, max, 1 / sum.
+    float* scores = s.scores.data() + static_cast<size_t>(tid) * static_cast<size_t>(s.scores_stride);
+    float* acc = scores + per_job * cap;
+    float* dots = acc + per_job * hd;
+    float* mx = dots + per_job;
+    float* inv = mx + per_job;
     for (int64_t job = b; job < e; ++job) {
-      const int64_t t = job / nh;
-      const int h = static_cast<int>(job % nh);
-      const int64_t g = h / group;
+      // Tokens in the order 0, nt - 1, 1, nt - 2, ..: a causal token's cost grows with its
+      // position, so every contiguous range of jobs (a thread's share) gets a balanced mix.
+      const int64_t k = job / jobs_per_token;
+      const int64_t t = k % 2 == 0 ? k / 2 : nt - 1 - k / 2;
+      const int h0 = static_cast<int>(job % jobs_per_token) * per_job;
+      const int64_t g = h0 / group;
       const int64_t n_ctx = c.p.pos0 + t + 1;                                    // causal: positions 0..pos
       const int64_t lo = window > 0 ? std::max<int64_t>(0, n_ctx - window) : 0;  // sliding window
       const int64_t n = n_ctx - lo;  // <= cap (kv_positions_ok): scores[i] is position lo + i
       const int64_t r0 = lo % cap;   // its row; a ring wraps once, at row cap
-      const float* qh = q.ptr<const float>() + t * q.cols + h * hd;
-      float mx = -INFINITY;
+      const float* qh = q.ptr<const float>() + t * q.cols + h0 * hd;
+      std::fill(mx, mx + per_job, -INFINITY);
       for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
-        float sc = kdot(hd, kc.row(g * cap + r), qh) * scale;
-        if (softcap > 0.f) sc = softcap * std::tanh(sc / softcap);
-        scores[i] = sc;
-        mx = std::max(mx, sc);
+        if (hf.dot != nullptr) {
+          hf.dot(hd, kc.row(g * cap + r), qh, hd, per_job, dots);
+        } else {
+          dots[0] = kdot(hd, kc.row(g * cap + r), qh);
+        }
+        for (int j = 0; j < per_job; ++j) {
+          float sc = dots[j] * scale;
+          if (softcap > 0.f) sc = softcap * std::tanh(sc / softcap);
+          scores[j * cap + i] = sc;
+          mx[j] = std::max(mx[j], sc);
+        }
       }
-      float sum = 0.f;
-      for (int64_t i = 0; i < n; ++i) {
-        scores[i] = std::exp(scores[i] - mx);
-        sum += scores[i];
+      for (int j = 0; j < per_job; ++j) {
+        float* sj = scores + j * cap;
+        float sum = 0.f;
+        for (int64_t i = 0; i < n; ++i) {
+          sj[i] = std::exp(sj[i] - mx[j]);
+          sum += sj[i];
+        }
+        inv[j] = 1.f / sum;
       }
-      const float inv = 1.f / sum;
-      std::fill(acc, acc + hd, 0.f);
-      for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1)
-        vaxpy(hd, scores[i] * inv, vc.row(g * cap + r), acc);
-      std::memcpy(out.ptr<float>() + t * out.cols + h * hd, acc, static_cast<size_t>(hd) * sizeof(float));
+      std::fill(acc, acc + per_job * hd, 0.f);
+      if (hf.pv != nullptr) {  // the probabilities, then the ring's rows in one or two runs
+        for (int j = 0; j < per_job; ++j)
+          for (int64_t i = 0; i < n; ++i) scores[j * cap + i] *= inv[j];
+        const int64_t first = std::min(n, cap - r0);
+        const auto vstride = static_cast<int64_t>(vc.row_stride);
+        hf.pv(hd, first, scores, cap, per_job, vc.row(g * cap + r0), vstride, acc);
+        if (first < n) hf.pv(hd, n - first, scores + first, cap, per_job, vc.row(g * cap), vstride, acc);
+      } else {
+        for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1)
+          vaxpy(hd, scores[i] * inv[0], vc.row(g * cap + r), acc);
+      }
+      std::memcpy(out.ptr<float>() + t * out.cols + h0 * hd, acc, static_cast<size_t>(per_job * hd) * sizeof(float));
     }
   };
   // Work ~ heads x positions x head_dim; below ~64K multiply-adds a hand-off costs more than it saves.
   const int64_t work = nt * nh * std::min(c.p.pos0 + nt, cap) * hd;
   if (work < (int64_t{1} << 16)) {
-    body(0, nt * nh, 0);
+    body(0, nt * jobs_per_token, 0);
   } else {
-    pool.parallel_for(nt * nh, body);
+    pool.parallel_for(nt * jobs_per_token, body);
   }
 }
 
@@ -364,8 +412,11 @@ void op_swiglu(const OpCall& c, ThreadPool& pool) {
   float* gp = g.ptr<float>();
   const float* up = u.ptr<const float>();
   const bool gelu = c.p.gelu;
+  const GateFn simd = gate_fn(gelu);
   auto body = [&](int64_t b, int64_t e, int) {
-    if (gelu) {
+    if (simd != nullptr) {
+      simd(e - b, gp + b, up + b);
+    } else if (gelu) {
       for (int64_t i = b; i < e; ++i) gp[i] = gelu_tanh(gp[i]) * up[i];
     } else {
       for (int64_t i = b; i < e; ++i) gp[i] = silu(gp[i]) * up[i];

@@ -19,7 +19,9 @@ struct Scratch {
   std::vector<float> act_s;    // (n_tokens, cols/32) scale * sum(q)
   std::vector<float> act_d8;   // (n_tokens/8, cols/32, 8) act_d transposed per 8-token tile
   std::vector<float> act_s8;   // (n_tokens/8, cols/32, 8) act_s transposed per 8-token tile
-  std::vector<float> scores;   // (threads, kv_capacity + 2 * head_dim) attention scores
+  std::vector<float> scores;   // (threads, scores_stride) attention scores and accumulators
+  int64_t scores_stride = 0;   // max_group * (kv_capacity + 2 * head_dim + 3) floats per thread
+  int32_t max_group = 1;       // query heads per KV head the scores are sized for
   std::vector<float> rope_cs;  // (n_tokens, head_dim) cos | sin per position
 };
 

@@ -33,9 +33,6 @@ inline void interleave16(const uint8_t* const rows_qs[8], uint8_t* qs) {
     for (int r = 0; r < 8; ++r) std::memcpy(qs + 4 * (8 * j + r), rows_qs[r] + 4 * j, 4);
 }
 
-// First element of kernel chunk c (0..7) of a 32-element block: low nibbles, then high.
-inline int chunk_first(int c) { return c < 4 ? 4 * c : 16 + 4 * (c - 4); }
-
 // Block b of rows 8g..8g+7 of a Q5_0 / Q5_1 tensor into its x8 block.
 template <typename Block, typename Out>
 void repack_q5(const Tensor& src, int64_t g, int64_t b, Out* o) {
@@ -49,11 +46,13 @@ void repack_q5(const Tensor& src, int64_t g, int64_t b, Out* o) {
     std::memcpy(&qh[r], blk->qh, 4);
   }
   interleave16(qs, o->qs);
-  for (int c = 0; c < 8; ++c) {
-    uint32_t bits = 0;
-    for (int r = 0; r < 8; ++r) bits |= ((qh[r] >> chunk_first(c)) & 0xfu) << (4 * r);
-    o->qh[c] = bits;
-  }
+  for (int r = 0; r < 8; ++r)
+    for (int k = 0; k < 4; ++k) {  // bits k, k + 4, .., k + 28 of qh[r] -> bits 0..7
+      uint32_t x = (qh[r] >> k) & 0x11111111u;
+      x = (x | x >> 3) & 0x03030303u;
+      x = (x | x >> 6) & 0x000f000fu;
+      o->qh[4 * r + k] = static_cast<uint8_t>(x | x >> 12);
+    }
 }
 
 // Super-block b of rows 8g..8g+7 of a Q4_K / Q5_K tensor into its x8 block.
@@ -77,7 +76,7 @@ void repack_k45(const Tensor& src, int64_t g, int64_t b, Out* o) {
         if constexpr (kQ5)
           for (int h = 0; h < 2; ++h)
             for (int k = 0; k < 4; ++k)
-              o->qh[p][h][c] |= static_cast<uint32_t>((blk->qh[4 * c + k] >> (2 * p + h)) & 1) << (4 * r + k);
+              o->qh[p][h][4 * r + k] |= static_cast<uint8_t>(((blk->qh[4 * c + k] >> (2 * p + h)) & 1) << c);
       }
   }
 }
@@ -89,11 +88,11 @@ void dequant_q5(const Blk& blk, int lane, float* o) {
   for (int c = 0; c < 8; ++c)
     for (int k = 0; k < 4; ++k) {
       const uint8_t byte = blk.qs[4 * (8 * (c % 4) + lane) + k];
-      const int code = (c < 4 ? byte & 0x0f : byte >> 4) | static_cast<int>((blk.qh[c] >> (4 * lane + k)) & 1u) << 4;
+      const int code = (c < 4 ? byte & 0x0f : byte >> 4) | ((blk.qh[4 * lane + k] >> c) & 1) << 4;
       if constexpr (std::is_same_v<Blk, BlockQ5_1x8>) {
-        o[chunk_first(c) + k] = dv * static_cast<float>(code) + fp16_to_f32(blk.m[lane]);
+        o[4 * c + k] = dv * static_cast<float>(code) + fp16_to_f32(blk.m[lane]);
       } else {
-        o[chunk_first(c) + k] = dv * static_cast<float>(code - 16);
+        o[4 * c + k] = dv * static_cast<float>(code - 16);
       }
     }
 }
@@ -108,7 +107,7 @@ void dequant_k45(const Blk& blk, int lane, float* o) {
     for (int l = 0; l < 32; ++l) {
       int code = (blk.qs[256 * (j / 2) + 32 * (l / 4) + 4 * lane + l % 4] >> (4 * (j % 2))) & 0x0f;
       if constexpr (std::is_same_v<Blk, BlockQ5_Kx8>)
-        code |= static_cast<int>((blk.qh[j / 2][j % 2][l / 4] >> (4 * lane + l % 4)) & 1u) << 4;
+        code |= ((blk.qh[j / 2][j % 2][4 * lane + l % 4] >> (l / 4)) & 1) << 4;
       o[32 * j + l] = dj * static_cast<float>(code) - mj;
     }
   }

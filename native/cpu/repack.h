@@ -8,17 +8,17 @@
 //                16 packed bytes (row r at 4*(8j + r)); low nibbles = elements 4j..4j+3, high
 //                nibbles = elements 16+4j..16+4j+3.
 //   BlockQ4_1x8: d[8], m[8] (fp16), qs[128] as Q4_0x8.
-//   BlockQ5_0x8: d[8], qh[8], qs[128]: qs as Q4_0x8; chunk c (0..7) of the kernel is the low
-//                nibbles of qs chunk c (elements e(c) = 4c, c < 4) or the high nibbles of qs chunk
-//                c - 4 (elements e(c) = 16 + 4(c - 4)); qh[c] holds those elements' fifth bits
-//                for all 8 rows (bit 4r + k), ready to spread to bytes as 0x10. Same size as the
-//                8 source blocks (176 bytes).
+//   BlockQ5_0x8: d[8], qh[32], qs[128]: qs as Q4_0x8; chunk c (0..7) of the kernel is the low
+//                nibbles of qs chunk c (c < 4) or the high nibbles of qs chunk c - 4: elements
+//                4c..4c+3 either way. qh holds the fifth bits as bit planes in the chunks' byte
+//                order: bit c of qh[4r + k] = row r's element 4c + k, so chunk c's bits are one
+//                shift and one mask to 0x10 per byte. Same size as the 8 source blocks (176 bytes).
 //   BlockQ4_Kx8: per super-block of 256 (8 rows): d[8], dmin[8] (fp16), the 6-bit scales and
 //                mins unpacked to bytes sub-block-major (8 lanes = 8 rows, one u8->f32 convert
 //                each), qs chunked as Q4_0x8 per pair of sub-blocks: low nibbles = sub-block 2p,
 //                high nibbles = 2p + 1. 1184 bytes for 8 x 144 (+2.8 %).
 //   BlockQ5_1x8: d[8], m[8], qh[8], qs[128]: as BlockQ5_0x8 with Q4_1's minimum.
-//   BlockQ5_Kx8: BlockQ4_Kx8 plus the fifth bits regrouped per (sub-block, chunk) as Q5_0x8's
+//   BlockQ5_Kx8: BlockQ4_Kx8 plus the fifth bits as bit planes per sub-block, as Q5_0x8's
 //                (1440 bytes for 8 x 176, +2.3 %).
 //   BlockQ6_Kx8: per super-block of 256 (8 rows): d[8], the 16 group scales sub-block-major,
 //                ql and qh chunked so that one load of each gives 4 elements of 8 rows for the
@@ -58,7 +58,7 @@ inline constexpr int kQ8x8Bias = 0;
 
 struct BlockQ5_0x8 {
   uint16_t d[8];
-  uint32_t qh[8];  // qh[c] bit 4r + k = the fifth bit of row r's element e(c) + k (chunk c below)
+  uint8_t qh[32];  // bit c of qh[4r + k] = the fifth bit of row r's element 4c + k
   uint8_t qs[128];
 };
 static_assert(sizeof(BlockQ5_0x8) == 176, "BlockQ5_0x8 must be 176 bytes");
@@ -75,7 +75,7 @@ static_assert(sizeof(BlockQ4_Kx8) == 1184, "BlockQ4_Kx8 must be 1184 bytes");
 struct BlockQ5_1x8 {
   uint16_t d[8];
   uint16_t m[8];
-  uint32_t qh[8];  // as BlockQ5_0x8
+  uint8_t qh[32];  // as BlockQ5_0x8
   uint8_t qs[128];
 };
 static_assert(sizeof(BlockQ5_1x8) == 8 * 24, "BlockQ5_1x8 must be 8 Q5_1 blocks");
@@ -85,7 +85,7 @@ struct BlockQ5_Kx8 {
   uint16_t dmin[8];
   uint8_t sc[8][8];
   uint8_t m[8][8];
-  uint32_t qh[4][2][8];  // qh[p][h][c] bit 4r + k: fifth bit of row r's element 4c + k of sub-block 2p + h
+  uint8_t qh[4][2][32];  // bit c of qh[p][h][4r + k]: fifth bit of row r's element 4c + k of sub-block 2p + h
   uint8_t qs[1024];      // as BlockQ4_Kx8
 };
 static_assert(sizeof(BlockQ5_Kx8) == 1440, "BlockQ5_Kx8 must be 1440 bytes");

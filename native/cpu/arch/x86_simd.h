@@ -7,9 +7,13 @@
 #include <cstdint>
 #include <cstring>
 
+// Forced inlining: a call inside a kernel loop would spill every live ymm (all are caller-saved),
+// and GCC declines to inline some of these helpers in the larger kernels.
+#define METALLIC_SIMD_INLINE inline __attribute__((always_inline))
+
 namespace metallic::cpu::x86::simd {
 
-inline float hsum(__m256 v) {
+METALLIC_SIMD_INLINE float hsum(__m256 v) {
   __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
   lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
@@ -17,7 +21,7 @@ inline float hsum(__m256 v) {
 }
 
 // Sums groups of four u8*s8 products into eight int32 lanes.
-inline __m256i dot_u8s8(__m256i u, __m256i s) {
+METALLIC_SIMD_INLINE __m256i dot_u8s8(__m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
   return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 #else
@@ -26,18 +30,18 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) {
 }
 
 // 16 packed bytes -> 32 nibbles (elements 0..15 = low nibbles, 16..31 = high nibbles).
-inline __m256i unpack_nibbles(const uint8_t* qs) {
+METALLIC_SIMD_INLINE __m256i unpack_nibbles(const uint8_t* qs) {
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
   const __m128i mask = _mm_set1_epi8(0x0f);
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
 }
 
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+METALLIC_SIMD_INLINE float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
-inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+METALLIC_SIMD_INLINE __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // Bit i of the little-endian uint32 at qh -> 0x10 in byte i (the fifth bit of Q5 code i).
-inline __m256i q5_high_bits(const uint8_t* qh) {
+METALLIC_SIMD_INLINE __m256i q5_high_bits(const uint8_t* qh) {
   uint32_t bits;
   std::memcpy(&bits, qh, 4);
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -52,7 +56,7 @@ inline __m256i q5_high_bits(const uint8_t* qh) {
 }
 
 // Horizontal sums of eight int32x8 vectors: lane j of the result is the sum of p[j]'s lanes.
-inline __m256i hsum8_epi32(const __m256i p[8]) {
+METALLIC_SIMD_INLINE __m256i hsum8_epi32(const __m256i p[8]) {
   const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]);
   const __m256i h23 = _mm256_hadd_epi32(p[2], p[3]);
   const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]);

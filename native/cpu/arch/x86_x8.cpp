@@ -4,9 +4,15 @@
 // matching 4 activation bytes to all lanes, one u8*s8 multiply-add gives the 8 rows' partial
 // sums in the 8 int32 lanes. After a block: one convert, the rows' scales (8 fp16 → f32 at once)
 // times the activation scale, one FMA; the offset term (Q4_1 m, Q4_0 -8d, Q8_0 -128d) is one FMA
-// against the activation's s. Up to four tokens share each unpacked weight block (prefill).
-// Q8_0 without VNNI stores signed q (repack.h kQ8x8Bias = 0): |q| is the unsigned operand and
-// the sign moves onto the broadcast activation bytes, so no pair sum saturates (128 * 127 * 2).
+// against the activation's s.
+//
+// Prefill: each weight block is unpacked once for a tile of tokens (kTile32 / kTileK; its codes
+// stay in registers while the tokens' activation bytes are broadcast against them). Integer sums: see
+// ChunkDot (int16 partial sums where they cannot overflow). Batch invariance: a token's integer
+// sums are exact and its float steps (convert, scale, FMA chains in block order) are the same
+// whatever the tile size, so its result does not depend on the batch it ran in.
+// Q8_0 without VNNI stores signed q (repack.h kQ8x8Bias = 0), and Q6_K is unpacked to signed
+// q - 32: |q| is the unsigned operand and the sign moves onto the broadcast activation bytes.
 #include <type_traits>
 
 #include "core/quant_blocks.h"
@@ -25,41 +31,81 @@ namespace {
 
 using namespace x86::simd;
 
-inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(acc, u, s);
-#else
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
-}
+// Tokens per unpacked weight block in prefill, the fastest measured on Zen 4 (AVX2): eight for
+// the 32-element formats, four for the K-quants (whose per-token sums fill the registers).
+constexpr int kTile32 = 8, kTileK = 4;
 
-inline __m256i bcast4(const int8_t* p) {
+// Exact int32 sums (8 lanes) of u8*s8 chunk dots: u holds unsigned codes <= kMaxU, s activation
+// bytes with |s| <= 127 (the activation quantizer's range). add(u, s) per chunk, flush() at
+// least every kFlush chunks and before reading s32. VNNI: one vpdpbusd per chunk (flush is
+// free). AVX2: vpmaddubsw gives int16 pair sums (|.| <= 2 * kMaxU * 127), added in int16 while
+// they cannot overflow (so never saturate), then widened by one vpmaddwd per flush. Integer sums
+// are exact, so the grouping does not change the result.
+template <int kMaxU>
+struct ChunkDot {
+  __m256i s32 = _mm256_setzero_si256();
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  static constexpr int kFlush = 8;
+  METALLIC_SIMD_INLINE void add(__m256i u, __m256i s) { s32 = _mm256_dpbusd_epi32(s32, u, s); }
+  METALLIC_SIMD_INLINE void flush() {}
+#else
+  static constexpr int kFlush = 32767 / (2 * kMaxU * 127);  // Q4: 8, Q5 and |Q6 - 32|: 4, |Q8|: 1
+  static_assert(kFlush >= 1, "a single vpmaddubsw pair sum could overflow");
+  __m256i s16 = _mm256_setzero_si256();
+  METALLIC_SIMD_INLINE void add(__m256i u, __m256i s) { s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(u, s)); }
+  METALLIC_SIMD_INLINE void flush() {
+    s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+    s16 = _mm256_setzero_si256();
+  }
+#endif
+};
+
+METALLIC_SIMD_INLINE __m256i bcast4(const int8_t* p) {
   int32_t v;
   __builtin_memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
 }
 
-inline __m256 f16x8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+METALLIC_SIMD_INLINE __m256 f16x8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 
-inline void store8(float* dst, __m256 v, bool accumulate) {
+METALLIC_SIMD_INLINE void store8(float* dst, __m256 v, bool accumulate) {
   _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), v) : v);
 }
 
+// Chunk c's fifth bits, 0x10 in each byte, from a Q5 block's bit planes (repack.h: bit c of byte
+// i). A 16-bit shift by at most 4 moves no byte's bit into the other byte's bit 4.
+METALLIC_SIMD_INLINE __m256i q5_plane(__m256i planes, int c) {
+  const __m256i v = c < 4 ? _mm256_slli_epi16(planes, 4 - c) : _mm256_srli_epi16(planes, c - 4);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
 // kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0 (Q4_0's nibbles plus the fifth bits: codes
-// 0..31, offset -16 d), 4 = Q5_1 (the same codes, Q4_1's min as the offset). T tokens (1..4) against one group of 8
-// rows.
+// 0..31, offset -16 d), 4 = Q5_1 (the same codes, Q4_1's min as the offset). T tokens against
+// one group of 8 rows. Chunk c of every format holds elements 4c..4c+3 of the 8 rows (Q4/Q5:
+// the low nibbles of qs chunk c for c < 4, the high nibbles of qs chunk c - 4 after).
 template <int kKind, int T>
-inline void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
-                         bool accumulate) {
+void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
+                  bool accumulate) {
+  constexpr bool kSignedQ8 = kKind == 2 && kQ8x8Bias == 0;
+  constexpr int kMaxU = kKind == 2 ? 128 : kKind >= 3 ? 31 : 15;
   const int64_t nb = cols / kQK;
   __m256 acc[T], off[T];
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    __m256i w[8];
-    __m256 dv, ov;  // per-row scale and offset coefficient
+    __m256i w[8], sgn[8];  // unsigned codes; signed Q8_0: the weights whose signs move
+    __m256 dv, ov;         // per-row scale and offset coefficient
     if constexpr (kKind == 2) {
       const auto& blk = static_cast<const BlockQ8_0x8*>(group)[b];
-      for (int j = 0; j < 8; ++j) w[j] = load32(blk.qs + 32 * j);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        w[j] = load32(blk.qs + 32 * j);
+        if constexpr (kSignedQ8) {
+          sgn[j] = w[j];
+          w[j] = _mm256_abs_epi8(w[j]);
+        }
+      }
       dv = f16x8(blk.d);
       ov = _mm256_mul_ps(dv, _mm256_set1_ps(-static_cast<float>(kQ8x8Bias)));
     } else {
@@ -86,41 +132,32 @@ inline void group_tokens(int64_t cols, const void* group, const ActRows& a, int6
         ov = _mm256_mul_ps(dv, _mm256_set1_ps(-8.f));
       }
       const __m256i mask = _mm256_set1_epi8(0x0f);
+#pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
         const __m256i raw = load32(qs + 32 * j);
-        w[j] = _mm256_and_si256(raw, mask);                            // elements 4j..4j+3
-        w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);  // elements 16+4j..
+        w[j] = _mm256_and_si256(raw, mask);
+        w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
       }
-      if constexpr (kKind == 3 || kKind == 4) {
+      if constexpr (kKind >= 3) {
         using Blk = std::conditional_t<kKind == 3, BlockQ5_0x8, BlockQ5_1x8>;
-        const auto& blk = static_cast<const Blk*>(group)[b];
-        for (int c = 0; c < 8; ++c)
-          w[c] = _mm256_or_si256(w[c], q5_high_bits(reinterpret_cast<const uint8_t*>(&blk.qh[c])));
+        const __m256i planes = load32(static_cast<const Blk*>(group)[b].qh);
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) w[c] = _mm256_or_si256(w[c], q5_plane(planes, c));
       }
     }
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       const int64_t tok = t0 + t;
       const int8_t* aq = a.q + tok * cols + b * kQK;
-      // Activation byte groups in the order of w[]: Q8_0 chunk j = elements 4j..4j+3; Q4 w[j] =
-      // elements 4j.., w[4 + j] = elements 16 + 4j...
-      __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-      if constexpr (kKind == 2 && kQ8x8Bias != 0) {
-        for (int j = 0; j < 8; j += 2) {
-          s0 = dpbusd(s0, w[j], bcast4(aq + 4 * j));
-          s1 = dpbusd(s1, w[j + 1], bcast4(aq + 4 * j + 4));
-        }
-      } else if constexpr (kKind == 2) {  // signed q: |q| x (sign(q) * a)
-        for (int j = 0; j < 8; j += 2) {
-          s0 = dpbusd(s0, _mm256_abs_epi8(w[j]), _mm256_sign_epi8(bcast4(aq + 4 * j), w[j]));
-          s1 = dpbusd(s1, _mm256_abs_epi8(w[j + 1]), _mm256_sign_epi8(bcast4(aq + 4 * j + 4), w[j + 1]));
-        }
-      } else {
-        for (int j = 0; j < 4; ++j) {
-          s0 = dpbusd(s0, w[j], bcast4(aq + 4 * j));
-          s1 = dpbusd(s1, w[4 + j], bcast4(aq + 16 + 4 * j));
-        }
+      ChunkDot<kMaxU> dot;
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        __m256i s = bcast4(aq + 4 * c);
+        if constexpr (kSignedQ8) s = _mm256_sign_epi8(s, sgn[c]);
+        dot.add(w[c], s);
+        if ((c + 1) % ChunkDot<kMaxU>::kFlush == 0 || c == 7) dot.flush();
       }
-      const __m256 sums = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+      const __m256 sums = _mm256_cvtepi32_ps(dot.s32);
       const int64_t ab = tok * nb + b;
       acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dv, _mm256_set1_ps(a.d[ab])), acc[t]);
       off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(a.s[ab]), off[t]);
@@ -129,20 +166,20 @@ inline void group_tokens(int64_t cols, const void* group, const ActRows& a, int6
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_add_ps(acc[t], off[t]), accumulate);
 }
 
-// Q4_K / Q5_K: T tokens (1..2: the sub-block sums, accumulators and scale lanes fill the 16 ymm
-// registers) against one group of 8 rows. Per pair of sub-blocks: 8 chunks, each one load and
-// two nibble masks for two u8*s8 multiply-adds per token; then per sub-block one convert and one
-// FMA with the rows' d * sc (8 lanes) times the activation scale, and the min term
-// dmin * m * s_a as one FMA. Per token the same steps whatever T (batch invariance).
-inline __m256 u8x8f(const uint8_t* p) {
+// Q4_K / Q5_K: T tokens against one group of 8 rows. Per pair of sub-blocks: 8 chunks, each one
+// load and two nibble masks (Q5_K: plus the fifth bits) for one multiply-add per sub-block and
+// token; then per sub-block and token one convert and one FMA with the rows' d * sc (8 lanes)
+// times the activation scale, and the min term dmin * m * s_a as one FMA.
+METALLIC_SIMD_INLINE __m256 u8x8f(const uint8_t* p) {
   int64_t v;
   __builtin_memcpy(&v, p, 8);
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v)));
 }
 
 template <typename Blk, int T>
-inline void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
-                      bool accumulate) {
+void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
+               bool accumulate) {
+  constexpr bool kQ5 = std::is_same_v<Blk, BlockQ5_Kx8>;
   const int64_t nsb = cols / kQK_K, nb = cols / kQK;
   const __m256i mask = _mm256_set1_epi8(0x0f);
   __m256 acc[T], off[T];
@@ -151,28 +188,43 @@ inline void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t
     const auto& blk = static_cast<const Blk*>(group)[sb];
     const __m256 dv = f16x8(blk.d), mv = f16x8(blk.dmin);
     for (int p = 0; p < 4; ++p) {
-      __m256i s0[T], s1[T];
-      for (int t = 0; t < T; ++t) s0[t] = s1[t] = _mm256_setzero_si256();
-      for (int c = 0; c < 8; ++c) {
-        const __m256i raw = load32(blk.qs + 256 * p + 32 * c);
-        __m256i lo = _mm256_and_si256(raw, mask);
-        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-        if constexpr (std::is_same_v<Blk, BlockQ5_Kx8>) {  // the fifth bits: codes 0..31
-          lo = _mm256_or_si256(lo, q5_high_bits(reinterpret_cast<const uint8_t*>(&blk.qh[p][0][c])));
-          hi = _mm256_or_si256(hi, q5_high_bits(reinterpret_cast<const uint8_t*>(&blk.qh[p][1][c])));
+      using Dot = ChunkDot<kQ5 ? 31 : 15>;
+      constexpr int kStep = Dot::kFlush < 8 ? Dot::kFlush : 8;
+      Dot lo_dot[T], hi_dot[T];
+      __m256i planes_lo = _mm256_setzero_si256(), planes_hi = _mm256_setzero_si256();
+      if constexpr (kQ5) {
+        planes_lo = load32(blk.qh[p][0]);
+        planes_hi = load32(blk.qh[p][1]);
+      }
+      for (int c0 = 0; c0 < 8; c0 += kStep) {
+        for (int c = c0; c < c0 + kStep; ++c) {
+          const __m256i raw = load32(blk.qs + 256 * p + 32 * c);
+          __m256i lo = _mm256_and_si256(raw, mask);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+          if constexpr (kQ5) {  // the fifth bits: codes 0..31
+            lo = _mm256_or_si256(lo, q5_plane(planes_lo, c));
+            hi = _mm256_or_si256(hi, q5_plane(planes_hi, c));
+          }
+#pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) {
+            const int8_t* aq = a.q + (t0 + t) * cols + sb * kQK_K + 64 * p + 4 * c;
+            lo_dot[t].add(lo, bcast4(aq));
+            hi_dot[t].add(hi, bcast4(aq + 32));
+          }
         }
+#pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-          const int8_t* aq = a.q + (t0 + t) * cols + sb * kQK_K + 64 * p + 4 * c;
-          s0[t] = dpbusd(s0[t], lo, bcast4(aq));
-          s1[t] = dpbusd(s1[t], hi, bcast4(aq + 32));
+          lo_dot[t].flush();
+          hi_dot[t].flush();
         }
       }
       const __m256 sc0 = _mm256_mul_ps(dv, u8x8f(blk.sc[2 * p])), sc1 = _mm256_mul_ps(dv, u8x8f(blk.sc[2 * p + 1]));
       const __m256 m0 = _mm256_mul_ps(mv, u8x8f(blk.m[2 * p])), m1 = _mm256_mul_ps(mv, u8x8f(blk.m[2 * p + 1]));
       for (int t = 0; t < T; ++t) {
         const int64_t ab = (t0 + t) * nb + sb * 8 + 2 * p;
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0[t]), _mm256_mul_ps(sc0, _mm256_set1_ps(a.d[ab])), acc[t]);
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1[t]), _mm256_mul_ps(sc1, _mm256_set1_ps(a.d[ab + 1])), acc[t]);
+        const __m256 s0 = _mm256_cvtepi32_ps(lo_dot[t].s32), s1 = _mm256_cvtepi32_ps(hi_dot[t].s32);
+        acc[t] = _mm256_fmadd_ps(s0, _mm256_mul_ps(sc0, _mm256_set1_ps(a.d[ab])), acc[t]);
+        acc[t] = _mm256_fmadd_ps(s1, _mm256_mul_ps(sc1, _mm256_set1_ps(a.d[ab + 1])), acc[t]);
         off[t] = _mm256_fmadd_ps(m0, _mm256_set1_ps(a.s[ab]), off[t]);
         off[t] = _mm256_fmadd_ps(m1, _mm256_set1_ps(a.s[ab + 1]), off[t]);
       }
@@ -181,41 +233,27 @@ inline void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_sub_ps(acc[t], off[t]), accumulate);
 }
 
-template <typename Blk>
-void dot_x8_k45(int64_t cols, const void* group, const ActRows& a, float* out, int64_t out_stride, bool accumulate) {
-  int64_t t = 0;
-  for (; t + 2 <= a.nt; t += 2) group_k45<Blk, 2>(cols, group, a, t, out, out_stride, accumulate);
-  for (; t < a.nt; ++t) group_k45<Blk, 1>(cols, group, a, t, out, out_stride, accumulate);
-}
-
-// Q6_K: T tokens (1..2) against one group of 8 rows. Per half h and chunk c: three loads give
-// 4 elements of 8 rows for each of the half's four 32-element groups (codes 0..63, unpacked as
-// the row-major kernel does); per group one u8*s8 multiply-add per token into the accumulator
-// of its 16-element half (chunks 0..3, 4..7). The -32 offset is subtracted in integers with the
-// token's 16-element activation sums; then one convert and one FMA per 16 elements with the
-// rows' d * sc (8 lanes) times the activation scale. Same steps whatever T (batch invariance).
-inline int32_t sum16(const int8_t* q) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  const __m128i p = _mm_madd_epi16(_mm_maddubs_epi16(_mm_set1_epi8(1), v), _mm_set1_epi16(1));
-  __m128i s = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
-}
-
+// Q6_K: T tokens against one group of 8 rows. Per half h and chunk c: three loads give 4
+// elements of 8 rows for each of the half's four 32-element groups (codes 0..63, unpacked as
+// the row-major kernel does), made signed q - 32 in -32..31; per group and token one multiply-add
+// (|q - 32| times the activation bytes with its sign) into the sum of its 16-element half
+// (chunks 0..3, 4..7); then one convert and one FMA per 16 elements with the rows' d * sc
+// (8 lanes) times the activation scale.
 template <int T>
-inline void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
-                      bool accumulate) {
+void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
+               bool accumulate) {
   const int64_t nsb = cols / kQK_K, nb = cols / kQK;
-  const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), c32 = _mm256_set1_epi8(32);
   __m256 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const auto& blk = static_cast<const BlockQ6_Kx8*>(group)[sb];
     const __m256 dv = f16x8(blk.d);
     for (int h = 0; h < 2; ++h)
-      for (int k = 0; k < 4; ++k) {  // the 32-element group 4h + k
-        __m256i s_lo[T], s_hi[T];
-        for (int t = 0; t < T; ++t) s_lo[t] = s_hi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {         // the 32-element group 4h + k
+        ChunkDot<32> lo_dot[T], hi_dot[T];  // 4 chunks each: kFlush >= 4
+#pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
           const __m256i ql = load32(blk.ql[2 * h + k % 2] + 32 * c), qh = load32(blk.qh[h] + 32 * c);
           const __m256i lo = k < 2 ? _mm256_and_si256(ql, m4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4);
@@ -223,15 +261,23 @@ inline void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t
                              : k == 1 ? _mm256_slli_epi16(qh, 2)
                              : k == 2 ? qh
                                       : _mm256_srli_epi16(qh, 2);
-          const __m256i u = _mm256_or_si256(lo, _mm256_and_si256(hb, m30));
+          const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_and_si256(hb, m30)), c32);
+          const __m256i u = _mm256_abs_epi8(q);
+#pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
-            const __m256i av = bcast4(a.q + (t0 + t) * cols + sb * kQK_K + 128 * h + 32 * k + 4 * c);
+            const __m256i s =
+                _mm256_sign_epi8(bcast4(a.q + (t0 + t) * cols + sb * kQK_K + 128 * h + 32 * k + 4 * c), q);
             if (c < 4) {
-              s_lo[t] = dpbusd(s_lo[t], u, av);
+              lo_dot[t].add(u, s);
             } else {
-              s_hi[t] = dpbusd(s_hi[t], u, av);
+              hi_dot[t].add(u, s);
             }
           }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          lo_dot[t].flush();
+          hi_dot[t].flush();
         }
         const int g = 8 * h + 2 * k;  // 16-element groups g (chunks 0..3) and g + 1 (4..7)
         const __m256 sc0 = _mm256_mul_ps(
@@ -239,31 +285,41 @@ inline void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t
         const __m256 sc1 = _mm256_mul_ps(
             dv,
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.sc[g + 1])))));
+#pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-          const int8_t* aq = a.q + (t0 + t) * cols + sb * kQK_K + 128 * h + 32 * k;
-          const __m256i lo = _mm256_sub_epi32(s_lo[t], _mm256_set1_epi32(32 * sum16(aq)));
-          const __m256i hi = _mm256_sub_epi32(s_hi[t], _mm256_set1_epi32(32 * sum16(aq + 16)));
           const __m256 da = _mm256_set1_ps(a.d[(t0 + t) * nb + sb * 8 + 4 * h + k]);
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(sc0, da), acc[t]);
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(sc1, da), acc[t]);
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo_dot[t].s32), _mm256_mul_ps(sc0, da), acc[t]);
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi_dot[t].s32), _mm256_mul_ps(sc1, da), acc[t]);
         }
       }
   }
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, acc[t], accumulate);
 }
 
-void dot_x8_q6k(int64_t cols, const void* group, const ActRows& a, float* out, int64_t out_stride, bool accumulate) {
+// Runs group(T, t0) (T an std::integral_constant) over tokens [0, nt): tiles of kTile tokens, then
+// of 4, 2 and 1.
+template <int kTile, typename Group>
+void token_tiles(int64_t nt, Group group) {
   int64_t t = 0;
-  for (; t + 2 <= a.nt; t += 2) group_q6k<2>(cols, group, a, t, out, out_stride, accumulate);
-  for (; t < a.nt; ++t) group_q6k<1>(cols, group, a, t, out, out_stride, accumulate);
+  for (; t + kTile <= nt; t += kTile) group(std::integral_constant<int, kTile>{}, t);
+  if constexpr (kTile > 4)
+    for (; t + 4 <= nt; t += 4) group(std::integral_constant<int, 4>{}, t);
+  for (; t + 2 <= nt; t += 2) group(std::integral_constant<int, 2>{}, t);
+  for (; t < nt; ++t) group(std::integral_constant<int, 1>{}, t);
 }
 
 template <int kKind>
-void dot_x8(int64_t cols, const void* group, const ActRows& a, float* out, int64_t out_stride, bool accumulate) {
-  int64_t t = 0;
-  for (; t + 4 <= a.nt; t += 4) group_tokens<kKind, 4>(cols, group, a, t, out, out_stride, accumulate);
-  for (; t + 2 <= a.nt; t += 2) group_tokens<kKind, 2>(cols, group, a, t, out, out_stride, accumulate);
-  for (; t < a.nt; ++t) group_tokens<kKind, 1>(cols, group, a, t, out, out_stride, accumulate);
+void dot_x8(int64_t cols, const void* g, const ActRows& a, float* out, int64_t os, bool acc) {
+  token_tiles<kTile32>(a.nt, [&](auto T, int64_t t0) { group_tokens<kKind, T>(cols, g, a, t0, out, os, acc); });
+}
+
+template <typename Blk>
+void dot_x8_k45(int64_t cols, const void* g, const ActRows& a, float* out, int64_t os, bool acc) {
+  token_tiles<kTileK>(a.nt, [&](auto T, int64_t t0) { group_k45<Blk, T>(cols, g, a, t0, out, os, acc); });
+}
+
+void dot_x8_q6k(int64_t cols, const void* g, const ActRows& a, float* out, int64_t os, bool acc) {
+  token_tiles<kTileK>(a.nt, [&](auto T, int64_t t0) { group_q6k<T>(cols, g, a, t0, out, os, acc); });
 }
 
 }  // namespace
