@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -85,6 +86,14 @@ CLOSE = textwrap.dedent(
 )
 
 
+def _default_sigint() -> None:
+    # A shell that starts the suite in the background (``cmd &``, no job control) leaves SIGINT
+    # ignored, and Python keeps an inherited SIG_IGN: Ctrl-C is then meant to do nothing. The
+    # scenarios need the default, as in a terminal.
+    if sys.platform != "win32":
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(script: str, *args: str, timeout: float = 120) -> dict:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run(
@@ -93,6 +102,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> dict:
         text=True,
         timeout=timeout,
         env=env,
+        preexec_fn=_default_sigint if sys.platform != "win32" else None,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
