@@ -31,15 +31,20 @@ import bench_util  # noqa: E402
 MIB = 1024 * 1024
 
 
+def prompt_ids(context: int, fill: float, n_gen: int, n_vocab: int) -> np.ndarray:
+    """The same random prompt for both engines: ``fill * context`` ids, room left for n_gen."""
+    n_prompt = max(1, min(context - n_gen - 1, int(context * fill)))
+    return np.random.default_rng(0).integers(10, n_vocab, n_prompt).astype(np.int32)
+
+
 def one(model_name: str, context: int, threads: int, fill: float, n_gen: int) -> dict:
     import metallic
 
     with metallic.load(model_name, device="cpu", threads=threads, context_length=context) as model:
         cfg = model._bundle.config
         engine = model._engine
-        n_prompt = max(1, min(context - n_gen - 1, int(context * fill)))
-        rng = np.random.default_rng(0)
-        ids = rng.integers(10, cfg["n_vocab"], n_prompt).astype(np.int32)
+        ids = prompt_ids(context, fill, n_gen, cfg["n_vocab"])
+        n_prompt = len(ids)
         out = np.empty((1, cfg["n_vocab"]), np.float32)
         t0 = time.perf_counter()
         engine.forward(ids, 0, out, False)
@@ -71,8 +76,8 @@ def one_llama(model_name: str, context: int, threads: int, fill: float, n_gen: i
     runner = LlamaRunner(
         registry.resolve(model_name), threads=threads, n_ctx=context, n_batch=512, flash_attn=False
     )
-    n_prompt = max(1, min(context - n_gen - 1, int(context * fill)))
-    ids = np.random.default_rng(0).integers(10, runner.n_vocab, n_prompt).tolist()
+    ids = prompt_ids(context, fill, n_gen, runner.n_vocab).tolist()
+    n_prompt = len(ids)
     pp = runner.prompt(ids)
     token = runner._argmax()
     t0 = time.perf_counter()

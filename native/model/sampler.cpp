@@ -184,7 +184,8 @@ int32_t Sampler::draw(const float* logits, double uniform) {
   // the best k in a heap (worst on top): most logits fail the first comparison.
   int32_t* idx = idx_.data();
   int64_t m = n;
-  auto by_logit = [w](int32_t a, int32_t b) { return before(w[a], a, w[b], b); };
+  // Draw order over w: larger value first, ties by lower id (logits here, probabilities below).
+  auto by_value = [w](int32_t a, int32_t b) { return before(w[a], a, w[b], b); };
   if (p_.top_k > 0 && p_.top_k < n) {
     const auto k = static_cast<size_t>(p_.top_k);
     auto worse_on_top = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
@@ -203,7 +204,7 @@ int32_t Sampler::draw(const float* logits, double uniform) {
       }
     }
     for (size_t j = 0; j < k; ++j) idx[j] = heap_[j].second;
-    std::sort(idx, idx + k, by_logit);
+    std::sort(idx, idx + k, by_value);
     m = p_.top_k;
   } else {
     for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<int32_t>(i);
@@ -240,8 +241,7 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     }
     // The prefix in sorted order, taken from a heap one candidate at a time: only the cut is
     // ordered (the same order a full sort gives, so the same prefix).
-    auto by_prob = [w](int32_t a, int32_t b) { return before(w[a], a, w[b], b); };
-    auto after = [&](int32_t a, int32_t b) { return by_prob(b, a); };  // heap top: most likely
+    auto after = [&](int32_t a, int32_t b) { return by_value(b, a); };  // heap top: most likely
     std::make_heap(idx, idx + k, after);
     double mass = 0.0;
     int64_t cut = 0;

@@ -2,27 +2,11 @@
 
 #include <queue>
 
+#include "tokenizer/utf8.h"
+
 namespace metallic::tokenizer {
 
 namespace {
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | cp >> 6);
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | cp >> 12);
-    out += static_cast<char>(0x80 | (cp >> 6 & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | cp >> 18);
-    out += static_cast<char>(0x80 | (cp >> 12 & 0x3F));
-    out += static_cast<char>(0x80 | (cp >> 6 & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 uint64_t pair_key(int32_t a, int32_t b) { return static_cast<uint64_t>(a) << 32 | static_cast<uint32_t>(b); }
 
@@ -66,15 +50,17 @@ std::string BpeVocab::token_bytes(int32_t id) const {
   std::string out;
   out.reserve(p.size());
   for (size_t i = 0; i < p.size();) {
-    const auto b = static_cast<unsigned char>(p[i]);
-    const size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 1;
-    uint32_t cp = len == 1 ? b : len == 2 ? b & 0x1f : len == 3 ? b & 0x0f : b & 0x07;
-    for (size_t k = 1; k < len && i + k < p.size(); ++k) cp = cp << 6 | (static_cast<unsigned char>(p[i + k]) & 0x3f);
-    if (cp < char_byte_.size() && char_byte_[cp] >= 0 && i + len <= p.size())
-      out += static_cast<char>(char_byte_[cp]);
-    else
-      out += p.substr(i, len);
-    i += len;
+    uint32_t cp = 0;
+    const size_t len = decode_utf8(p, i, cp);
+    if (len == 0) {  // not reached: pieces come from Python str
+      out += p[i++];
+    } else {
+      if (cp < char_byte_.size() && char_byte_[cp] >= 0)
+        out += static_cast<char>(char_byte_[cp]);
+      else
+        out += p.substr(i, len);
+      i += len;
+    }
   }
   return out;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "tokenizer/unicode_ranges.h"
+#include "tokenizer/utf8.h"
 
 namespace metallic::tokenizer {
 
@@ -31,15 +32,9 @@ struct Units {
 
   explicit Units(std::string_view s) {
     for (size_t i = 0; i < s.size();) {
-      const auto b = static_cast<unsigned char>(s[i]);
-      size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-      uint32_t c = len == 1 ? b : len == 2 ? b & 0x1f : len == 3 ? b & 0x0f : b & 0x07;
-      bool ok = len > 0 && i + len <= s.size();
-      for (size_t k = 1; ok && k < len; ++k) {
-        const auto cb = static_cast<unsigned char>(s[i + k]);
-        ok = (cb & 0xc0) == 0x80;
-        c = c << 6 | (cb & 0x3f);
-      }
+      uint32_t c = 0;
+      size_t len = decode_utf8(s, i, c);
+      const bool ok = len > 0;
       if (!ok) {
         len = 1;
         c = 0xFFFD;

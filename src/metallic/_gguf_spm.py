@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._gguf_vocab import as_list, corrupt, read_token_table, scalar
+from ._gguf_vocab import corrupt, per_token_array, read_token_table, scalar
 from ._native_tokenizer import NativeTokenizer
 
 SPACE = "\u2581"  # ▁, SentencePiece's visible space
@@ -62,14 +62,7 @@ def _read_scores(meta: dict[str, Any], key: str, n_vocab: int) -> np.ndarray:
     raw = meta.get("tokenizer.ggml.scores")
     if raw is None:  # llama.cpp reads all-zero scores; merges would then be arbitrary
         raise corrupt(key, f"an array of {n_vocab} scores (SentencePiece merges by score)", "none")
-    if not isinstance(raw, np.ndarray):
-        raw = as_list(raw, key)
-    if len(raw) != n_vocab:
-        raise corrupt(key, f"{n_vocab} entries (one per token)", len(raw))
-    try:
-        scores = np.asarray(raw)
-    except ValueError:  # ragged nested lists
-        scores = np.asarray(raw, dtype=object)
+    raw, scores = per_token_array(raw, key, f"{n_vocab} entries (one per token)", n_vocab)
     if scores.ndim == 1 and scores.dtype.kind in "iuf":
         scores = scores.astype(np.float32)
         bad = np.flatnonzero(~np.isfinite(scores))

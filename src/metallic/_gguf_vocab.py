@@ -200,6 +200,20 @@ def build_gguf_vocab(metadata: dict[str, Any], source: str) -> GgufVocab:
     )
 
 
+def per_token_array(raw: object, key: str, expected: str, n_vocab: int) -> tuple[Any, np.ndarray]:
+    """``raw`` (a list or numpy array) checked to have ``n_vocab`` entries (else CorruptFile
+    naming ``key``, ``expected``). Returns (raw as a list or array, it as an ndarray; object
+    dtype when ragged), for the caller to check the dtype and values."""
+    if not isinstance(raw, np.ndarray):
+        raw = as_list(raw, key)
+    if len(raw) != n_vocab:
+        raise corrupt(key, expected, len(raw))
+    try:
+        return raw, np.asarray(raw)
+    except ValueError:  # ragged nested lists
+        return raw, np.asarray(raw, dtype=object)
+
+
 def read_token_table(meta: dict[str, Any], source: str) -> tuple[list[str], np.ndarray]:
     """``tokenizer.ggml.tokens`` / ``.token_type`` checked. Returns (tokens, types as uint8)."""
     key = f"{source}: tokenizer.ggml"
@@ -212,14 +226,7 @@ def read_token_table(meta: dict[str, Any], source: str) -> tuple[list[str], np.n
     raw = meta.get("tokenizer.ggml.token_type")
     if raw is None:
         return tokens, np.ones(n_vocab, np.uint8)
-    if not isinstance(raw, np.ndarray):
-        raw = as_list(raw, f"{key}.token_type")
-    if len(raw) != n_vocab:
-        raise corrupt(f"{key}.token_type", f"{n_vocab} entries", len(raw))
-    try:
-        types = np.asarray(raw)
-    except ValueError:  # ragged nested lists
-        types = np.asarray(raw, dtype=object)
+    raw, types = per_token_array(raw, f"{key}.token_type", f"{n_vocab} entries", n_vocab)
     if types.ndim != 1 or types.dtype.kind not in "iu":
         bad = [t for t in raw if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
         raise corrupt(f"{key}.token_type", "integers in 0..6", repr(bad[:4] or raw[:4]))

@@ -187,8 +187,7 @@ float dot_f32(int64_t n, const void* w, const float* x) {
 void row_to_f32_f16(int64_t n, const void* w, float* out) {
   const auto* r = static_cast<const uint16_t*>(w);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i))));
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, simd::f16x8(r + i));
   for (; i < n; ++i) out[i] = _cvtsh_ss(r[i]);
 }
 
@@ -197,13 +196,13 @@ float dot_f16(int64_t n, const void* w, const float* x) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
-    const __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i + 8)));
+    const __m256 w0 = simd::f16x8(r + i);
+    const __m256 w1 = simd::f16x8(r + i + 8);
     a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
     a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
   }
   for (; i + 8 <= n; i += 8) {
-    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
+    const __m256 w0 = simd::f16x8(r + i);
     a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
   }
   float acc = hsum(_mm256_add_ps(a0, a1));
@@ -239,7 +238,7 @@ void axpy_f16(int64_t n, float a, const void* row, float* acc) {
   const __m256 va = _mm256_set1_ps(a);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + i)));
+    const __m256 v = simd::f16x8(r + i);
     _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(acc + i)));
   }
   for (; i < n; ++i) acc[i] += a * h2f(r[i]);

@@ -20,10 +20,6 @@ namespace {
 
 using namespace x86::simd;
 
-METALLIC_SIMD_INLINE __m256 f16x8(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
 template <int H>
 METALLIC_SIMD_INLINE void dot_heads(int64_t n, const uint16_t* r, const float* q, int64_t q_stride, float* out) {
   __m256 a0[H], a1[H];

@@ -38,6 +38,11 @@ METALLIC_SIMD_INLINE __m256i unpack_nibbles(const uint8_t* qs) {
 
 METALLIC_SIMD_INLINE float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
+// Eight f16 values (F16C) as floats.
+METALLIC_SIMD_INLINE __m256 f16x8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
 METALLIC_SIMD_INLINE __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // Bit i of the little-endian uint32 at qh -> 0x10 in byte i (the fifth bit of Q5 code i).

@@ -66,10 +66,6 @@ METALLIC_SIMD_INLINE __m256i bcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-METALLIC_SIMD_INLINE __m256 f16x8(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
 METALLIC_SIMD_INLINE void store8(float* dst, __m256 v, bool accumulate) {
   _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), v) : v);
 }
