@@ -9,6 +9,8 @@
 #include <nanobind/stl/unordered_map.h>
 #include <nanobind/stl/vector.h>
 
+#include <array>
+#include <climits>
 #include <memory>
 
 #include "bindings/bindings.h"
@@ -23,6 +25,7 @@ namespace {
 using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Tokens = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Logits2D = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Segments = nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 struct PyWeight {
   int dtype;
@@ -96,7 +99,7 @@ void init_engine(nb::module_& m) {
           "__init__",
           [](PyEngine* self, const ModelConfig& cfg, const std::unordered_map<std::string, PyWeight>& weights,
              const std::string& device, int threads, int64_t context_length, int kv_dtype, bool weights_evictable,
-             int64_t batch_size) {
+             int64_t batch_size, int64_t n_seq) {
             new (self) PyEngine();
             WeightMap wm;
             wm.reserve(weights.size());
@@ -111,12 +114,12 @@ void init_engine(nb::module_& m) {
             }
             const DType kv = dtype_from_int(kv_dtype, "kv_dtype");
             nb::gil_scoped_release release;
-            self->engine =
-                std::make_unique<Engine>(cfg, wm, device, threads, context_length, kv, weights_evictable, batch_size);
+            self->engine = std::make_unique<Engine>(cfg, wm, device, threads, context_length, kv, weights_evictable,
+                                                    batch_size, n_seq);
           },
           nb::arg("config"), nb::arg("weights"), nb::arg("device") = "cpu", nb::arg("threads") = 0,
           nb::arg("context_length") = 4096, nb::arg("kv_dtype") = static_cast<int>(DType::kF16),
-          nb::arg("weights_evictable") = false, nb::arg("batch_size") = Engine::kDefaultBatch)
+          nb::arg("weights_evictable") = false, nb::arg("batch_size") = Engine::kDefaultBatch, nb::arg("n_seq") = 1)
       .def(
           "forward",
           [](PyEngine& self, Tokens tokens, int64_t start_pos, Logits2D logits_out, bool all_logits) {
@@ -143,6 +146,55 @@ void init_engine(nb::module_& m) {
           },
           nb::arg("token"), nb::arg("pos"), nb::arg("sampler"))
       .def(
+          "forward_batch",
+          [](PyEngine& self, Tokens tokens, Segments segs) {
+            Engine& e = self.get("engine.forward_batch");
+            const int64_t k = static_cast<int64_t>(segs.shape(0));
+            if (segs.shape(1) != 4)
+              fail(ErrorCode::kShapeMismatch, "engine.forward_batch",
+                   "segments: expected k x 4 (slot, n, pos0, logits), got " + std::to_string(segs.shape(0)) + "x" +
+                       std::to_string(segs.shape(1)));
+            if (k < 1 || k > e.n_seq())
+              fail(ErrorCode::kInvalidArgument, "engine.forward_batch",
+                   "segments: expected 1.." + std::to_string(e.n_seq()) + " rows, got " + std::to_string(k));
+            std::array<Engine::Segment, Engine::kMaxSeq> seg{};
+            const int64_t* v = segs.data();
+            for (int64_t i = 0; i < k; ++i) {
+              const int64_t slot = v[4 * i], n = v[4 * i + 1];
+              if (slot < 0 || slot > INT32_MAX || n < 1 || n > INT32_MAX)
+                fail(ErrorCode::kInvalidArgument, "engine.forward_batch",
+                     "segment " + std::to_string(i) + ": slot and n out of range: " + std::to_string(slot) + ", " +
+                         std::to_string(n));
+              seg[static_cast<size_t>(i)] =
+                  Engine::Segment{static_cast<int32_t>(slot), static_cast<int32_t>(n), v[4 * i + 2], v[4 * i + 3] != 0};
+            }
+            nb::gil_scoped_release release;
+            return e.forward_batch(tokens.data(), static_cast<int64_t>(tokens.shape(0)), seg.data(), k);
+          },
+          nb::arg("tokens"), nb::arg("segments"),
+          "Runs a ragged batch: segments (k, 4) int64 rows (slot, n, pos0, logits) take the next n tokens each. "
+          "Returns how many rows of batch_logits() were written (one per segment with logits != 0, in order).")
+      .def(
+          "batch_logits",
+          [](PyEngine& self) {
+            Engine& e = self.get("engine.batch_logits");
+            return nb::ndarray<nb::numpy, const float, nb::ndim<2>>(
+                e.batch_logits(), {static_cast<size_t>(e.n_seq()), static_cast<size_t>(e.n_vocab())}, nb::find(&self));
+          },
+          nb::rv_policy::reference_internal,
+          "View (n_seq, n_vocab) of forward_batch's logits rows (valid until the next call).")
+      .def(
+          "copy_seq",
+          [](PyEngine& self, int32_t src, int32_t dst, int64_t n) {
+            Engine& e = self.get("engine.copy_seq");
+            nb::gil_scoped_release release;
+            e.copy_seq(src, dst, n);
+          },
+          nb::arg("src"), nb::arg("dst"), nb::arg("n_tokens"),
+          "Slot dst's KV of positions [0, n_tokens) becomes a copy of slot src's (prefix reuse).")
+      .def_prop_ro("n_seq", [](PyEngine& self) { return self.get("engine").n_seq(); })
+      .def_prop_ro("batch_size", [](PyEngine& self) { return self.get("engine").batch_size(); })
+      .def(
           "last_logits",
           [](PyEngine& self) {
             Engine& e = self.get("engine.last_logits");
@@ -159,8 +211,9 @@ void init_engine(nb::module_& m) {
           "kv_cache_bytes", [](PyEngine& self) { return self.get("engine.kv_cache_bytes").kv_cache_bytes(); },
           "Bytes allocated for the KV cache (sliding-window layers: rings of window + batch_size rows).")
       .def(
-          "kv_reusable", [](PyEngine& self, int64_t n) { return self.get("engine.kv_reusable").kv_reusable(n); },
-          nb::arg("n_tokens"),
+          "kv_reusable",
+          [](PyEngine& self, int64_t n, int32_t slot) { return self.get("engine.kv_reusable").kv_reusable(n, slot); },
+          nb::arg("n_tokens"), nb::arg("slot") = 0,
           "True when the KV cache holds every row a forward at start_pos n_tokens needs (sliding-window "
           "rings keep only their last rows); else recompute from position 0.")
       .def(

@@ -92,6 +92,13 @@ struct OpParams {
   float top_p = 1.f;
   float min_p = 0.f;
   float uniform = 0.f;
+  // kRopeKv, kAttention as a ragged batch (continuous batching) when n_seqs > 0: the token table
+  // (slot [6] of kRopeKv, [4] of kAttention) gives each token's (slot, position), and slot s's
+  // K/V cache is the cache view moved by s * kv_seq_stride bytes (s < n_seqs); pos0 is unused.
+  // A slot's tokens are contiguous with consecutive positions (a run), and every run fits its
+  // cache as kv_positions_ok asks of a plain call. for_each_run() walks and checks the runs.
+  int32_t n_seqs = 0;
+  size_t kv_seq_stride = 0;
 };
 
 // kRopeKv / kAttention positions fit the cache: either every position of the batch has its own row
@@ -108,7 +115,8 @@ inline bool kv_positions_ok(const OpParams& p) {
 //   kRmsNorm:   [0]=x  [1]=w (1, d) F32  [2]=out
 //   kMatMul:    [0]=x  [1..3]=W_i  [4..6]=bias_i (optional)  [7..9]=out_i  [10]=scratch
 //   kRopeKv:    [0]=q  [1]=k  [2]=v  [3]=K cache  [4]=V cache  [5]=inv_freq (1, head_dim/2)
-//   kAttention: [0]=q  [1]=K cache  [2]=V cache  [3]=out
+//               [6]=token table (n, 2) int32 (ragged: OpParams::n_seqs)
+//   kAttention: [0]=q  [1]=K cache  [2]=V cache  [3]=out  [4]=token table (ragged)
 //   kSwiGlu:    [0]=gate (in/out)  [1]=up
 //   kNormMatMul: [0]=x  [1..3]=W_i  [4..6]=bias_i  [7..9]=out_i  [10]=xn (n, d) F32 scratch the
 //                device may use for the normed rows  [11]=norm weight (1, d) F32
@@ -128,8 +136,37 @@ struct DeviceCounters {
 struct OpCall {
   OpCode op;
   std::array<Tensor, kMaxOpTensors> t{};
+
   OpParams p{};
 };
+
+// Rows [first_row, first_row + rows) of a row-major tensor.
+inline Tensor row_view(const Tensor& t, int64_t first_row, int64_t rows) {
+  Tensor v = t;
+  v.offset += static_cast<size_t>(first_row) * t.row_stride;
+  v.rows = rows;
+  return v;
+}
+
+constexpr int32_t kMaxRaggedSeqs = 256;  // OpParams::n_seqs at most
+
+// Where token t of a kRopeKv / kAttention call sits: its position and the byte offset of its
+// slot's cache from the call's cache views (0 for a plain call).
+struct TokenSlots {
+  const int32_t* table = nullptr;  // ragged: (slot, position) per token; null: positions pos0 + t
+  int64_t pos0 = 0;
+  size_t stride = 0;
+  explicit TokenSlots(const OpCall& c);
+  int64_t pos(int64_t t) const { return table != nullptr ? table[2 * t + 1] : pos0 + t; }
+  size_t kv_offset(int64_t t) const { return table != nullptr ? static_cast<size_t>(table[2 * t]) * stride : 0; }
+};
+
+// The runs of a ragged kRopeKv / kAttention call in token order: f(first token, tokens, slot,
+// pos0). Checks the table (its size, slots < n_seqs, each slot's tokens one run of consecutive
+// positions, the slot's cache inside the buffer) and throws InvalidArgument naming `where`.
+// A plain call (n_seqs == 0) is one run of slot 0 at pos0.
+void for_each_run(const OpCall& c, const char* where,
+                  void (*f)(void* ctx, int64_t first, int64_t n, int32_t slot, int64_t pos0), void* ctx);
 
 class Device {
  public:
@@ -160,7 +197,8 @@ class Device {
 
 // The unfused meaning of a fused op as the plain ops it stands for, each handed to `run` (a device
 // without a fused kernel, or with one that does not cover the call, runs these). Matmul weights
-// are grouped by dtype and layout, as kMatMul requires. Non-fused ops are passed through.
+// are grouped by dtype and layout, as kMatMul requires. A ragged kRopeKv / kAttention becomes one
+// plain call per run. Other ops are passed through.
 void decompose(const OpCall& call, void (*run)(void* ctx, const OpCall& op), void* ctx);
 
 // The largest op a plan will issue, so a device sizes its scratch once (never in the token loop).

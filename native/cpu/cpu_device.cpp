@@ -138,7 +138,7 @@ class CpuDevice final : public Device {
   void check_kv(const OpCall& call, const char* op) const {
     const OpParams& p = call.p;
     const Tensor& kc = call.op == OpCode::kRopeKv ? call.t[3] : call.t[1];
-    if (!kv_positions_ok(p) || kc.rows < p.n_head_kv * p.kv_capacity || p.kv_capacity > lim_kv_ ||
+    if ((p.n_seqs == 0 && !kv_positions_ok(p)) || kc.rows < p.n_head_kv * p.kv_capacity || p.kv_capacity > lim_kv_ ||
         p.head_dim != lim_head_dim_ || p.n_head_kv < 1 || p.n_head % p.n_head_kv != 0 ||
         static_cast<int64_t>(p.n_head) * p.head_dim > lim_cols_)
       fail(ErrorCode::kInvalidArgument, "cpu.run",
@@ -146,6 +146,8 @@ class CpuDevice final : public Device {
                std::to_string(p.window) + "), " + std::to_string(p.n_head) + "/" + std::to_string(p.n_head_kv) +
                " heads of " + std::to_string(p.head_dim) + " do not fit the device's limits or a KV cache of " +
                std::to_string(p.kv_capacity) + " rows per head");
+    if (p.n_seqs > 0)  // a ragged batch: every run fits its slot's cache (core/device.h)
+      for_each_run(call, "cpu.run", [](void*, int64_t, int64_t, int32_t, int64_t) {}, nullptr);
   }
 
   void run(const OpCall& call) override {

@@ -259,9 +259,10 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const int nkv = c.p.n_head_kv;
   const bool neox = c.p.neox;
   const double mscale = c.p.rope_mscale;  // longrope's attention factor on the rotated dims
+  const TokenSlots at(c);                 // each token's position and slot (ragged batch) or pos0 + t
   float* cs = s.rope_cs.data();
   for (int64_t t = 0; t < nt; ++t) {  // angles in double: exact enough at long positions
-    const double pos = static_cast<double>(c.p.pos0 + t);
+    const double pos = static_cast<double>(at.pos(t));
     for (int i = 0; i < half; ++i) {
       const double a = pos * static_cast<double>(inv_freq[i]);
       cs[t * hd + i] = static_cast<float>(std::cos(a) * mscale);
@@ -292,17 +293,19 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
       float* kh = k.ptr<float>() + t * k.cols + g * hd;
       const float* vh = v.ptr<const float>() + t * v.cols + g * hd;
       rotate(kh, cst);
-      const int64_t row = g * c.p.kv_capacity + (c.p.pos0 + t) % c.p.kv_capacity;  // a ring wraps
+      const int64_t row = g * c.p.kv_capacity + at.pos(t) % c.p.kv_capacity;  // a ring wraps
+      void* kdst = static_cast<char*>(const_cast<void*>(kc.row(row))) + at.kv_offset(t);
+      void* vdst = static_cast<char*>(const_cast<void*>(vc.row(row))) + at.kv_offset(t);
       if (kc.dtype == DType::kF16) {
-        auto* kd = static_cast<uint16_t*>(const_cast<void*>(kc.row(row)));
-        auto* vd = static_cast<uint16_t*>(const_cast<void*>(vc.row(row)));
+        auto* kd = static_cast<uint16_t*>(kdst);
+        auto* vd = static_cast<uint16_t*>(vdst);
         for (int i = 0; i < hd; ++i) {
           kd[i] = f32_to_fp16(kh[i]);
           vd[i] = f32_to_fp16(vh[i]);
         }
       } else {
-        std::memcpy(const_cast<void*>(kc.row(row)), kh, static_cast<size_t>(hd) * sizeof(float));
-        std::memcpy(const_cast<void*>(vc.row(row)), vh, static_cast<size_t>(hd) * sizeof(float));
+        std::memcpy(kdst, kh, static_cast<size_t>(hd) * sizeof(float));
+        std::memcpy(vdst, vh, static_cast<size_t>(hd) * sizeof(float));
       }
     }
   };
@@ -339,6 +342,7 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   check(per_job <= s.max_group && per_job * (cap + hd + 3) <= s.scores_stride, ErrorCode::kKernelFailure, "attention",
         "scores scratch: sized for fewer query heads per KV head or a smaller cache");
   const int64_t jobs_per_token = nh / per_job;
+  const TokenSlots at(c);  // each token's position and slot (ragged batch) or pos0 + t
   auto body = [&](int64_t b, int64_t e, int tid) {
     // Per head: scores (cap), output accumulator (hd), then per head dot, max, 1 / sum.
     float* scores = s.scores.data() + static_cast<size_t>(tid) * static_cast<size_t>(s.scores_stride);
@@ -353,7 +357,11 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       const int64_t t = k % 2 == 0 ? k / 2 : nt - 1 - k / 2;
       const int h0 = static_cast<int>(job % jobs_per_token) * per_job;
       const int64_t g = h0 / group;
-      const int64_t n_ctx = c.p.pos0 + t + 1;                                    // causal: positions 0..pos
+      const char* kbase = static_cast<const char*>(kc.row(0)) + at.kv_offset(t);  // the token's slot
+      const char* vbase = static_cast<const char*>(vc.row(0)) + at.kv_offset(t);
+      auto krow = [&](int64_t r) { return kbase + static_cast<size_t>(r) * kc.row_stride; };
+      auto vrow = [&](int64_t r) { return vbase + static_cast<size_t>(r) * vc.row_stride; };
+      const int64_t n_ctx = at.pos(t) + 1;                                       // causal: positions 0..pos
       const int64_t lo = window > 0 ? std::max<int64_t>(0, n_ctx - window) : 0;  // sliding window
       const int64_t n = n_ctx - lo;  // <= cap (kv_positions_ok): scores[i] is position lo + i
       const int64_t r0 = lo % cap;   // its row; a ring wraps once, at row cap
@@ -361,9 +369,9 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       std::fill(mx, mx + per_job, -INFINITY);
       for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
         if (hf.dot != nullptr) {
-          hf.dot(hd, kc.row(g * cap + r), qh, hd, per_job, dots);
+          hf.dot(hd, krow(g * cap + r), qh, hd, per_job, dots);
         } else {
-          dots[0] = kdot(hd, kc.row(g * cap + r), qh);
+          dots[0] = kdot(hd, krow(g * cap + r), qh);
         }
         for (int j = 0; j < per_job; ++j) {
           float sc = dots[j] * scale;
@@ -387,17 +395,23 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
           for (int64_t i = 0; i < n; ++i) scores[j * cap + i] *= inv[j];
         const int64_t first = std::min(n, cap - r0);
         const auto vstride = static_cast<int64_t>(vc.row_stride);
-        hf.pv(hd, first, scores, cap, per_job, vc.row(g * cap + r0), vstride, acc);
-        if (first < n) hf.pv(hd, n - first, scores + first, cap, per_job, vc.row(g * cap), vstride, acc);
+        hf.pv(hd, first, scores, cap, per_job, vrow(g * cap + r0), vstride, acc);
+        if (first < n) hf.pv(hd, n - first, scores + first, cap, per_job, vrow(g * cap), vstride, acc);
       } else {
         for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1)
-          vaxpy(hd, scores[i] * inv[0], vc.row(g * cap + r), acc);
+          vaxpy(hd, scores[i] * inv[0], vrow(g * cap + r), acc);
       }
       std::memcpy(out.ptr<float>() + t * out.cols + h0 * hd, acc, static_cast<size_t>(per_job * hd) * sizeof(float));
     }
   };
   // Work ~ heads x positions x head_dim; below ~64K multiply-adds a hand-off costs more than it saves.
-  const int64_t work = nt * nh * std::min(c.p.pos0 + nt, cap) * hd;
+  int64_t span = 0;  // keys the batch's queries read, summed (a plain call: its last token's, per token)
+  if (at.table == nullptr) {
+    span = nt * std::min(c.p.pos0 + nt, cap);
+  } else {
+    for (int64_t t = 0; t < nt; ++t) span += std::min(at.pos(t) + 1, cap);
+  }
+  const int64_t work = nh * span * hd;
   if (work < (int64_t{1} << 16)) {
     body(0, nt * jobs_per_token, 0);
   } else {

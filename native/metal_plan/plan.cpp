@@ -177,8 +177,16 @@ void MetalPlanDevice::run(const OpCall& call) {
     case OpCode::kEmbed: embed(call); return;
     case OpCode::kRmsNorm: rms_norm(call); return;
     case OpCode::kMatMul: matmul(call); return;
-    case OpCode::kRopeKv: rope_kv(call); return;
-    case OpCode::kAttention: attention(call); return;
+    case OpCode::kRopeKv:
+    case OpCode::kAttention:
+      if (call.p.n_seqs > 0) {  // a ragged batch: one launch per run (DEBT: one ragged launch)
+        decompose(call, [](void* self, const OpCall& op) { static_cast<MetalPlanDevice*>(self)->run(op); }, this);
+      } else if (call.op == OpCode::kRopeKv) {
+        rope_kv(call);
+      } else {
+        attention(call);
+      }
+      return;
     case OpCode::kSwiGlu: swiglu(call); return;
     case OpCode::kArgmax:
     case OpCode::kSample: draw(call); return;

@@ -4,7 +4,12 @@
 #include <cmath>
 #include <cstring>
 
+#include "model/engine_internal.h"
+
 namespace metallic {
+
+using detail::BusyGuard;
+using detail::row_view;
 
 namespace {
 
@@ -20,36 +25,14 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 void check_cfg(bool ok, const std::string& what) { check(ok, ErrorCode::kInvalidArgument, "engine.config", what); }
 
-// RAII guard: one call at a time per engine; a concurrent caller gets Busy, not corrupt output.
-class BusyGuard {
- public:
-  explicit BusyGuard(std::atomic<bool>& flag) : flag_(flag) {
-    bool expected = false;
-    if (!flag_.compare_exchange_strong(expected, true, std::memory_order_acq_rel))
-      fail(ErrorCode::kBusy, "engine", "another call is running on this model; use one model per thread");
-  }
-  ~BusyGuard() { flag_.store(false, std::memory_order_release); }
-  BusyGuard(const BusyGuard&) = delete;
-  BusyGuard& operator=(const BusyGuard&) = delete;
-
- private:
-  std::atomic<bool>& flag_;
-};
-
-Tensor row_view(const Tensor& t, int64_t first_row, int64_t rows) {
-  Tensor v = t;
-  v.offset += static_cast<size_t>(first_row) * t.row_stride;
-  v.rows = rows;
-  return v;
-}
-
 }  // namespace
 
 Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
-               int64_t context_length, DType kv_dtype, bool weights_evictable, int64_t batch_size)
+               int64_t context_length, DType kv_dtype, bool weights_evictable, int64_t batch_size, int64_t n_seq)
     : cfg_(cfg),
       ctx_(context_length),
       max_batch_(batch_size),
+      n_seq_(n_seq),
       kv_dtype_(kv_dtype),
       weights_evictable_(weights_evictable) {
   const ModelConfig& c = cfg_;
@@ -87,6 +70,8 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
         "context_length: expected 1.." + std::to_string(kMaxContext) + ", got " + std::to_string(context_length));
   check(batch_size >= 1 && batch_size <= kMaxBatchSize, ErrorCode::kInvalidArgument, "engine",
         "batch_size: expected 1.." + std::to_string(kMaxBatchSize) + ", got " + std::to_string(batch_size));
+  check(n_seq >= 1 && n_seq <= kMaxSeq, ErrorCode::kInvalidArgument, "engine",
+        "n_seq: expected 1.." + std::to_string(kMaxSeq) + ", got " + std::to_string(n_seq));
   check(kv_dtype == DType::kF32 || kv_dtype == DType::kF16, ErrorCode::kUnsupportedDType, "engine",
         std::string("kv_dtype: expected F32 or F16, got ") + dtype_name(kv_dtype));
   if (cfg_.attn_scale == 0.f) cfg_.attn_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
@@ -132,9 +117,10 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
     inv_freq_local_ = Tensor{b, 0, DType::kF32, 1, static_cast<int64_t>(c.rope_inv_freq_local.size()), b.nbytes};
   }
 
-  // Per layer: the whole context, or for a sliding-window layer a ring of window + max_batch rows
-  // (position p in row p % rows): Gemma 3's local layers cost W rows, not the context. One zeroed
-  // allocation for the whole cache: pages are touched only as rows fill.
+  // Per layer and slot: the whole context, or for a sliding-window layer a ring of window +
+  // max_batch rows (position p in row p % rows): Gemma 3's local layers cost W rows, not the
+  // context. One zeroed allocation for the whole cache: pages are touched only as rows fill.
+  // Per layer: K of every slot, then V of every slot.
   const size_t kv_elem = kv_dtype_ == DType::kF16 ? 2 : 4;
   const size_t kv_row = static_cast<size_t>(c.head_dim) * kv_elem;
   std::vector<int64_t> caps(static_cast<size_t>(c.n_layer));
@@ -142,7 +128,7 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   for (int64_t i = 0; i < c.n_layer; ++i) {
     const int64_t w = c.layer_window.empty() ? 0 : c.layer_window[static_cast<size_t>(i)];
     caps[static_cast<size_t>(i)] = w > 0 ? std::min(ctx_, w + max_batch_) : ctx_;
-    kv_total += 2 * static_cast<size_t>(c.n_head_kv * caps[static_cast<size_t>(i)]) * kv_row;
+    kv_total += 2 * static_cast<size_t>(n_seq_ * c.n_head_kv * caps[static_cast<size_t>(i)]) * kv_row;
   }
   kv_alloc_bytes_ = kv_total;
   Buffer kv = device_->alloc(kv_total);
@@ -172,8 +158,10 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
     L.w_up = weight(weights, p + "ffn_up.weight", c.n_ff, c.n_embd, true);
     L.w_down = weight(weights, p + "ffn_down.weight", c.n_embd, c.n_ff, true);
     L.kv_cap = caps[static_cast<size_t>(i)];
-    const size_t kv_tensor = static_cast<size_t>(c.n_head_kv * L.kv_cap) * kv_row;
-    L.k_cache = Tensor{kv, kv_at, kv_dtype_, c.n_head_kv * L.kv_cap, c.head_dim, kv_row};
+    L.kv_seq_bytes = static_cast<size_t>(c.n_head_kv * L.kv_cap) * kv_row;
+    L.rings.assign(static_cast<size_t>(n_seq_), Layer::Ring{});
+    const size_t kv_tensor = L.kv_seq_bytes * static_cast<size_t>(n_seq_);
+    L.k_cache = Tensor{kv, kv_at, kv_dtype_, c.n_head_kv * L.kv_cap, c.head_dim, kv_row};  // slot 0
     L.v_cache = Tensor{kv, kv_at + kv_tensor, kv_dtype_, c.n_head_kv * L.kv_cap, c.head_dim, kv_row};
     kv_at += 2 * kv_tensor;
   }
@@ -186,7 +174,9 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   att_ = activations(q_dim);
   gate_ = activations(c.n_ff);
   up_ = activations(c.n_ff);
-  tokens_ = activations(1);  // int32 per row, same width as a float
+  tokens_ = activations(1);     // int32 per row, same width as a float
+  tok_table_ = activations(2);  // (slot, position) int32 per row: ragged batches
+  tok_host_.assign(static_cast<size_t>(2 * max_batch_), 0);
   last_logits_.assign(static_cast<size_t>(c.n_vocab), 0.f);
   // The head writes the last row's logits here; wrapped once (a Metal buffer per token would be
   // an allocation in the token loop).
@@ -194,6 +184,10 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   Buffer lb = device_->wrap_host(last_logits_.data(), row_b);
   owned_.push_back(lb);
   logits_ = Tensor{lb, 0, DType::kF32, 1, c.n_vocab, row_b};
+  batch_logits_.assign(static_cast<size_t>(n_seq_ * c.n_vocab), 0.f);
+  Buffer bb = device_->wrap_host(batch_logits_.data(), row_b * static_cast<size_t>(n_seq_));
+  owned_.push_back(bb);
+  batch_logits_t_ = Tensor{bb, 0, DType::kF32, n_seq_, c.n_vocab, row_b};
   if (device_->supports(OpCode::kArgmax, DType::kF32)) {  // decode draws on the device (decode())
     const int64_t words = std::max<int64_t>(1, device_->draw_scratch_words(c.n_vocab));
     Buffer sb = device_->alloc(static_cast<size_t>(words) * 4);
@@ -215,6 +209,7 @@ void Engine::close() {
   layers_.clear();
   device_.reset();
   std::vector<float>().swap(last_logits_);
+  std::vector<float>().swap(batch_logits_);
 }
 
 const char* Engine::device_name() const { return device_ ? device_->name() : "closed"; }
@@ -354,10 +349,10 @@ void Engine::head_norm(const Tensor& t, int64_t heads, const Tensor& w, int64_t 
   device_->run(norm);
 }
 
-void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
-                   DeviceDraw* draw) {
+// Embedding and every transformer layer over n tokens made of segments (one per slot, in token
+// order; forward() is one segment of slot 0).
+void Engine::layers(const int32_t* tokens, int64_t n, const Segment* runs, int64_t n_runs) {
   const ModelConfig& c = cfg_;
-  if (c.final_softcap > 0.f) draw = nullptr;  // the cap is applied on the host after the head
   device_->copy_in(tokens_.buf, 0, tokens, static_cast<size_t>(n) * sizeof(int32_t));
   {
     OpCall e{OpCode::kEmbed};
@@ -368,7 +363,17 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     e.p.scale = c.embed_scale;
     device_->run(e);
   }
-  for (Layer& L : layers_) note_rows_written(L, pos0, pos0 + n);
+  for (Layer& L : layers_)
+    for (int64_t i = 0; i < n_runs; ++i) note_rows_written(L, runs[i].slot, runs[i].pos0, runs[i].pos0 + runs[i].n);
+  if (n_runs > 1) {  // the token table of the ragged rope / attention calls: (slot, position)
+    int64_t t = 0;
+    for (int64_t i = 0; i < n_runs; ++i)
+      for (int32_t j = 0; j < runs[i].n; ++j, ++t) {
+        tok_host_[static_cast<size_t>(2 * t)] = runs[i].slot;
+        tok_host_[static_cast<size_t>(2 * t + 1)] = static_cast<int32_t>(runs[i].pos0 + j);
+      }
+    device_->copy_in(tok_table_.buf, 0, tok_host_.data(), static_cast<size_t>(2 * n) * sizeof(int32_t));
+  }
   const DeviceCounters before = device_->counters();
   for (const Layer& L : layers_) {
     if (cancel_.exchange(false, std::memory_order_acq_rel)) fail(ErrorCode::kCancelled, "engine", "cancelled");
@@ -395,15 +400,18 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
       head_norm(q_, c.n_head, L.q_norm, n);
       head_norm(k_, c.n_head_kv, L.k_norm, n);
     }
+    // RoPE and attention: each token with its own position and its slot's KV. One segment is a
+    // plain call; several are one ragged call over the token table.
+    const Segment& s0 = runs[0];
     OpCall r{OpCode::kRopeKv};
     r.t[0] = q_;
     r.t[1] = k_;
     r.t[2] = v_;
-    r.t[3] = L.k_cache;
-    r.t[4] = L.v_cache;
+    r.t[3] = kv_view(L, L.k_cache, s0.slot);
+    r.t[4] = kv_view(L, L.v_cache, s0.slot);
     r.t[5] = *L.inv_freq;
     r.p.n_tokens = n;
-    r.p.pos0 = pos0;
+    r.p.pos0 = s0.pos0;
     r.p.n_head = static_cast<int32_t>(c.n_head);
     r.p.n_head_kv = static_cast<int32_t>(c.n_head_kv);
     r.p.head_dim = static_cast<int32_t>(c.head_dim);
@@ -412,12 +420,21 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     r.p.neox = c.rope_neox;
     r.p.rope_dim = static_cast<int32_t>(c.rope_dim);
     r.p.rope_mscale = c.rope_mscale;
+    if (n_runs > 1) {
+      r.t[3] = L.k_cache;
+      r.t[4] = L.v_cache;
+      r.t[6] = tok_table_;
+      r.p.pos0 = 0;
+      r.p.n_seqs = static_cast<int32_t>(n_seq_);
+      r.p.kv_seq_stride = L.kv_seq_bytes;
+    }
     device_->run(r);
     OpCall a{OpCode::kAttention};
     a.t[0] = q_;
-    a.t[1] = L.k_cache;
-    a.t[2] = L.v_cache;
+    a.t[1] = r.t[3];
+    a.t[2] = r.t[4];
     a.t[3] = att_;
+    a.t[4] = r.t[6];
     a.p = r.p;
     a.p.scale = c.attn_scale;
     a.p.softcap = c.attn_softcap;
@@ -449,12 +466,18 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
       matmul(gate_, n, {{&L.w_down, nullptr}}, {&x_}, true);
     }
   }
-  {
-    const DeviceCounters after = device_->counters();
-    stats_.last_layer_dispatches = after.dispatches - before.dispatches;
-    stats_.last_layer_bytes = after.bytes_bound - before.bytes_bound;
-    stats_.last_tokens = n;
-  }
+  const DeviceCounters after = device_->counters();
+  stats_.last_layer_dispatches = after.dispatches - before.dispatches;
+  stats_.last_layer_bytes = after.bytes_bound - before.bytes_bound;
+  stats_.last_tokens = n;
+}
+
+void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
+                   DeviceDraw* draw) {
+  const ModelConfig& c = cfg_;
+  if (c.final_softcap > 0.f) draw = nullptr;  // the cap is applied on the host after the head
+  const Segment run{0, static_cast<int32_t>(n), pos0, false};
+  layers(tokens, n, &run, 1);
   if (!need_head) {
     device_->synchronize();
     return;
@@ -493,16 +516,18 @@ void Engine::batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits
     device_->synchronize();
     if (draw != nullptr) device_->copy_out(draw_out_.buf, 0, &draw->token, sizeof(int32_t));
   }
-  if (c.final_softcap > 0.f) {  // on the host, over the rows this call returns (no device draw then)
-    const float cap = c.final_softcap;
-    float* v = dst;
-    for (int64_t i = 0, m = rows * c.n_vocab; i < m; ++i) v[i] = cap * std::tanh(v[i] / cap);
-  }
+  softcap_logits(dst, rows);  // over the rows this call returns (no device draw then)
   if (all_logits) {
     std::memcpy(last_logits_.data(), dst + (rows - 1) * c.n_vocab, row_b);
   } else if (logits_out != nullptr) {
     std::memcpy(logits_out, last_logits_.data(), row_b);
   }
+}
+
+void Engine::softcap_logits(float* rows, int64_t n_rows) const {
+  if (cfg_.final_softcap <= 0.f) return;
+  const float cap = cfg_.final_softcap;
+  for (int64_t i = 0, m = n_rows * cfg_.n_vocab; i < m; ++i) rows[i] = cap * std::tanh(rows[i] / cap);
 }
 
 void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float* logits_out, bool all_logits,
@@ -531,88 +556,6 @@ void Engine::forward(const int32_t* tokens, int64_t n, int64_t start_pos, float*
     batch(tokens + done, m, start_pos + done, all_logits ? out : (last_chunk ? logits_out : nullptr),
           all_logits && out != nullptr, all_logits || last_chunk, last_chunk && !all_logits ? draw : nullptr);
   }
-}
-
-// A windowed layer's rows hold positions [ring_lo, ring_end); positions [s, e) written now
-// overwrite the rows of [s - kv_cap, e - kv_cap) (a ring; nothing when kv_cap is the context).
-// Written out of sequence (never by the Python API, which reuses only what kv_reusable allows),
-// only the new rows count.
-void Engine::note_rows_written(Layer& L, int64_t s, int64_t e) {
-  if (s == 0 || s < L.ring_lo || s > L.ring_end) L.ring_lo = s;
-  L.ring_lo = std::max(L.ring_lo, e - L.kv_cap);
-  L.ring_end = e;
-}
-
-int64_t Engine::kv_rows(const Layer& L, int64_t n) const { return L.window > 0 ? std::min<int64_t>(n, L.window) : n; }
-
-bool Engine::kv_reusable(int64_t n) const {
-  check_open("engine.kv_reusable");
-  if (n < 0 || n > ctx_) return false;
-  for (const Layer& L : layers_) {
-    if (L.window == 0 || n == 0) continue;                        // a global layer: every position has its own row
-    const int64_t need = std::max<int64_t>(0, n - L.window + 1);  // the next query's window
-    if (n > L.ring_end || need < L.ring_lo) return false;
-  }
-  return true;
-}
-
-size_t Engine::kv_bytes(int64_t n) const {
-  const size_t row = static_cast<size_t>(cfg_.head_dim) * (kv_dtype_ == DType::kF16 ? 2 : 4);
-  size_t total = 0;
-  for (const Layer& L : layers_) total += 2 * static_cast<size_t>(cfg_.n_head_kv * kv_rows(L, n)) * row;
-  return total;
-}
-
-void Engine::copy_kv(int64_t n, void* dst, const void* src, size_t nbytes, const char* where) {
-  check_open(where);
-  BusyGuard guard(busy_);
-  check(n >= 0 && n <= ctx_, ErrorCode::kInvalidArgument, where,
-        "n_tokens: expected 0.." + std::to_string(ctx_) + ", got " + std::to_string(n));
-  check(nbytes == kv_bytes(n), ErrorCode::kShapeMismatch, where,
-        "buffer: expected " + std::to_string(kv_bytes(n)) + " bytes for " + std::to_string(n) + " tokens, got " +
-            std::to_string(nbytes));
-  if (dst != nullptr) {
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      const Layer& L = layers_[i];
-      const int64_t first = n - kv_rows(L, n);
-      check(L.window == 0 || n == 0 || (first >= L.ring_lo && n <= L.ring_end), ErrorCode::kInvalidArgument, where,
-            "layer " + std::to_string(i) + ": positions " + std::to_string(first) + ".." + std::to_string(n - 1) +
-                " are no longer in its sliding-window ring (it holds " + std::to_string(L.ring_lo) + ".." +
-                std::to_string(L.ring_end - 1) + ")");
-    }
-    device_->synchronize();
-  }
-  // Per layer, K then V, per KV head: the rows of positions [n - kv_rows, n) in position order
-  // (a ring's rows in at most two contiguous runs).
-  size_t at = 0;
-  for (Layer& L : layers_) {
-    const int64_t first = n - kv_rows(L, n);
-    for (const Tensor* t : {&L.k_cache, &L.v_cache})
-      for (int64_t h = 0; h < cfg_.n_head_kv; ++h)
-        for (int64_t p = first; p < n;) {
-          const int64_t r = p % L.kv_cap;
-          const int64_t run = std::min(n - p, L.kv_cap - r);
-          const size_t off = t->offset + static_cast<size_t>(h * L.kv_cap + r) * t->row_stride;
-          const size_t len = static_cast<size_t>(run) * t->row_stride;
-          if (dst != nullptr) {
-            device_->copy_out(t->buf, off, static_cast<uint8_t*>(dst) + at, len);
-          } else {
-            device_->copy_in(t->buf, off, static_cast<const uint8_t*>(src) + at, len);
-          }
-          at += len;
-          p += run;
-        }
-    if (src != nullptr) {
-      L.ring_lo = first;
-      L.ring_end = n;
-    }
-  }
-}
-
-void Engine::read_kv(int64_t n, void* dst, size_t nbytes) { copy_kv(n, dst, nullptr, nbytes, "engine.read_kv"); }
-
-void Engine::write_kv(int64_t n, const void* src, size_t nbytes) {
-  copy_kv(n, nullptr, src, nbytes, "engine.write_kv");
 }
 
 int32_t Engine::decode(int32_t token, int64_t pos, Sampler& sampler) {

@@ -27,8 +27,13 @@ class Engine {
   // activation buffers; a sliding-window layer's ring holds window + batch_size rows.
   static constexpr int64_t kDefaultBatch = 256;
   static constexpr int64_t kMaxBatchSize = 8192;
+  // n_seq: sequence slots, each with its own KV cache of context_length positions (and its own
+  // sliding-window rings); forward_batch runs tokens of several slots in one pass. The
+  // single-sequence calls (forward, decode, read_kv, write_kv) use slot 0.
+  static constexpr int64_t kMaxSeq = 256;
   Engine(const ModelConfig& cfg, const WeightMap& weights, const std::string& device, int threads,
-         int64_t context_length, DType kv_dtype, bool weights_evictable = false, int64_t batch_size = kDefaultBatch);
+         int64_t context_length, DType kv_dtype, bool weights_evictable = false, int64_t batch_size = kDefaultBatch,
+         int64_t n_seq = 1);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -48,6 +53,28 @@ class Engine {
   // One token at `pos`; returns the token sampled from its logits.
   int32_t decode(int32_t token, int64_t pos, Sampler& sampler);
 
+  // A ragged batch (llama.cpp's llama_batch without padding): segment i is the next n tokens of
+  // slot `slot` at positions pos0 .. pos0+n-1, its tokens the next n of `tokens`. Projections and
+  // the MLP run once over all tokens (weights read once); RoPE and attention run per segment on its
+  // slot's KV. Segments name distinct slots; their tokens add up to at most batch_size. Segments
+  // with `logits` write the logits of their last token, in segment order, into rows 0.. of
+  // batch_logits() ((n_seq, n_vocab)); returns how many rows were written. Every token's logits
+  // equal those of a forward() of its sequence alone (the kernels are batch-invariant).
+  struct Segment {
+    int32_t slot = 0;
+    int32_t n = 0;
+    int64_t pos0 = 0;
+    bool logits = false;
+  };
+  int64_t forward_batch(const int32_t* tokens, int64_t n_tokens, const Segment* segs, int64_t n_segs);
+  const float* batch_logits() const { return batch_logits_.data(); }
+  int64_t n_seq() const { return n_seq_; }
+  int64_t batch_size() const { return max_batch_; }
+  // Prefix reuse across slots: dst's KV of positions [0, n) becomes src's (what a forward at
+  // start_pos n in dst needs; sliding-window layers copy their last window rows). Fails
+  // (InvalidArgument) when src's rings no longer hold them (kv_reusable(n, src)).
+  void copy_seq(int32_t src, int32_t dst, int64_t n);
+
   // KV rows of the first n positions, laid out (layer, K then V, kv head, position, head_dim) in the
   // cache dtype: kv_bytes(n) bytes. A sliding-window layer has only the last min(n, window)
   // positions (all its next query sees). For prompt-cache files; n <= context.
@@ -58,7 +85,7 @@ class Engine {
   size_t kv_bytes(int64_t n) const;
   void read_kv(int64_t n, void* dst, size_t nbytes);
   void write_kv(int64_t n, const void* src, size_t nbytes);
-  bool kv_reusable(int64_t n) const;
+  bool kv_reusable(int64_t n, int32_t slot = 0) const;
   size_t kv_cache_bytes() const { return kv_alloc_bytes_; }  // the KV cache's allocation
   DType kv_dtype() const { return kv_dtype_; }
 
@@ -88,9 +115,13 @@ class Engine {
     Tensor k_cache, v_cache;                               // (n_head_kv * kv_cap, head_dim)
     const Tensor* inv_freq = nullptr;                      // global or local RoPE frequencies
     int32_t window = 0;                                    // sliding window (0: global)
-    int64_t kv_cap = 0;   // rows per KV head: the context, or a ring of window + max_batch rows
-    int64_t ring_lo = 0;  // a ring holds positions [ring_lo, ring_end) (note_rows_written)
-    int64_t ring_end = 0;
+    int64_t kv_cap = 0;       // rows per KV head: the context, or a ring of window + max_batch rows
+    size_t kv_seq_bytes = 0;  // bytes of one slot's K (or V) rows; slot s at k_cache.offset + s * this
+    struct Ring {             // a slot's ring holds positions [lo, end) (note_rows_written)
+      int64_t lo = 0;
+      int64_t end = 0;
+    };
+    std::vector<Ring> rings;  // per slot
   };
 
   void build(const WeightMap& weights, const std::string& device, int threads);
@@ -105,17 +136,26 @@ class Engine {
   Tensor activations(int64_t cols);
   void batch(const int32_t* tokens, int64_t n, int64_t pos0, float* logits_out, bool all_logits, bool need_head,
              DeviceDraw* draw);
+  void layers(const int32_t* tokens, int64_t n, const Segment* segs, int64_t n_segs);  // embed + every layer
+  void softcap_logits(float* rows, int64_t n_rows) const;                              // final_softcap, on the host
+  Tensor kv_view(const Layer& L, const Tensor& cache, int32_t slot) const;
+  void check_slot(int32_t slot, const char* where) const;
   void matmul(const Tensor& x, int64_t n, std::initializer_list<std::pair<const Tensor*, const Tensor*>> wb,
               std::initializer_list<const Tensor*> outs, bool accumulate);
   void check_open(const char* where) const;
-  void note_rows_written(Layer& L, int64_t s, int64_t e);
+  void note_rows_written(Layer& L, int32_t slot, int64_t s, int64_t e);
   int64_t kv_rows(const Layer& L, int64_t n) const;  // rows of the first n positions read_kv holds
+  void check_rows_held(int64_t n, int32_t slot, const char* where) const;
+  template <typename F>
+  void for_kv_runs(int64_t n, int32_t slot, F&& f) const;
+  void set_rings(int64_t n, int32_t slot);  // slot's rings hold positions [n - kv_rows, n)
   // Exactly one of dst (read) and src (write) is non-null; see read_kv / write_kv.
   void copy_kv(int64_t n, void* dst, const void* src, size_t nbytes, const char* where);
 
   ModelConfig cfg_;
   int64_t ctx_;
   int64_t max_batch_;
+  int64_t n_seq_;
   size_t kv_alloc_bytes_ = 0;
   DType kv_dtype_;
   bool weights_evictable_;
@@ -126,7 +166,11 @@ class Engine {
   Tensor draw_scratch_, draw_out_;  // device draws (kArgmax / kSample); unset: not supported
   std::vector<Layer> layers_;
   Tensor x_, xn_, q_, k_, v_, att_, gate_, up_, tokens_;  // activations (max_batch, ...)
+  Tensor tok_table_;               // (max_batch, 2) int32 (slot, position): ragged rope / attention
+  std::vector<int32_t> tok_host_;  // its host staging, filled once per forward_batch
   std::vector<float> last_logits_;
+  std::vector<float> batch_logits_;  // (n_seq, n_vocab): forward_batch's rows
+  Tensor batch_logits_t_;            // its device view, wrapped once
   Stats stats_;
   std::atomic<bool> cancel_{false};
   std::atomic<bool> busy_{false};

@@ -116,6 +116,7 @@ def load(
     quantize: str | None = None,
     progress: bool = False,
     batch_size: int = 256,
+    parallel: int = 1,
 ) -> Model:
     """Loads a model.
 
@@ -130,11 +131,16 @@ def load(
         progress: show progress bars for fetching and loading.
         batch_size: prompt tokens per forward pass (llama.cpp's n_batch): bounds activation
             memory; a sliding-window layer keeps window + batch_size KV rows.
+        parallel: sequence slots (1..256), each with its own KV cache of ``context_length``
+            positions, for ``Model.batch_generate`` and the server's continuous batching. The
+            cache is one zeroed allocation: a slot's pages cost memory only once it holds rows.
 
     Returns:
         A Model; close it (or use ``with``) to free memory.
     """
     _check_args(device, threads, context_length, kv_cache_dtype, batch_size)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= 256:
+        raise InvalidArgument(f"[load] parallel: expected an int in [1, 256], got {parallel!r}")
     target = check_target(quantize)
     native_device = "cpu" if device == "auto" else device
     n_threads = threads or _default_threads()
@@ -177,6 +183,7 @@ def load(
             kv_dtype=_KV_DTYPES[kv_cache_dtype],
             weights_evictable=evictable,
             batch_size=batch_size,
+            n_seq=parallel,
         )
     except BaseException:
         bundle.close()

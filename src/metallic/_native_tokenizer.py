@@ -9,12 +9,20 @@ every kind of tokenizer sits behind one class.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from tokenizers import AddedToken
 
 _UNKNOWN, _USER_DEFINED = 2, 4  # GGUF token types; markers are 2..4
+
+
+class AddedToken(NamedTuple):
+    """A marker token as :meth:`NativeTokenizer.get_added_tokens_decoder` reports it: the fields
+    of ``tokenizers.AddedToken`` that :class:`metallic.tokenizer.Tokenizer` reads (a local type,
+    so that loading a GGUF model does not import HF ``tokenizers``)."""
+
+    content: str
+    special: bool
 
 
 class Encoding:
@@ -77,6 +85,6 @@ class NativeTokenizer:
 
     def get_added_tokens_decoder(self) -> dict[int, AddedToken]:
         return {
-            i: AddedToken(self.native.piece(i), special=special, normalized=False)
+            i: AddedToken(self.native.piece(i), special=special)
             for i, special in self._added.items()
         }

@@ -4,7 +4,8 @@ Templates are Jinja2 text shipped with the model (``tokenizer.chat_template`` in
 ``chat_template`` in ``tokenizer_config.json``). They run in an immutable sandbox with the
 conventions HF ``transformers`` templates rely on: ``trim_blocks`` / ``lstrip_blocks``, the
 ``loopcontrols`` extension, a ``raise_exception(msg)`` helper, ``strftime_now(fmt)`` and a
-``tojson`` filter that keeps non-ASCII text as is.
+``tojson`` filter that keeps non-ASCII text as is. jinja2 is imported when the first template is
+compiled (:func:`_sandbox_class`), not with this module, so loading a model does not pay for it.
 
 Error mapping (all messages start with ``[tokenizer] chat_template:``):
 
@@ -28,16 +29,17 @@ memory allocator, whose ``MemoryError`` also ends in ``InvalidArgument``.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 import sys
-from typing import Any
-
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from . import errors
+
+if TYPE_CHECKING:  # jinja2 itself is imported on first compile: see _sandbox_class
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _TAG = "[tokenizer] chat_template"
 
@@ -107,29 +109,37 @@ def _check_format(fmt: object) -> None:
         raise _LimitExceeded(f"a format width or precision of {MAX_WIDTH} or more in {fmt!r:.60}")
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox plus size caps on the operators that amplify their input."""
+@functools.cache
+def _sandbox_class() -> type[ImmutableSandboxedEnvironment]:
+    """The sandbox class, built on first use so that ``import metallic`` and loading a model do
+    not import jinja2 (~20 ms); only compiling a template does."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    class _Sandbox(ImmutableSandboxedEnvironment):
+        """The immutable sandbox plus size caps on the operators that amplify their input."""
 
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if _is_int(n) and hasattr(seq, "__len__") and len(seq) * n > MAX_SEQUENCE:
-                    raise _LimitExceeded(f"`*` would build {len(seq) * n} items")
-        elif operator == "**":
-            bits = left.bit_length() * right if _is_int(left) and _is_int(right) else 0
-            if bits > MAX_POWER_BITS:
-                raise _LimitExceeded(f"`**` would build a {bits}-bit int")
-        elif operator == "%":
-            _check_format(left)
-        return super().call_binop(context, operator, left, right)
+        intercepted_binops = frozenset({"*", "**", "%"})
 
-    def wrap_str_format(self, value: Any) -> Any:
-        wrapped = super().wrap_str_format(value)
-        if wrapped is not None:  # value is str.format / str.format_map of a template string
-            _check_format(value.__self__)
-        return wrapped
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if _is_int(n) and hasattr(seq, "__len__") and len(seq) * n > MAX_SEQUENCE:
+                        raise _LimitExceeded(f"`*` would build {len(seq) * n} items")
+            elif operator == "**":
+                bits = left.bit_length() * right if _is_int(left) and _is_int(right) else 0
+                if bits > MAX_POWER_BITS:
+                    raise _LimitExceeded(f"`**` would build a {bits}-bit int")
+            elif operator == "%":
+                _check_format(left)
+            return super().call_binop(context, operator, left, right)
+
+        def wrap_str_format(self, value: Any) -> Any:
+            wrapped = super().wrap_str_format(value)
+            if wrapped is not None:  # value is str.format / str.format_map of a template string
+                _check_format(value.__self__)
+            return wrapped
+
+    return _Sandbox
 
 
 class _StepBudget:
@@ -162,18 +172,25 @@ def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False) -
 
 
 def _capped_format(value: Any, *args: Any, **kwargs: Any) -> str:
+    from jinja2.filters import do_format  # loaded already: only a template calls this
+
     _check_format(value)
-    return jinja2.filters.do_format(value, *args, **kwargs)
+    return do_format(value, *args, **kwargs)
 
 
 def _capped_center(value: Any, width: int = 80) -> str:
     if not _is_int(width) or width >= MAX_WIDTH:
         raise _LimitExceeded(f"center width {width!r:.20}, expected an int below {MAX_WIDTH}")
-    return jinja2.filters.do_center(value, width)
+    from jinja2.filters import do_center  # loaded already: only a template calls this
+
+    return do_center(value, width)
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = _Sandbox(
+    import jinja2
+    import jinja2.ext
+
+    env = _sandbox_class()(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[jinja2.ext.loopcontrols],
@@ -236,9 +253,11 @@ class ChatTemplate:
 
     def _template(self) -> jinja2.Template:
         if self._compiled is None:
+            from jinja2 import TemplateSyntaxError  # deferred: see _sandbox_class
+
             try:
                 self._compiled = _environment().from_string(self.source)
-            except jinja2.TemplateSyntaxError as exc:
+            except TemplateSyntaxError as exc:
                 raise errors.CorruptFile(
                     f"[tokenizer] {self.origin}: expected a valid Jinja2 template, "
                     f"got a syntax error at line {exc.lineno}: {exc.message}"

@@ -201,6 +201,84 @@ def prefill(engine, cache: list[int], ids: Sequence[int], logits_buf: np.ndarray
     return reuse
 
 
+class Responder:
+    """Turns one sequence's sampled tokens into GenerationResponses: text (UTF-8-safe, stop
+    strings held back), finish reason (EOS, stop string, complete constraint, max_tokens, full
+    context), log-probabilities and timing. Shared by ``stream`` and the batch scheduler."""
+
+    def __init__(
+        self,
+        tokenizer,
+        sampler,
+        *,
+        n_vocab: int,
+        context_length: int,
+        n_prompt: int,
+        cached: int,
+        max_tokens: int,
+        stops: tuple[str, ...],
+        logprobs: bool,
+        constraint: Constraint | None,
+    ):
+        self._texts = TextStream(tokenizer, stops, model_vocab_size=int(n_vocab))
+        self._eos = tokenizer.eos_ids
+        self._ctx = context_length
+        self._n_prompt = n_prompt
+        self._cached = cached
+        self._max_tokens = max_tokens
+        self._constraint = constraint
+        self._lp_val = sampler.logprob_values if logprobs else None
+        self._lp_ids = sampler.logprob_ids if logprobs else None
+        self.prompt_tps = 0.0
+        self._t1 = 0.0
+        self.count = 0  # responses made
+        self._peak = 0
+
+    def prompt_done(self, seconds: float) -> None:
+        """The prompt took ``seconds`` (for prompt_tps); generation timing starts now."""
+        self.prompt_tps = (self._n_prompt - self._cached) / max(seconds, 1e-9)
+        self._t1 = time.perf_counter()
+
+    def respond(self, token: int, pos: int) -> GenerationResponse:
+        """The response for ``token``, sampled from the logits of position ``pos - 1``."""
+        self.count += 1
+        i = self.count
+        texts = self._texts
+        finish = None
+        if token in self._eos:
+            text, finish = texts.finish()[0], "stop"
+        else:
+            text, stopped = texts.add(token)
+            if stopped or (self._constraint is not None and self._constraint.advance(token)):
+                finish = "stop"
+            elif i == self._max_tokens or pos >= self._ctx:
+                finish = "length"
+            if finish is not None and not stopped:
+                tail, stopped = texts.finish()
+                text += tail
+                finish = "stop" if stopped else finish
+        elapsed = max(time.perf_counter() - self._t1, 1e-9)
+        if finish is not None or i % _PEAK_EVERY == 1:  # a /proc read, not every token
+            self._peak = peak_rss_bytes()
+        lp = top = None
+        if self._lp_val is not None:
+            lp = float(self._lp_val[0])
+            top = tuple(zip(self._lp_ids[1:].tolist(), self._lp_val[1:].tolist(), strict=True))
+        return GenerationResponse(
+            text=text,
+            token=int(token),
+            prompt_tokens=self._n_prompt,
+            prompt_tps=self.prompt_tps,
+            generation_tokens=i,
+            generation_tps=i / elapsed,
+            peak_memory=self._peak,
+            finish_reason=finish,
+            cached_tokens=self._cached,
+            logprob=lp,
+            top_logprobs=top,
+        )
+
+
 def stream(
     engine,
     sampler,
@@ -217,57 +295,32 @@ def stream(
 ) -> Iterator[GenerationResponse]:
     """Runs the prompt, then yields one response per generated token (see GenerationResponse)."""
     n_prompt = len(prompt_ids)
-    ctx = engine.context_length
-    eos = tokenizer.eos_ids
     if penalty_window > 0:  # the penalties also see the end of the prompt
         for t in prompt_ids[-penalty_window:]:
             sampler.accept(int(t))
-    lp_val = sampler.logprob_values if logprobs else None
-    lp_ids = sampler.logprob_ids if logprobs else None
     if constraint is not None:
         constraint.start(sampler)
     t0 = time.perf_counter()
     cached = prefill(engine, cache, prompt_ids, logits_buf)
     token = sampler.sample(logits_buf[0])
-    t1 = time.perf_counter()
-    prompt_tps = (n_prompt - cached) / max(t1 - t0, 1e-9)
-    texts = TextStream(tokenizer, stops, model_vocab_size=int(engine.n_vocab))
+    out = Responder(
+        tokenizer,
+        sampler,
+        n_vocab=engine.n_vocab,
+        context_length=engine.context_length,
+        n_prompt=n_prompt,
+        cached=cached,
+        max_tokens=max_tokens,
+        stops=stops,
+        logprobs=logprobs,
+        constraint=constraint,
+    )
+    out.prompt_done(time.perf_counter() - t0)
     pos = n_prompt
-    for i in range(1, max_tokens + 1):
-        finish = None
-        if token in eos:
-            text, finish = texts.finish()[0], "stop"
-        else:
-            text, stopped = texts.add(token)
-            if stopped or (constraint is not None and constraint.advance(token)):
-                finish = "stop"
-            elif i == max_tokens or pos >= ctx:
-                finish = "length"
-            if finish is not None and not stopped:
-                tail, stopped = texts.finish()
-                text += tail
-                finish = "stop" if stopped else finish
-        elapsed = max(time.perf_counter() - t1, 1e-9)
-        if finish is not None or i % _PEAK_EVERY == 1:  # a /proc read, not every token
-            peak = peak_rss_bytes()
-        lp = top = None
-        if lp_val is not None:
-            lp = float(lp_val[0])
-            top = tuple(zip(lp_ids[1:].tolist(), lp_val[1:].tolist(), strict=True))
-        yield GenerationResponse(
-            text=text,
-            token=int(token),
-            prompt_tokens=n_prompt,
-            prompt_tps=prompt_tps,
-            generation_tokens=i,
-            generation_tps=i / elapsed,
-            peak_memory=peak,
-            finish_reason=finish,
-            cached_tokens=cached,
-            logprob=lp,
-            top_logprobs=top,
-        )
-        if finish is not None:
+    while True:
+        r = out.respond(token, pos)
+        yield r
+        if r.finish_reason is not None:
             return
         fed = int(token)
         token = engine.decode(fed, pos, sampler)

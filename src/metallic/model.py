@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from . import batch as _batch
 from . import constrain as _constrain
 from . import generate as _gen
 from . import prompt_cache as _prompt_cache
@@ -169,6 +170,61 @@ class Model:
                 "regex", "regex": "..."}``. Needs ``pip install metallic[constrained]``.
         """
         engine = self._live("stream_generate")
+        req = self._request(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop=stop,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            logit_bias=logit_bias,
+            min_tokens=min_tokens,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            response_format=response_format,
+            special=_special,
+        )
+        sampler = make_sampler(
+            _core(), self._n_vocab, req.params, self._tokenizer.eos_ids, req.top_logprobs
+        )
+        return self._run(
+            engine,
+            sampler,
+            req.params,
+            req.prompt_ids,
+            req.max_tokens,
+            req.stops,
+            req.top_logprobs >= 0,
+            req.constraint,
+        )
+
+    def _request(
+        self,
+        prompt,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop=None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: dict[int, float] | None = None,
+        min_tokens: int = 0,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        response_format: dict | None = None,
+        special: bool = True,
+    ) -> _batch.Request:
+        """Validates stream_generate's arguments into a batch.Request (every check at once)."""
         params = SamplingParams(
             temperature,
             top_k,
@@ -185,14 +241,50 @@ class Model:
         stops = _gen.check_stop(stop)
         k = check_logprobs(logprobs, top_logprobs)
         grammar = None if response_format is None else _constrain.grammar_of(response_format)
-        ids = self._prompt_ids(prompt, special=_special)
-        sampler = make_sampler(_core(), self._n_vocab, params, self._tokenizer.eos_ids, k)
+        ids = self._prompt_ids(prompt, special=special)
+        for t in params.logit_bias or {}:
+            if t >= self._n_vocab:
+                raise InvalidArgument(
+                    f"[sampling] logit_bias: expected token ids in [0, {self._n_vocab}), got {t}"
+                )
         constraint = None
         if grammar is not None:
             if self._llg_index is None:
                 self._llg_index = _constrain.TokenizerIndex(self._tokenizer, self._n_vocab)
             constraint = _constrain.GrammarConstraint(self._llg_index, grammar)
-        return self._run(engine, sampler, params, ids, max_tokens, stops, k >= 0, constraint)
+        return _batch.Request(ids, max_tokens, params, stops, k, constraint)
+
+    def batch_generate(self, prompts: Sequence, **kwargs) -> _batch.BatchResponse:
+        """Generates for every prompt at once on the model's slots (``load(parallel=N)``):
+        continuous batching, up to N sequences per step, the rest queued (see metallic.batch).
+
+        ``prompts``: texts or token-id lists; the other arguments are stream_generate's and
+        apply to every prompt. Returns a BatchResponse (texts in prompt order, each request's
+        last GenerationResponse or error). A greedy request gives the same text as
+        ``generate`` alone. Slot 0's KV is the model's own cache, so a later ``generate`` may
+        reuse what the batch left there.
+        """
+        self._live("batch_generate")
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+            raise InvalidArgument(
+                "[batch_generate] prompts: expected a non-empty list of prompts (str or token "
+                f"ids), got {type(prompts).__name__}"
+            )
+        special = kwargs.pop("_special", True)
+        requests = [self._request(p, special=special, **kwargs) for p in prompts]
+        if not self._lock.acquire(blocking=False):
+            raise Busy("[batch_generate] another generation is running on this model")
+        try:
+            return _batch.batch_generate(self, requests)
+        except KeyboardInterrupt as exc:
+            raise Cancelled(_INTERRUPTED) from exc
+        finally:
+            self._lock.release()
+
+    def scheduler(self, *, max_queue: int = 256, observer=None) -> _batch.Scheduler:
+        """A continuous-batching Scheduler over this model's slots (what the server runs)."""
+        self._live("scheduler")
+        return _batch.Scheduler(self, max_queue=max_queue, observer=observer)
 
     def _run(self, engine, sampler, params, ids, max_tokens, stops, logprobs, constraint):
         if not self._lock.acquire(blocking=False):

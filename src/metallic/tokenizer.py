@@ -34,14 +34,15 @@ import json
 import operator
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from tokenizers import Tokenizer as _HFTokenizer
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._gguf_vocab import build_gguf_vocab, corrupt, token_id
 from ._native_tokenizer import NativeTokenizer
 from .chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, default_template
+
+if TYPE_CHECKING:  # HF tokenizers is imported by from_folder only: GGUF loads run natively
+    from tokenizers import Tokenizer as _HFTokenizer
 
 __all__ = ["StreamingDetokenizer", "Tokenizer"]
 
@@ -198,6 +199,8 @@ class Tokenizer:
             raise errors.FileNotFound(
                 f"[tokenizer] {folder}: expected a folder with tokenizer.json, got none"
             )
+        from tokenizers import Tokenizer as _HFTokenizer  # deferred: see TYPE_CHECKING above
+
         try:
             hf = _HFTokenizer.from_file(str(file))
         except Exception as exc:  # tokenizers raises plain Exception on bad files

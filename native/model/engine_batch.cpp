@@ -1,0 +1,76 @@
+// forward_batch: a ragged batch of several slots' tokens in one pass (continuous batching).
+#include <string>
+
+#include "model/engine.h"
+#include "model/engine_internal.h"
+
+namespace metallic {
+
+using detail::BusyGuard;
+using detail::row_view;
+
+int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Segment* segs, int64_t n_segs) {
+  const char* where = "engine.forward_batch";
+  check_open(where);
+  BusyGuard guard(busy_);
+  cancel_.store(false, std::memory_order_release);
+  if (n_segs < 1 || n_segs > n_seq_)
+    fail(ErrorCode::kInvalidArgument, where,
+         "segments: expected 1.." + std::to_string(n_seq_) + " (one per slot), got " + std::to_string(n_segs));
+  int64_t total = 0;
+  for (int64_t i = 0; i < n_segs; ++i) {
+    const Segment& s = segs[i];
+    const std::string seg = "segment " + std::to_string(i);
+    check_slot(s.slot, where);
+    for (int64_t j = 0; j < i; ++j)
+      if (segs[j].slot == s.slot)
+        fail(ErrorCode::kInvalidArgument, where,
+             seg + ": slot " + std::to_string(s.slot) + " already has segment " + std::to_string(j));
+    if (s.n < 1) fail(ErrorCode::kInvalidArgument, where, seg + ": n: expected >= 1, got " + std::to_string(s.n));
+    if (s.pos0 < 0)
+      fail(ErrorCode::kInvalidArgument, where, seg + ": pos0: expected >= 0, got " + std::to_string(s.pos0));
+    if (s.pos0 + s.n > ctx_)
+      fail(ErrorCode::kContextOverflow, where,
+           seg + ": context overflow: " + std::to_string(s.pos0) + " cached + " + std::to_string(s.n) +
+               " new tokens exceed context_length " + std::to_string(ctx_));
+    total += s.n;
+  }
+  if (total != n_tokens)
+    fail(ErrorCode::kInvalidArgument, where,
+         "tokens: expected " + std::to_string(total) + " (the segments' sum), got " + std::to_string(n_tokens));
+  if (total > max_batch_)
+    fail(ErrorCode::kInvalidArgument, where,
+         "tokens: expected at most batch_size " + std::to_string(max_batch_) + ", got " + std::to_string(total));
+  for (int64_t i = 0; i < n_tokens; ++i)
+    if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
+      fail(ErrorCode::kInvalidArgument, where,
+           "token " + std::to_string(i) + ": expected an id in [0, " + std::to_string(cfg_.n_vocab) + "), got " +
+               std::to_string(tokens[i]));
+
+  layers(tokens, n_tokens, segs, n_segs);
+  // Head over the last token of each segment that wants logits: its normed row gathered into
+  // row j of xn_, then one matmul of those rows into batch_logits_.
+  int64_t rows = 0;
+  int64_t at = 0;
+  for (int64_t i = 0; i < n_segs; ++i) {
+    at += segs[i].n;
+    if (!segs[i].logits) continue;
+    OpCall norm{OpCode::kRmsNorm};
+    norm.t[0] = row_view(x_, at - 1, 1);
+    norm.t[1] = output_norm_;
+    norm.t[2] = row_view(xn_, rows, 1);
+    norm.p.n_tokens = 1;
+    norm.p.eps = cfg_.rms_eps;
+    device_->run(norm);
+    ++rows;
+  }
+  if (rows > 0) {
+    const Tensor out = row_view(batch_logits_t_, 0, rows);
+    matmul(xn_, rows, {{&output_, nullptr}}, {&out}, false);
+  }
+  device_->synchronize();
+  softcap_logits(batch_logits_.data(), rows);
+  return rows;
+}
+
+}  // namespace metallic

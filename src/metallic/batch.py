@@ -1,0 +1,436 @@
+"""Continuous batching: many sequences on one engine, one ragged native batch per step.
+
+A :class:`Scheduler` owns a model's sequence slots (``load(..., parallel=N)``). Each step it
+builds one ``Engine.forward_batch``: one decode token for every running sequence, then prompt
+chunks of newly admitted ones under the token budget (``batch_size``), so a long prompt never
+stalls the running streams for more than one chunk. Weights are read once per step for all of
+them; RoPE and attention run per sequence on its own slot. Every sequence samples with its own
+native ``Sampler`` (parameters, seed, penalties, grammar mask, log-probabilities), so a seed never
+turns batching off, and its responses are the ``GenerationResponse`` objects of
+``stream_generate``: the kernels are batch-invariant, so a greedy sequence gives the same tokens
+batched as alone.
+
+Prefix reuse: a new request starts from the longest prefix any slot holds (its own slot's rows, or
+rows copied from another slot with ``Engine.copy_seq``), and a request whose prompt shares a
+longer prefix with a prompt still being computed waits for it (``n`` > 1 choices of one prompt
+compute it once).
+
+Threads: ``submit`` and ``Handle.cancel`` may be called from any thread; steps run in the thread
+that calls :meth:`Scheduler.run_until_idle` or in the background thread of :meth:`start`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import Busy, Cancelled, MetallicError
+from .generate import Constraint, GenerationResponse, Responder, common_prefix
+from .sampling import SamplingParams, make_sampler
+
+# A request waits for a prompt still being computed when they share at least this many tokens,
+# more than any slot holds now (computing them twice costs more than a few steps of waiting).
+_SHARE_MIN = 16
+
+
+class QueueFull(Busy):
+    """The scheduler's waiting queue is full (HTTP 429)."""
+
+
+@dataclass
+class Request:
+    """One sequence to generate: validated arguments of ``stream_generate``."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    params: SamplingParams
+    stops: tuple[str, ...] = ()
+    top_logprobs: int = -1  # -1: no log-probabilities; k >= 0: the chosen token and k best
+    constraint: Constraint | None = None
+
+
+Event = GenerationResponse | BaseException
+"""What a handle receives: a response per token (the last has ``finish_reason``), or the error
+that ended the request (``Cancelled`` after ``cancel()``)."""
+
+
+class Handle:
+    """A submitted request: ``cancel()`` it; its events go to the ``on_event`` callback."""
+
+    def __init__(self, request: Request, on_event: Callable[[Event], None]):
+        self.request = request
+        self._on_event = on_event
+        self.cancelled = False
+        self.done = False
+        self.submitted = time.perf_counter()
+
+    def cancel(self) -> None:
+        """Stops the request at the next step boundary; its slot is freed then."""
+        self.cancelled = True
+
+    def _emit(self, event: Event) -> None:
+        if isinstance(event, BaseException) or event.finish_reason is not None:
+            self.done = True
+        self._on_event(event)
+
+
+class _Seq:
+    """A running request: its slot, sampler and where its prompt and output stand."""
+
+    def __init__(self, handle: Handle, slot: int, sampler, cached: int):
+        self.handle = handle
+        self.slot = slot
+        self.sampler = sampler
+        self.ids = handle.request.prompt_ids
+        self.done_prompt = cached  # prompt tokens whose KV is in the slot
+        self.cached = cached
+        self.pos = len(self.ids)  # position of the next token fed in decode
+        self.token = -1  # the token to feed next (decode)
+        self.responder: Responder | None = None
+        self.t0 = time.perf_counter()
+        self.t_last = 0.0
+        self.at = 0  # index of its first token in this step's batch
+        self.finish: str | None = None  # the last response's finish_reason
+
+    @property
+    def prefilling(self) -> bool:
+        return self.done_prompt < len(self.ids)
+
+
+class Scheduler:
+    """Continuous batching over a model's slots (see the module docstring).
+
+    Args:
+        model: a ``Model`` loaded with ``parallel`` slots.
+        max_queue: requests that may wait for a slot; ``submit`` raises QueueFull beyond.
+        observer: optional metrics sink with ``on_first_token(s)``, ``on_token(s)``,
+            ``on_request_end(prompt_tokens, completion_tokens, status)``, ``set_queue(running,
+            waiting)`` and ``set_kv(used, total)`` (metallic.server.metrics.ServerMetrics).
+    """
+
+    def __init__(self, model, *, max_queue: int = 256, observer=None):
+        self._model = model
+        self._engine = model._live("batch")
+        self._tok = model.tokenizer
+        self._n_vocab = int(self._engine.n_vocab)
+        self._ctx = int(self._engine.context_length)
+        self.n_slots = int(self._engine.n_seq)
+        self._budget = int(self._engine.batch_size)
+        self._max_queue = max_queue
+        self._obs = observer
+        # Token ids whose KV rows each slot holds; slot 0 is the model's own single-sequence cache.
+        self._slots: list[list[int]] = [model._cache] + [[] for _ in range(self.n_slots - 1)]
+        self._free = list(range(self.n_slots))
+        self._running: list[_Seq] = []
+        self._waiting: deque[Handle] = deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._drain = True
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    # ------------------------------------------------------------------ submission
+    def submit(self, request: Request, on_event: Callable[[Event], None]) -> Handle:
+        """Queues ``request``; ``on_event`` is called (in the stepping thread) per event."""
+        handle = Handle(request, on_event)
+        with self._cv:
+            if self._stopping:
+                raise Busy("[scheduler] shutting down: no new requests")
+            if len(self._waiting) >= self._max_queue:
+                raise QueueFull(
+                    f"[scheduler] queue: expected fewer than {self._max_queue} waiting requests, "
+                    f"got {len(self._waiting)}"
+                )
+            self._waiting.append(handle)
+            self._cv.notify()
+        return handle
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def kv_cells(self) -> tuple[int, int]:
+        """(KV positions held by running sequences, total positions of all slots)."""
+        used = sum(len(self._slots[s.slot]) for s in self._running)
+        return used, self.n_slots * self._ctx
+
+    # ------------------------------------------------------------------ driving
+    def run_until_idle(self) -> None:
+        """Steps in the calling thread until nothing runs or waits."""
+        while self.step():
+            pass
+
+    def start(self) -> None:
+        """Steps in a background thread until ``stop``."""
+        if self._thread is not None:
+            return
+        if not self._model._lock.acquire(blocking=False):
+            raise Busy("[scheduler] a generation is running on this model")
+        self._thread = threading.Thread(target=self._loop, name="metallic-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuses new requests; with ``drain`` finishes the running and waiting ones first,
+        else cancels them. Joins the background thread."""
+        with self._cv:
+            self._stopping = True
+            self._drain = drain
+            if not drain:
+                for h in self._waiting:
+                    h.cancel()
+                for s in self._running:
+                    s.handle.cancel()
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._thread = None
+                self._model._lock.release()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._cv.wait()
+                if self._stopping and not self._waiting and not self._running:
+                    return
+            self.step()
+
+    def step(self) -> bool:
+        """One batch: drops cancelled requests, admits waiting ones, runs one forward_batch and
+        emits a response for each sequence that got logits. False when there was nothing to do."""
+        self._reap()
+        self._admit()
+        if not self._running:
+            self._report()
+            return bool(self._waiting)
+        tokens, segs, sampled = self._plan()
+        try:
+            self._engine.forward_batch(np.asarray(tokens, np.int32), np.asarray(segs, np.int64))
+        except MetallicError as exc:  # the whole step failed: end its requests with the error
+            for s in list(self._running):
+                self._finish(s, exc)
+            return True
+        for s, n in zip(self._step_seqs, self._step_lens, strict=True):
+            self._slots[s.slot].extend(tokens[s.at : s.at + n])
+            if s.prefilling:
+                s.done_prompt += n
+        logits = self._engine.batch_logits()
+        for row, s in enumerate(sampled):
+            self._sample(s, logits[row])
+        self._report()
+        return True
+
+    # ------------------------------------------------------------------ internals
+    def _report(self) -> None:
+        if self._obs is not None:
+            self._obs.set_queue(len(self._running), len(self._waiting))
+            self._obs.set_kv(*self.kv_cells())
+
+    def _reap(self) -> None:
+        for s in [s for s in self._running if s.handle.cancelled]:
+            self._finish(s, Cancelled("[scheduler] request cancelled"))
+        with self._cv:
+            keep = deque(h for h in self._waiting if not h.cancelled)
+            gone = [h for h in self._waiting if h.cancelled]
+            self._waiting = keep
+        for h in gone:
+            h._emit(Cancelled("[scheduler] request cancelled"))
+
+    def _finish(self, s: _Seq, event: Event | None) -> None:
+        self._running.remove(s)
+        self._free.append(s.slot)
+        status = s.finish or "error"  # metrics: "stop" / "length" (the finish reason)
+        if isinstance(event, BaseException):
+            status = "cancelled" if isinstance(event, Cancelled) else "error"
+            s.handle._emit(event)
+        if self._obs is not None:
+            n_out = s.responder.count if s.responder is not None else 0
+            self._obs.on_request_end(len(s.ids), n_out, status)
+
+    def _best_prefix(self, ids: Sequence[int]) -> tuple[int, int]:
+        """(slot, length) of the longest reusable prefix of ``ids`` any slot holds."""
+        best, best_n = -1, 0
+        limit = len(ids) - 1  # the last prompt token is always computed (its logits are needed)
+        for slot, cache in enumerate(self._slots):
+            n = min(common_prefix(cache, ids), limit)
+            if n > best_n and self._engine.kv_reusable(n, slot):
+                best, best_n = slot, n
+        return best, best_n
+
+    def _admit(self) -> None:
+        deferred: list[Handle] = []
+        while self._free:
+            with self._cv:
+                if not self._waiting:
+                    break
+                handle = self._waiting.popleft()
+            ids = handle.request.prompt_ids
+            src, n = self._best_prefix(ids)
+            computing = max(
+                (common_prefix(s.ids, ids) for s in self._running if s.prefilling), default=0
+            )
+            if computing > n and computing >= _SHARE_MIN:  # wait for it, then copy the rows
+                deferred.append(handle)
+                continue
+            self._start(handle, src, n)
+        if deferred:
+            with self._cv:
+                self._waiting.extendleft(reversed(deferred))
+
+    def _start(self, handle: Handle, src: int, n: int) -> None:
+        req = handle.request
+        # Own slot: a free slot holding the prefix (no copy), else the free slot whose rows are
+        # least useful (shortest), then copy the prefix into it.
+        slot = src if src in self._free else min(self._free, key=lambda f: len(self._slots[f]))
+        self._free.remove(slot)
+        cache = self._slots[slot]
+        try:
+            if slot != src and n > 0:
+                self._engine.copy_seq(src, slot, n)
+                cache[:] = self._slots[src][:n]
+            del cache[n:]
+            sampler = make_sampler(
+                _core(), self._n_vocab, req.params, self._tok.eos_ids, req.top_logprobs
+            )
+            window = req.params.penalty_window
+            if window > 0:  # the penalties also see the end of the prompt
+                for t in req.prompt_ids[-window:]:
+                    sampler.accept(int(t))
+            if req.constraint is not None:
+                req.constraint.start(sampler)
+        except MetallicError as exc:  # e.g. a logit_bias id outside the vocabulary
+            self._free.append(slot)
+            handle._emit(exc)
+            return
+        self._running.append(_Seq(handle, slot, sampler, n))
+
+    def _plan(self) -> tuple[list[int], list[list[int]], list[_Seq]]:
+        """Tokens and segments of this step: decode tokens first, then prompt chunks."""
+        tokens: list[int] = []
+        segs: list[list[int]] = []
+        sampled: list[_Seq] = []
+        self._step_seqs: list[_Seq] = []
+        self._step_lens: list[int] = []
+        budget = self._budget
+        for s in sorted(self._running, key=lambda s: s.prefilling):
+            if budget == 0:
+                break
+            if s.prefilling:
+                n = min(budget, len(s.ids) - s.done_prompt)
+                chunk = s.ids[s.done_prompt : s.done_prompt + n]
+                pos0 = s.done_prompt
+                want = s.done_prompt + n == len(s.ids)
+            else:
+                n, chunk, pos0, want = 1, [s.token], s.pos, True
+            s.at = len(tokens)
+            tokens.extend(int(t) for t in chunk)
+            segs.append([s.slot, n, pos0, int(want)])
+            self._step_seqs.append(s)
+            self._step_lens.append(n)
+            if want:
+                sampled.append(s)
+            budget -= n
+        return tokens, segs, sampled
+
+    def _sample(self, s: _Seq, row: np.ndarray) -> None:
+        now = time.perf_counter()
+        try:
+            if s.responder is None:  # the prompt's last logits: the first token
+                s.responder = Responder(
+                    self._tok,
+                    s.sampler,
+                    n_vocab=self._n_vocab,
+                    context_length=self._ctx,
+                    n_prompt=len(s.ids),
+                    cached=s.cached,
+                    max_tokens=s.handle.request.max_tokens,
+                    stops=s.handle.request.stops,
+                    logprobs=s.handle.request.top_logprobs >= 0,
+                    constraint=s.handle.request.constraint,
+                )
+                self.prompt_tokens_total += len(s.ids) - s.cached
+            else:
+                s.sampler.accept(s.token)  # the token just fed joins the penalty history
+                s.pos += 1
+            token = s.sampler.sample(row)
+            if s.responder.count == 0:
+                s.responder.prompt_done(now - s.t0)
+                if self._obs is not None:
+                    self._obs.on_first_token(now - s.handle.submitted)
+            elif self._obs is not None:
+                self._obs.on_token(now - s.t_last)
+            s.t_last = now
+            r = s.responder.respond(token, s.pos)
+        except MetallicError as exc:  # e.g. the mask leaves no token: this request only
+            self._finish(s, exc)
+            return
+        self.generation_tokens_total += 1
+        s.token = int(token)
+        s.handle._emit(r)
+        if r.finish_reason is not None:
+            s.finish = r.finish_reason
+            self._finish(s, None)
+
+
+def _core():
+    from . import _core as core  # deferred: keeps `import metallic` cheap
+
+    return core
+
+
+@dataclass(frozen=True)
+class BatchResponse:
+    """What ``Model.batch_generate`` returns: ``texts[i]`` for ``prompts[i]``, and per request
+    its last ``GenerationResponse`` (finish_reason, token counts, speeds, cached_tokens) or
+    the error that ended it; ``seconds`` of wall time and aggregate generated tokens/s."""
+
+    texts: list[str]
+    responses: list[GenerationResponse | None]
+    errors: list[BaseException | None]
+    seconds: float
+    generation_tps: float
+
+
+def batch_generate(model, requests: Sequence[Request]) -> BatchResponse:
+    """Runs ``requests`` on the model's slots in the calling thread (see Model.batch_generate)."""
+    texts = [[] for _ in requests]
+    last: list[GenerationResponse | None] = [None] * len(requests)
+    errs: list[BaseException | None] = [None] * len(requests)
+
+    def sink(i: int):
+        def on_event(ev: Event) -> None:
+            if isinstance(ev, BaseException):
+                errs[i] = ev
+            else:
+                texts[i].append(ev.text)
+                last[i] = ev
+
+        return on_event
+
+    sched = Scheduler(model, max_queue=max(1, len(requests)))
+    t0 = time.perf_counter()
+    handles = [sched.submit(r, sink(i)) for i, r in enumerate(requests)]
+    try:
+        sched.run_until_idle()
+    except BaseException:
+        for h in handles:
+            h.cancel()
+        sched._reap()
+        raise
+    dt = max(time.perf_counter() - t0, 1e-9)
+    n_gen = sum(r.generation_tokens for r in last if r is not None)
+    return BatchResponse(["".join(t) for t in texts], last, errs, dt, n_gen / dt)
+
+
+__all__ = ["BatchResponse", "Handle", "QueueFull", "Request", "Scheduler", "batch_generate"]

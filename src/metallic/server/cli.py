@@ -1,0 +1,153 @@
+"""``metallic-server``: the OpenAI-compatible server (``pip install "metallic[server]"``).
+
+Loads the model once with ``--parallel`` sequence slots, starts the continuous-batching
+scheduler and serves the app of :mod:`.app` with uvicorn until SIGINT / SIGTERM; then it stops
+accepting connections, lets the requests in flight finish (``--drain-timeout``), stops the
+scheduler and frees the model.
+
+Exit status: 0 after a clean shutdown, 1 a metallic error while loading (one line
+``metallic-server: <Class>: message``), 2 a bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ..cli import DEVICES, UsageError, _int_in, _Parser
+
+PROG = "metallic-server"
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Serve a model over an OpenAI-compatible HTTP API with continuous batching.",
+    )
+    p.add_argument("--model", "-m", default=None, help="GGUF file, HF folder or registry name")
+    p.add_argument("--model-alias", default=None, help="model id reported by /v1/models")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=_int_in(0, 65535), default=8080, help="TCP port (8080)")
+    p.add_argument(
+        "--parallel",
+        "-np",
+        type=_int_in(1, 256),
+        default=4,
+        help="sequences decoded together, each with its own KV cache slot (4)",
+    )
+    p.add_argument("--threads", "-t", type=_int_in(1, 1024), default=None, help="CPU threads")
+    p.add_argument(
+        "--context-length",
+        "-c",
+        type=_int_in(16, 1 << 22),
+        default=4096,
+        help="tokens of KV cache per slot: prompt + output of one request (4096)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_int_in(1, 8192),
+        default=256,
+        help="tokens per step over all slots: decode tokens first, then prompt chunks (256)",
+    )
+    p.add_argument("--kv-cache-dtype", choices=("f16", "f32"), default="f16")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("METALLIC_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1/* and /metrics ($METALLIC_API_KEY)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="allow browser requests from this origin (repeatable; '*' for any)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_int_in(0, 1 << 20),
+        default=256,
+        help="requests that may wait for a slot; beyond that 429 with Retry-After (256)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=_int_in(0, 86400),
+        default=60,
+        help="seconds the requests in flight get to finish after SIGTERM (60)",
+    )
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
+    return p
+
+
+def serve(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import uvicorn
+
+    import metallic
+
+    from .app import ServerState, create_app
+    from .metrics import ServerMetrics
+
+    try:
+        model = metallic.load(
+            args.model,
+            device=args.device,
+            threads=args.threads,
+            context_length=args.context_length,
+            kv_cache_dtype=args.kv_cache_dtype,
+            batch_size=args.batch_size,
+            parallel=args.parallel,
+            progress=sys.stderr.isatty(),
+        )
+    except metallic.errors.MetallicError as exc:
+        print(f"{PROG}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    metrics = ServerMetrics()
+    scheduler = model.scheduler(max_queue=args.max_queue, observer=metrics)
+    alias = args.model_alias or os.path.basename(str(model.source)).removesuffix(".gguf")
+    state = ServerState(model, scheduler, metrics, alias, api_key=args.api_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        scheduler.start()
+        yield
+        state.ready = False  # the listener is closed and the requests in flight are done
+        scheduler.stop(drain=True)
+
+    app = create_app(state, cors_origins=tuple(args.cors_origin))
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level or "info",
+        timeout_graceful_shutdown=args.drain_timeout,
+        access_log=args.log_level == "debug",
+    )
+    print(
+        f"{PROG}: {alias} on {model.device}, {args.parallel} slots of {args.context_length} "
+        f"tokens: http://{args.host}:{args.port}/",
+        file=sys.stderr,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        scheduler.stop(drain=False, timeout=5)
+        model.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
