@@ -126,6 +126,8 @@ class Scheduler:
         # Token ids whose KV rows each slot holds; slot 0 is the model's own single-sequence cache.
         self._slots: list[list[int]] = [model._cache] + [[] for _ in range(self.n_slots - 1)]
         self._free = list(range(self.n_slots))
+        self._used = [0] * self.n_slots  # step of each slot's last use (least recent: reused first)
+        self._steps = 0
         self._running: list[_Seq] = []
         self._waiting: deque[Handle] = deque()
         self._cv = threading.Condition()
@@ -215,6 +217,7 @@ class Scheduler:
             self._report()
             return bool(self._waiting)
         tokens, segs, sampled = self._plan()
+        self._steps += 1
         try:
             self._engine.forward_batch(np.asarray(tokens, np.int32), np.asarray(segs, np.int64))
         except MetallicError as exc:  # the whole step failed: end its requests with the error
@@ -246,10 +249,13 @@ class Scheduler:
             self._waiting = keep
         for h in gone:
             h._emit(Cancelled("[scheduler] request cancelled"))
+            if self._obs is not None:
+                self._obs.on_request_end(len(h.request.prompt_ids), 0, "cancelled")
 
     def _finish(self, s: _Seq, event: Event | None) -> None:
         self._running.remove(s)
         self._free.append(s.slot)
+        self._used[s.slot] = self._steps
         status = s.finish or "error"  # metrics: "stop" / "length" (the finish reason)
         if isinstance(event, BaseException):
             status = "cancelled" if isinstance(event, Cancelled) else "error"
@@ -290,9 +296,9 @@ class Scheduler:
 
     def _start(self, handle: Handle, src: int, n: int) -> None:
         req = handle.request
-        # Own slot: a free slot holding the prefix (no copy), else the free slot whose rows are
-        # least useful (shortest), then copy the prefix into it.
-        slot = src if src in self._free else min(self._free, key=lambda f: len(self._slots[f]))
+        # Own slot: a free slot holding the prefix (no copy), else the free slot used longest
+        # ago (its rows are the least likely prefix of a coming request), then copy into it.
+        slot = src if src in self._free else min(self._free, key=lambda f: self._used[f])
         self._free.remove(slot)
         cache = self._slots[slot]
         try:

@@ -133,11 +133,37 @@ def serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        uvicorn.Server(config).run()
+        _DrainingServer(config).run()
     finally:
         scheduler.stop(drain=False, timeout=5)
         model.close()
     return 0
+
+
+def _draining_server_class():
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, except that SIGINT / SIGTERM end in a clean exit (status 0) after
+        the drain instead of re-raising the signal once uvicorn is done."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+    return DrainingServer
+
+
+def _DrainingServer(config):  # noqa: N802 - a deferred class
+    return _draining_server_class()(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
