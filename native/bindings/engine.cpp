@@ -3,6 +3,7 @@
 #include "model/engine.h"
 
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -12,6 +13,7 @@
 #include <array>
 #include <climits>
 #include <memory>
+#include <optional>
 
 #include "bindings/bindings.h"
 #include "bindings/sigint.h"
@@ -147,7 +149,7 @@ void init_engine(nb::module_& m) {
           nb::arg("token"), nb::arg("pos"), nb::arg("sampler"))
       .def(
           "forward_batch",
-          [](PyEngine& self, Tokens tokens, Segments segs) {
+          [](PyEngine& self, Tokens tokens, Segments segs, std::optional<Logits2D> logits_out) {
             Engine& e = self.get("engine.forward_batch");
             const int64_t k = static_cast<int64_t>(segs.shape(0));
             if (segs.shape(1) != 4)
@@ -157,23 +159,30 @@ void init_engine(nb::module_& m) {
             if (k < 1 || k > e.n_seq())
               fail(ErrorCode::kInvalidArgument, "engine.forward_batch",
                    "segments: expected 1.." + std::to_string(e.n_seq()) + " rows, got " + std::to_string(k));
+            if (logits_out && static_cast<int64_t>(logits_out->shape(1)) != e.n_vocab())
+              fail(ErrorCode::kShapeMismatch, "engine.forward_batch",
+                   "logits_out: expected rows x " + std::to_string(e.n_vocab()) + ", got " +
+                       std::to_string(logits_out->shape(0)) + "x" + std::to_string(logits_out->shape(1)));
             std::array<Engine::Segment, Engine::kMaxSeq> seg{};
             const int64_t* v = segs.data();
             for (int64_t i = 0; i < k; ++i) {
-              const int64_t slot = v[4 * i], n = v[4 * i + 1];
-              if (slot < 0 || slot > INT32_MAX || n < 1 || n > INT32_MAX)
+              const int64_t slot = v[4 * i], n = v[4 * i + 1], lg = v[4 * i + 3];
+              if (slot < 0 || slot > INT32_MAX || n < 1 || n > INT32_MAX || lg < 0 || lg > n)
                 fail(ErrorCode::kInvalidArgument, "engine.forward_batch",
-                     "segment " + std::to_string(i) + ": slot and n out of range: " + std::to_string(slot) + ", " +
-                         std::to_string(n));
-              seg[static_cast<size_t>(i)] =
-                  Engine::Segment{static_cast<int32_t>(slot), static_cast<int32_t>(n), v[4 * i + 2], v[4 * i + 3] != 0};
+                     "segment " + std::to_string(i) + ": slot, n or logits out of range: " + std::to_string(slot) +
+                         ", " + std::to_string(n) + ", " + std::to_string(lg));
+              seg[static_cast<size_t>(i)] = Engine::Segment{static_cast<int32_t>(slot), static_cast<int32_t>(n),
+                                                            v[4 * i + 2], static_cast<int32_t>(lg)};
             }
+            float* out = logits_out ? logits_out->data() : nullptr;
+            const int64_t rows = logits_out ? static_cast<int64_t>(logits_out->shape(0)) : 0;
             nb::gil_scoped_release release;
-            return e.forward_batch(tokens.data(), static_cast<int64_t>(tokens.shape(0)), seg.data(), k);
+            return e.forward_batch(tokens.data(), static_cast<int64_t>(tokens.shape(0)), seg.data(), k, out, rows);
           },
-          nb::arg("tokens"), nb::arg("segments"),
-          "Runs a ragged batch: segments (k, 4) int64 rows (slot, n, pos0, logits) take the next n tokens each. "
-          "Returns how many rows of batch_logits() were written (one per segment with logits != 0, in order).")
+          nb::arg("tokens"), nb::arg("segments"), nb::arg("logits_out") = nb::none(),
+          "Runs a ragged batch: segments (k, 4) int64 rows (slot, n, pos0, logits) take the next n tokens each; "
+          "the last `logits` tokens of each get a logits row, in order, in logits_out (rows, n_vocab) when given, "
+          "else in batch_logits(). Returns the number of rows written.")
       .def(
           "batch_logits",
           [](PyEngine& self) {

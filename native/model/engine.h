@@ -55,18 +55,20 @@ class Engine {
 
   // A ragged batch (llama.cpp's llama_batch without padding): segment i is the next n tokens of
   // slot `slot` at positions pos0 .. pos0+n-1, its tokens the next n of `tokens`. Projections and
-  // the MLP run once over all tokens (weights read once); RoPE and attention run per segment on its
-  // slot's KV. Segments name distinct slots; their tokens add up to at most batch_size. Segments
-  // with `logits` write the logits of their last token, in segment order, into rows 0.. of
+  // the MLP run once over all tokens (weights read once); RoPE and attention run per token on its
+  // slot's KV (one ragged call). Segments name distinct slots; their tokens add up to at most
+  // batch_size. A segment's `logits` (0..n) last tokens get logits rows, in segment order: into
+  // `logits_out` (rows x n_vocab, caller memory wrapped for the call) when given, else into
   // batch_logits() ((n_seq, n_vocab)); returns how many rows were written. Every token's logits
   // equal those of a forward() of its sequence alone (the kernels are batch-invariant).
   struct Segment {
     int32_t slot = 0;
     int32_t n = 0;
     int64_t pos0 = 0;
-    bool logits = false;
+    int32_t logits = 0;
   };
-  int64_t forward_batch(const int32_t* tokens, int64_t n_tokens, const Segment* segs, int64_t n_segs);
+  int64_t forward_batch(const int32_t* tokens, int64_t n_tokens, const Segment* segs, int64_t n_segs,
+                        float* logits_out = nullptr, int64_t logits_rows = 0);
   const float* batch_logits() const { return batch_logits_.data(); }
   int64_t n_seq() const { return n_seq_; }
   int64_t batch_size() const { return max_batch_; }

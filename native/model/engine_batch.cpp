@@ -9,7 +9,8 @@ namespace metallic {
 using detail::BusyGuard;
 using detail::row_view;
 
-int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Segment* segs, int64_t n_segs) {
+int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Segment* segs, int64_t n_segs,
+                              float* logits_out, int64_t logits_rows) {
   const char* where = "engine.forward_batch";
   check_open(where);
   BusyGuard guard(busy_);
@@ -18,6 +19,7 @@ int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Seg
     fail(ErrorCode::kInvalidArgument, where,
          "segments: expected 1.." + std::to_string(n_seq_) + " (one per slot), got " + std::to_string(n_segs));
   int64_t total = 0;
+  int64_t want_rows = 0;
   for (int64_t i = 0; i < n_segs; ++i) {
     const Segment& s = segs[i];
     const std::string seg = "segment " + std::to_string(i);
@@ -27,6 +29,10 @@ int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Seg
         fail(ErrorCode::kInvalidArgument, where,
              seg + ": slot " + std::to_string(s.slot) + " already has segment " + std::to_string(j));
     if (s.n < 1) fail(ErrorCode::kInvalidArgument, where, seg + ": n: expected >= 1, got " + std::to_string(s.n));
+    if (s.logits < 0 || s.logits > s.n)
+      fail(ErrorCode::kInvalidArgument, where,
+           seg + ": logits: expected 0.." + std::to_string(s.n) + " rows, got " + std::to_string(s.logits));
+    want_rows += s.logits;
     if (s.pos0 < 0)
       fail(ErrorCode::kInvalidArgument, where, seg + ": pos0: expected >= 0, got " + std::to_string(s.pos0));
     if (s.pos0 + s.n > ctx_)
@@ -41,6 +47,11 @@ int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Seg
   if (total > max_batch_)
     fail(ErrorCode::kInvalidArgument, where,
          "tokens: expected at most batch_size " + std::to_string(max_batch_) + ", got " + std::to_string(total));
+  const int64_t cap_rows = logits_out != nullptr ? logits_rows : n_seq_;
+  if (want_rows > cap_rows)
+    fail(ErrorCode::kInvalidArgument, where,
+         "logits: the segments want " + std::to_string(want_rows) + " rows, the output holds " +
+             std::to_string(cap_rows));
   for (int64_t i = 0; i < n_tokens; ++i)
     if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
       fail(ErrorCode::kInvalidArgument, where,
@@ -48,28 +59,41 @@ int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Seg
                std::to_string(tokens[i]));
 
   layers(tokens, n_tokens, segs, n_segs);
-  // Head over the last token of each segment that wants logits: its normed row gathered into
-  // row j of xn_, then one matmul of those rows into batch_logits_.
+  // Head over the last `logits` tokens of each segment: their normed rows gathered into rows
+  // 0.. of xn_, then one matmul of those rows into the logits.
   int64_t rows = 0;
   int64_t at = 0;
   for (int64_t i = 0; i < n_segs; ++i) {
     at += segs[i].n;
-    if (!segs[i].logits) continue;
+    if (segs[i].logits == 0) continue;
     OpCall norm{OpCode::kRmsNorm};
-    norm.t[0] = row_view(x_, at - 1, 1);
+    norm.t[0] = row_view(x_, at - segs[i].logits, segs[i].logits);
     norm.t[1] = output_norm_;
-    norm.t[2] = row_view(xn_, rows, 1);
-    norm.p.n_tokens = 1;
+    norm.t[2] = row_view(xn_, rows, segs[i].logits);
+    norm.p.n_tokens = segs[i].logits;
     norm.p.eps = cfg_.rms_eps;
     device_->run(norm);
-    ++rows;
+    rows += segs[i].logits;
   }
+  float* dst = logits_out != nullptr ? logits_out : batch_logits_.data();
   if (rows > 0) {
-    const Tensor out = row_view(batch_logits_t_, 0, rows);
-    matmul(xn_, rows, {{&output_, nullptr}}, {&out}, false);
+    const size_t row_b = static_cast<size_t>(cfg_.n_vocab) * sizeof(float);
+    if (logits_out != nullptr) {  // the caller's rows, wrapped for this call only
+      struct Wrapped {            // released on every path, errors included
+        Device& dev;
+        Buffer buf;
+        ~Wrapped() { dev.release(buf); }
+      } w{*device_, device_->wrap_host(logits_out, row_b * static_cast<size_t>(rows))};
+      const Tensor out{w.buf, 0, DType::kF32, rows, cfg_.n_vocab, row_b};
+      matmul(xn_, rows, {{&output_, nullptr}}, {&out}, false);
+      device_->synchronize();
+    } else {
+      const Tensor out = row_view(batch_logits_t_, 0, rows);
+      matmul(xn_, rows, {{&output_, nullptr}}, {&out}, false);
+    }
   }
   device_->synchronize();
-  softcap_logits(batch_logits_.data(), rows);
+  softcap_logits(dst, rows);
   return rows;
 }
 

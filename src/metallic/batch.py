@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Busy, Cancelled, MetallicError
+from . import speculative as _spec
+from .errors import Busy, Cancelled, MetallicError, NotImplementedFeature
 from .generate import Constraint, GenerationResponse, Responder, common_prefix
 from .sampling import SamplingParams, make_sampler
 
@@ -96,6 +97,9 @@ class _Seq:
         self.t_last = 0.0
         self.at = 0  # index of its first token in this step's batch
         self.finish: str | None = None  # the last response's finish_reason
+        self.drafter: _spec.PromptLookup | None = None
+        self.drafts: list[int] = []  # fed after `token` this step, to verify
+        self.k_now = 1  # adaptive draft length (generate.stream's rule)
 
     @property
     def prefilling(self) -> bool:
@@ -111,9 +115,21 @@ class Scheduler:
         observer: optional metrics sink with ``on_first_token(s)``, ``on_token(s)``,
             ``on_request_end(prompt_tokens, completion_tokens, status)``, ``set_queue(running,
             waiting)`` and ``set_kv(used, total)`` (metallic.server.metrics.ServerMetrics).
+        draft: None or ``"prompt-lookup"``: speculative decoding for every request (drafts from
+            n-grams of its own context, verified in the same batched step; the output is the
+            same token for token, see metallic.speculative).
+        num_draft_tokens: drafted tokens per request and step at most.
     """
 
-    def __init__(self, model, *, max_queue: int = 256, observer=None):
+    def __init__(
+        self,
+        model,
+        *,
+        max_queue: int = 256,
+        observer=None,
+        draft: str | None = None,
+        num_draft_tokens: int = _spec.DEFAULT_DRAFT_TOKENS,
+    ):
         self._model = model
         self._engine = model._live("batch")
         self._tok = model.tokenizer
@@ -136,6 +152,16 @@ class Scheduler:
         self._drain = True
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self._k = 0
+        self._rows = None  # logits of every verified row (drafting), else engine.batch_logits()
+        if draft is not None:
+            if draft != "prompt-lookup":
+                raise NotImplementedFeature(
+                    "[scheduler] draft: batched decoding drafts with 'prompt-lookup'; a draft "
+                    f"model is not supported here yet, got {draft!r}"
+                )
+            self._k = _spec.check_num_draft_tokens(num_draft_tokens)
+            self._rows = np.zeros((self.n_slots * (1 + self._k), self._n_vocab), np.float32)
 
     # ------------------------------------------------------------------ submission
     def submit(self, request: Request, on_event: Callable[[Event], None]) -> Handle:
@@ -219,7 +245,9 @@ class Scheduler:
         tokens, segs, sampled = self._plan()
         self._steps += 1
         try:
-            self._engine.forward_batch(np.asarray(tokens, np.int32), np.asarray(segs, np.int64))
+            self._engine.forward_batch(
+                np.asarray(tokens, np.int32), np.asarray(segs, np.int64), self._rows
+            )
         except MetallicError as exc:  # the whole step failed: end its requests with the error
             for s in list(self._running):
                 self._finish(s, exc)
@@ -228,9 +256,12 @@ class Scheduler:
             self._slots[s.slot].extend(tokens[s.at : s.at + n])
             if s.prefilling:
                 s.done_prompt += n
-        logits = self._engine.batch_logits()
-        for row, s in enumerate(sampled):
-            self._sample(s, logits[row])
+        logits = self._engine.batch_logits() if self._rows is None else self._rows
+        row = 0
+        for s in sampled:
+            n_rows = 1 + len(s.drafts)
+            self._sample(s, logits[row : row + n_rows])
+            row += n_rows
         self._report()
         return True
 
@@ -319,7 +350,11 @@ class Scheduler:
             self._free.append(slot)
             handle._emit(exc)
             return
-        self._running.append(_Seq(handle, slot, sampler, n))
+        seq = _Seq(handle, slot, sampler, n)
+        if self._k:
+            seq.drafter = _spec.PromptLookup()
+            seq.drafter.reset(req.prompt_ids)
+        self._running.append(seq)
 
     def _plan(self) -> tuple[list[int], list[list[int]], list[_Seq]]:
         """Tokens and segments of this step: decode tokens first, then prompt chunks."""
@@ -332,16 +367,22 @@ class Scheduler:
         for s in sorted(self._running, key=lambda s: s.prefilling):
             if budget == 0:
                 break
+            s.drafts = []
             if s.prefilling:
                 n = min(budget, len(s.ids) - s.done_prompt)
                 chunk = s.ids[s.done_prompt : s.done_prompt + n]
                 pos0 = s.done_prompt
                 want = s.done_prompt + n == len(s.ids)
             else:
-                n, chunk, pos0, want = 1, [s.token], s.pos, True
+                if s.drafter is not None:  # no draft past max_tokens, the context or the budget
+                    left = s.handle.request.max_tokens - s.responder.count - 1
+                    k = min(s.k_now, left, self._ctx - s.pos - 1, budget - 1)
+                    s.drafts = s.drafter.draft(k) if k > 0 else []
+                chunk = [s.token, *s.drafts]
+                n, pos0, want = len(chunk), s.pos, True
             s.at = len(tokens)
             tokens.extend(int(t) for t in chunk)
-            segs.append([s.slot, n, pos0, int(want)])
+            segs.append([s.slot, n, pos0, (1 + len(s.drafts)) if want else 0])
             self._step_seqs.append(s)
             self._step_lens.append(n)
             if want:
@@ -349,10 +390,13 @@ class Scheduler:
             budget -= n
         return tokens, segs, sampled
 
-    def _sample(self, s: _Seq, row: np.ndarray) -> None:
+    def _sample(self, s: _Seq, rows: np.ndarray) -> None:
+        """Draws the next token from rows[0]; with drafts fed after it, keeps drawing from the
+        next row while the draw equals the draft (generate.stream's verification)."""
         now = time.perf_counter()
+        first = s.responder is None
         try:
-            if s.responder is None:  # the prompt's last logits: the first token
+            if first:  # the prompt's last logits: the first token
                 s.responder = Responder(
                     self._tok,
                     s.sampler,
@@ -369,21 +413,36 @@ class Scheduler:
             else:
                 s.sampler.accept(s.token)  # the token just fed joins the penalty history
                 s.pos += 1
-            token = s.sampler.sample(row)
-            if s.responder.count == 0:
-                s.responder.prompt_done(now - s.t0)
-                if self._obs is not None:
-                    self._obs.on_first_token(now - s.handle.submitted)
-            elif self._obs is not None:
-                self._obs.on_token(now - s.t_last)
-            s.t_last = now
-            r = s.responder.respond(token, s.pos)
+            s.responder.drafted += len(s.drafts)
+            j = 0
+            while True:
+                token = int(s.sampler.sample(rows[j]))
+                accepted = j < len(s.drafts) and token == s.drafts[j]
+                if s.responder.count == 0:
+                    s.responder.prompt_done(now - s.t0)
+                    if self._obs is not None:
+                        self._obs.on_first_token(now - s.handle.submitted)
+                elif self._obs is not None:
+                    self._obs.on_token(now - s.t_last)
+                s.t_last = now
+                r = s.responder.respond(token, s.pos, from_draft=accepted)
+                self.generation_tokens_total += 1
+                if s.drafter is not None:
+                    s.drafter.append(token)
+                s.handle._emit(r)
+                if r.finish_reason is not None or not accepted:
+                    break
+                s.sampler.accept(token)  # a draft the sampler drew: already fed at s.pos
+                s.pos += 1
+                j += 1
         except MetallicError as exc:  # e.g. the mask leaves no token: this request only
             self._finish(s, exc)
             return
-        self.generation_tokens_total += 1
-        s.token = int(token)
-        s.handle._emit(r)
+        if s.drafts:  # rows of rejected drafts are not the sequence's: forget them
+            del self._slots[s.slot][s.pos :]
+            n = len(s.drafts)
+            s.k_now = min(self._k, 2 * n) if j == n else max(1, j)
+        s.token = token
         if r.finish_reason is not None:
             s.finish = r.finish_reason
             self._finish(s, None)
@@ -408,7 +467,9 @@ class BatchResponse:
     generation_tps: float
 
 
-def batch_generate(model, requests: Sequence[Request]) -> BatchResponse:
+def batch_generate(
+    model, requests: Sequence[Request], draft: str | None = None, num_draft_tokens: int = 6
+) -> BatchResponse:
     """Runs ``requests`` on the model's slots in the calling thread (see Model.batch_generate)."""
     texts = [[] for _ in requests]
     last: list[GenerationResponse | None] = [None] * len(requests)
@@ -424,7 +485,9 @@ def batch_generate(model, requests: Sequence[Request]) -> BatchResponse:
 
         return on_event
 
-    sched = Scheduler(model, max_queue=max(1, len(requests)))
+    sched = Scheduler(
+        model, max_queue=max(1, len(requests)), draft=draft, num_draft_tokens=num_draft_tokens
+    )
     t0 = time.perf_counter()
     handles = [sched.submit(r, sink(i)) for i, r in enumerate(requests)]
     try:

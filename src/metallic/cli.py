@@ -191,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="quantize float (F32/F16/BF16) weights at load (default: as stored)",
     )
+    p.add_argument(
+        "--draft",
+        default=None,
+        help="speculative decoding: 'prompt-lookup' (n-gram drafts from the context) or a draft "
+        "model (registry name or path) sharing the model's vocabulary; same output, faster",
+    )
+    p.add_argument(
+        "--num-draft-tokens",
+        type=_int_in(1, 32),
+        default=None,
+        help="tokens drafted per step at most (default: 6; adapts to the acceptance)",
+    )
     p.add_argument("--verbose", action="store_true", help="print the model path and load time")
     return p
 
@@ -252,6 +264,11 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
         "response_format": (_response_format(args), None),
     }
     kwargs.update({k: v for k, (v, default) in optional.items() if v != default})
+    draft = getattr(args, "draft_model", args.draft)
+    if draft is not None:
+        kwargs["draft"] = draft
+        if args.num_draft_tokens is not None:
+            kwargs["num_draft_tokens"] = args.num_draft_tokens
     return kwargs
 
 
@@ -304,6 +321,12 @@ def _print_summary(last: Any) -> None:
         f"Generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tokens-per-sec",
         f"Peak memory: {last.peak_memory / 1e9:.3f} GB",
     )
+    if getattr(last, "draft_tokens", 0):
+        rate = last.accepted_tokens / last.draft_tokens
+        lines += (
+            f"Draft: {last.accepted_tokens} of {last.draft_tokens} drafted tokens accepted "
+            f"({rate:.0%})",
+        )
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
@@ -409,9 +432,21 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.verbose:
             print(f"[{PROG}] model: {path}", file=sys.stderr)
             print(f"[{PROG}] loaded in {time.perf_counter() - start:.3f} s", file=sys.stderr)
+        draft = None
         try:
+            if args.draft is not None and args.draft != "prompt-lookup":
+                draft_path = _model_path(args.draft) or str(registry.resolve(args.draft))
+                draft = metallic.load(
+                    draft_path,
+                    device=args.device,
+                    threads=args.threads,
+                    context_length=args.context_length,
+                )
+            args.draft_model = draft if draft is not None else args.draft
             return _with_prompt_cache(model, args, prompt)
         finally:
+            if draft is not None:
+                draft.close()
             model.close()
     except (MetallicError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):

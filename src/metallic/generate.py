@@ -42,6 +42,9 @@ class GenerationResponse:
             model's raw logits: before logit_bias, penalties, mask and temperature); else None.
         top_logprobs: with ``top_logprobs=k``, the k most likely (token, logprob) pairs of the
             same distribution, most likely first; else None.
+        from_draft: the token was drafted (speculative decoding) and the target accepted it.
+        draft_tokens, accepted_tokens: drafted and accepted tokens so far (speculative decoding;
+            accepted_tokens / draft_tokens is the acceptance rate).
     """
 
     text: str
@@ -55,6 +58,9 @@ class GenerationResponse:
     cached_tokens: int = 0
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] | None = None
+    from_draft: bool = False
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 class Constraint(Protocol):
@@ -233,15 +239,18 @@ class Responder:
         self._t1 = 0.0
         self.count = 0  # responses made
         self._peak = 0
+        self.drafted = 0  # speculative decoding: tokens drafted and accepted so far
+        self.accepted = 0
 
     def prompt_done(self, seconds: float) -> None:
         """The prompt took ``seconds`` (for prompt_tps); generation timing starts now."""
         self.prompt_tps = (self._n_prompt - self._cached) / max(seconds, 1e-9)
         self._t1 = time.perf_counter()
 
-    def respond(self, token: int, pos: int) -> GenerationResponse:
+    def respond(self, token: int, pos: int, from_draft: bool = False) -> GenerationResponse:
         """The response for ``token``, sampled from the logits of position ``pos - 1``."""
         self.count += 1
+        self.accepted += from_draft
         i = self.count
         texts = self._texts
         finish = None
@@ -276,6 +285,9 @@ class Responder:
             cached_tokens=self._cached,
             logprob=lp,
             top_logprobs=top,
+            from_draft=from_draft,
+            draft_tokens=self.drafted,
+            accepted_tokens=self.accepted,
         )
 
 
@@ -292,8 +304,16 @@ def stream(
     cache: list[int],
     logprobs: bool = False,
     constraint: Constraint | None = None,
+    drafter=None,
+    num_draft_tokens: int = 0,
 ) -> Iterator[GenerationResponse]:
-    """Runs the prompt, then yields one response per generated token (see GenerationResponse)."""
+    """Runs the prompt, then yields one response per generated token (see GenerationResponse).
+
+    With a ``drafter`` (metallic.speculative), each step feeds the last token and up to
+    ``num_draft_tokens`` drafted ones in one forward with every row's logits, then emits the
+    drafts the sampler agrees with and the sampler's token after them: the same tokens, drawn
+    from the same logits with the same random numbers, as without drafts.
+    """
     n_prompt = len(prompt_ids)
     if penalty_window > 0:  # the penalties also see the end of the prompt
         for t in prompt_ids[-penalty_window:]:
@@ -317,12 +337,46 @@ def stream(
     )
     out.prompt_done(time.perf_counter() - t0)
     pos = n_prompt
+    if drafter is not None:
+        drafter.reset(prompt_ids)
+        rows = np.zeros((num_draft_tokens + 1, engine.n_vocab), np.float32)
+        k_now = 1  # adaptive: doubles while every draft is accepted, else the accepted count
+    ctx = engine.context_length
     while True:
         r = out.respond(token, pos)
         yield r
         if r.finish_reason is not None:
             return
         fed = int(token)
-        token = engine.decode(fed, pos, sampler)
-        cache.append(fed)  # its KV row at `pos` is now valid
+        drafts = []
+        if drafter is not None:
+            drafter.append(fed)
+            # no draft past max_tokens or the context: every drafted row must be fed
+            k = min(k_now, max_tokens - out.count - 1, ctx - pos - 1)
+            drafts = drafter.draft(k) if k > 0 else []
+        if not drafts:
+            token = engine.decode(fed, pos, sampler)
+            cache.append(fed)  # its KV row at `pos` is now valid
+            pos += 1
+            continue
+        n = len(drafts)
+        batch = np.asarray([fed, *drafts], np.int32)
+        engine.forward(batch, pos, rows[: n + 1], True)
+        out.drafted += n
+        cache.append(fed)
+        sampler.accept(fed)
         pos += 1
+        token = sampler.sample(rows[0])
+        j = 0
+        while j < n and token == drafts[j]:  # the sampler drew the draft: it is already fed
+            r = out.respond(token, pos, from_draft=True)
+            cache.append(int(token))
+            drafter.append(int(token))
+            yield r
+            if r.finish_reason is not None:
+                return
+            sampler.accept(int(token))
+            pos += 1
+            j += 1
+            token = sampler.sample(rows[j])
+        k_now = min(num_draft_tokens, 2 * n) if j == n else max(1, j)

@@ -12,6 +12,7 @@ from . import batch as _batch
 from . import constrain as _constrain
 from . import generate as _gen
 from . import prompt_cache as _prompt_cache
+from . import speculative as _spec
 from .errors import Busy, Cancelled, Closed, ContextOverflow, InvalidArgument
 from .generate import GenerationResponse
 from .sampling import SamplingParams, check_logprobs, make_sampler
@@ -148,6 +149,8 @@ class Model:
         logprobs: bool = False,
         top_logprobs: int = 0,
         response_format: dict | None = None,
+        draft=None,
+        num_draft_tokens: int = _spec.DEFAULT_DRAFT_TOKENS,
         _special: bool = True,
     ) -> Iterator[GenerationResponse]:
         """Yields a GenerationResponse per generated token (see its docstring).
@@ -168,8 +171,15 @@ class Model:
             response_format: constrain the output (see metallic.constrain): ``{"type":
                 "json_schema", "schema": {...}}``, ``{"type": "json_object"}`` or ``{"type":
                 "regex", "regex": "..."}``. Needs ``pip install metallic[constrained]``.
+            draft: speculative decoding (metallic.speculative): None, ``"prompt-lookup"``
+                (drafts from n-grams of the prompt and the output so far) or a loaded smaller
+                Model with the same vocabulary. The output is the same token for token (greedy
+                and seeded sampling); ``response.from_draft`` marks accepted drafts.
+            num_draft_tokens: tokens drafted per step (1..32) when ``draft`` is set.
         """
         engine = self._live("stream_generate")
+        drafter = _spec.make_drafter(draft, self)
+        k = _spec.check_num_draft_tokens(num_draft_tokens)
         req = self._request(
             prompt,
             max_tokens=max_tokens,
@@ -201,6 +211,9 @@ class Model:
             req.stops,
             req.top_logprobs >= 0,
             req.constraint,
+            drafter,
+            k,
+            draft if drafter is not None and not isinstance(draft, str) else None,
         )
 
     def _request(
@@ -262,7 +275,8 @@ class Model:
         apply to every prompt. Returns a BatchResponse (texts in prompt order, each request's
         last GenerationResponse or error). A greedy request gives the same text as
         ``generate`` alone. Slot 0's KV is the model's own cache, so a later ``generate`` may
-        reuse what the batch left there.
+        reuse what the batch left there. ``draft="prompt-lookup"`` (and ``num_draft_tokens``)
+        drafts for every request in the same batched steps; the output is the same.
         """
         self._live("batch_generate")
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
@@ -271,26 +285,46 @@ class Model:
                 f"ids), got {type(prompts).__name__}"
             )
         special = kwargs.pop("_special", True)
+        draft = kwargs.pop("draft", None)
+        k = kwargs.pop("num_draft_tokens", _spec.DEFAULT_DRAFT_TOKENS)
         requests = [self._request(p, special=special, **kwargs) for p in prompts]
         if not self._lock.acquire(blocking=False):
             raise Busy("[batch_generate] another generation is running on this model")
         try:
-            return _batch.batch_generate(self, requests)
+            return _batch.batch_generate(self, requests, draft, k)
         except KeyboardInterrupt as exc:
             raise Cancelled(_INTERRUPTED) from exc
         finally:
             self._lock.release()
 
-    def scheduler(self, *, max_queue: int = 256, observer=None) -> _batch.Scheduler:
+    def scheduler(
+        self,
+        *,
+        max_queue: int = 256,
+        observer=None,
+        draft: str | None = None,
+        num_draft_tokens: int = _spec.DEFAULT_DRAFT_TOKENS,
+    ) -> _batch.Scheduler:
         """A continuous-batching Scheduler over this model's slots (what the server runs)."""
         self._live("scheduler")
-        return _batch.Scheduler(self, max_queue=max_queue, observer=observer)
+        return _batch.Scheduler(
+            self,
+            max_queue=max_queue,
+            observer=observer,
+            draft=draft,
+            num_draft_tokens=num_draft_tokens,
+        )
 
-    def _run(self, engine, sampler, params, ids, max_tokens, stops, logprobs, constraint):
+    def _run(
+        self, engine, sampler, params, ids, max_tokens, stops, logprobs, constraint, drafter, k, dm
+    ):
         if not self._lock.acquire(blocking=False):
             raise Busy(
                 "[generate] another generation is running on this model; use one model per thread"
             )
+        if dm is not None and not dm._lock.acquire(blocking=False):  # the draft model's KV too
+            self._lock.release()
+            raise Busy("[generate] draft: another generation is running on the draft model")
         try:
             yield from _gen.stream(
                 engine,
@@ -304,10 +338,14 @@ class Model:
                 cache=self._cache,
                 logprobs=logprobs,
                 constraint=constraint,
+                drafter=drafter,
+                num_draft_tokens=k,
             )
         except (KeyboardInterrupt, Cancelled) as exc:  # Ctrl-C: the native call stopped early
             raise Cancelled(_INTERRUPTED) from exc
         finally:
+            if dm is not None:
+                dm._lock.release()
             self._lock.release()
 
     def generate(self, prompt, **kwargs) -> str:

@@ -413,6 +413,8 @@ def test_new_generation_flags_reach_the_api(capsys, fake_api, tmp_path):
         (["--json-schema", "[1]"], "--json-schema"),
         (["--json-schema", "@/no/such/file.json"], "--json-schema"),
         (["--json-schema", "{}", "--regex", "a"], "--regex"),
+        (["--num-draft-tokens", "0"], "--num-draft-tokens"),
+        (["--num-draft-tokens", "33"], "--num-draft-tokens"),
     ],
 )
 def test_new_flag_errors_are_one_line(capsys, fake_api, argv, what):
@@ -438,3 +440,10 @@ def test_prompt_cache_flag_loads_then_saves(capsys, fake_api, tmp_path):
     events.clear()
     assert run(capsys, "--prompt", "Hi", "--prompt-cache", str(path), "--verbose")[0] == 0
     assert events == [("load", str(path)), ("save", str(path))]
+
+
+def test_draft_flags_reach_the_api(capsys, fake_api):
+    argv = ("--prompt", "Hi", "--draft", "prompt-lookup", "--num-draft-tokens", "4")
+    assert run(capsys, *argv)[0] == 0
+    kwargs = fake_api["model"].calls[0][1]
+    assert kwargs["draft"] == "prompt-lookup" and kwargs["num_draft_tokens"] == 4

@@ -77,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=60,
         help="seconds the requests in flight get to finish after SIGTERM (60)",
     )
+    p.add_argument(
+        "--draft",
+        choices=("prompt-lookup",),
+        default=None,
+        help="speculative decoding for every request, batched: n-gram drafts from its context",
+    )
+    p.add_argument(
+        "--num-draft-tokens", type=_int_in(1, 32), default=6, help="drafted tokens per step (6)"
+    )
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
     return p
 
@@ -106,7 +115,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     metrics = ServerMetrics()
-    scheduler = model.scheduler(max_queue=args.max_queue, observer=metrics)
+    scheduler = model.scheduler(
+        max_queue=args.max_queue,
+        observer=metrics,
+        draft=args.draft,
+        num_draft_tokens=args.num_draft_tokens,
+    )
     alias = args.model_alias or os.path.basename(str(model.source)).removesuffix(".gguf")
     state = ServerState(model, scheduler, metrics, alias, api_key=args.api_key)
 
