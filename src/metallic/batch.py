@@ -180,6 +180,11 @@ class Scheduler:
         return handle
 
     @property
+    def alive(self) -> bool:
+        """The background thread of ``start`` is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def running(self) -> int:
         return len(self._running)
 
