@@ -97,9 +97,8 @@ class _Seq:
         self.t_last = 0.0
         self.at = 0  # index of its first token in this step's batch
         self.finish: str | None = None  # the last response's finish_reason
-        self.drafter: _spec.PromptLookup | None = None
+        self.drafter: _spec.Speculator | None = None
         self.drafts: list[int] = []  # fed after `token` this step, to verify
-        self.k_now = 1  # adaptive draft length (generate.stream's rule)
 
     @property
     def prefilling(self) -> bool:
@@ -357,7 +356,7 @@ class Scheduler:
             return
         seq = _Seq(handle, slot, sampler, n)
         if self._k:
-            seq.drafter = _spec.PromptLookup()
+            seq.drafter = _spec.Speculator(_spec.PromptLookup(), self._k)
             seq.drafter.reset(req.prompt_ids)
         self._running.append(seq)
 
@@ -381,8 +380,7 @@ class Scheduler:
             else:
                 if s.drafter is not None:  # no draft past max_tokens, the context or the budget
                     left = s.handle.request.max_tokens - s.responder.count - 1
-                    k = min(s.k_now, left, self._ctx - s.pos - 1, budget - 1)
-                    s.drafts = s.drafter.draft(k) if k > 0 else []
+                    s.drafts = s.drafter.propose(min(left, self._ctx - s.pos - 1, budget - 1))
                 chunk = [s.token, *s.drafts]
                 n, pos0, want = len(chunk), s.pos, True
             s.at = len(tokens)
@@ -445,8 +443,7 @@ class Scheduler:
             return
         if s.drafts:  # rows of rejected drafts are not the sequence's: forget them
             del self._slots[s.slot][s.pos :]
-            n = len(s.drafts)
-            s.k_now = min(self._k, 2 * n) if j == n else max(1, j)
+            s.drafter.update(len(s.drafts), j)
         s.token = token
         if r.finish_reason is not None:
             s.finish = r.finish_reason

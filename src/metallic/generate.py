@@ -305,12 +305,11 @@ def stream(
     logprobs: bool = False,
     constraint: Constraint | None = None,
     drafter=None,
-    num_draft_tokens: int = 0,
 ) -> Iterator[GenerationResponse]:
     """Runs the prompt, then yields one response per generated token (see GenerationResponse).
 
-    With a ``drafter`` (metallic.speculative), each step feeds the last token and up to
-    ``num_draft_tokens`` drafted ones in one forward with every row's logits, then emits the
+    With a ``drafter`` (a metallic.speculative.Speculator), each step feeds the last token and
+    the tokens it proposes in one forward with every row's logits, then emits the
     drafts the sampler agrees with and the sampler's token after them: the same tokens, drawn
     from the same logits with the same random numbers, as without drafts.
     """
@@ -337,10 +336,9 @@ def stream(
     )
     out.prompt_done(time.perf_counter() - t0)
     pos = n_prompt
-    if drafter is not None:
+    if drafter is not None:  # a speculative.Speculator
         drafter.reset(prompt_ids)
-        rows = np.zeros((num_draft_tokens + 1, engine.n_vocab), np.float32)
-        k_now = 1  # adaptive: doubles while every draft is accepted, else the accepted count
+        rows = np.zeros((drafter.k_max + 1, engine.n_vocab), np.float32)
     ctx = engine.context_length
     while True:
         r = out.respond(token, pos)
@@ -352,8 +350,7 @@ def stream(
         if drafter is not None:
             drafter.append(fed)
             # no draft past max_tokens or the context: every drafted row must be fed
-            k = min(k_now, max_tokens - out.count - 1, ctx - pos - 1)
-            drafts = drafter.draft(k) if k > 0 else []
+            drafts = drafter.propose(min(max_tokens - out.count - 1, ctx - pos - 1))
         if not drafts:
             token = engine.decode(fed, pos, sampler)
             cache.append(fed)  # its KV row at `pos` is now valid
@@ -379,4 +376,4 @@ def stream(
             pos += 1
             j += 1
             token = sampler.sample(rows[j])
-        k_now = min(num_draft_tokens, 2 * n) if j == n else max(1, j)
+        drafter.update(n, j)

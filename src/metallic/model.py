@@ -178,8 +178,8 @@ class Model:
             num_draft_tokens: tokens drafted per step (1..32) when ``draft`` is set.
         """
         engine = self._live("stream_generate")
-        drafter = _spec.make_drafter(draft, self)
         k = _spec.check_num_draft_tokens(num_draft_tokens)
+        drafter = _spec.make_speculator(draft, self, k)
         req = self._request(
             prompt,
             max_tokens=max_tokens,
@@ -212,7 +212,6 @@ class Model:
             req.top_logprobs >= 0,
             req.constraint,
             drafter,
-            k,
             draft if drafter is not None and not isinstance(draft, str) else None,
         )
 
@@ -316,7 +315,7 @@ class Model:
         )
 
     def _run(
-        self, engine, sampler, params, ids, max_tokens, stops, logprobs, constraint, drafter, k, dm
+        self, engine, sampler, params, ids, max_tokens, stops, logprobs, constraint, drafter, dm
     ):
         if not self._lock.acquire(blocking=False):
             raise Busy(
@@ -339,7 +338,6 @@ class Model:
                 logprobs=logprobs,
                 constraint=constraint,
                 drafter=drafter,
-                num_draft_tokens=k,
             )
         except (KeyboardInterrupt, Cancelled) as exc:  # Ctrl-C: the native call stopped early
             raise Cancelled(_INTERRUPTED) from exc

@@ -46,6 +46,7 @@ class PromptLookup:
         self._index: dict[tuple[int, ...], int] = {}  # n-gram -> position after its last occurrence
         self._ctx: list[int] = []
         self._done = 0  # n-grams ending before this position are indexed
+        self.match = 0  # n-gram length behind the last draft (0: none)
 
     def reset(self, context: Sequence[int]) -> None:
         self._index.clear()
@@ -69,8 +70,57 @@ class PromptLookup:
                 continue
             at = self._index.get(tuple(ctx[len(ctx) - n :]))
             if at is not None:
+                self.match = n
                 return ctx[at : at + k]
+        self.match = 0
         return []
+
+
+class Speculator:
+    """A drafter with the adaptive policy shared by ``generate.stream`` and the batch scheduler.
+
+    Draft length: 1 at first, doubled (up to ``k_max``) after a round whose drafts were all
+    accepted, else the number accepted (at least 1). Verifying n drafts costs about 1 + n * r
+    single-token decodes (r ~ 0.2-0.4 on CPUs: the weights are read once, the extra tokens add
+    compute), so drafts that are mostly rejected make decoding slower: a short (2-token) n-gram
+    match is drafted only while the recent acceptance rate (an exponential average) is at least
+    ``_SHORT_MATCH_RATE``; longer matches and draft models always draft.
+    """
+
+    _SHORT_MATCH_RATE = 0.5
+    _EMA = 0.3  # weight of the last round in the acceptance average
+
+    def __init__(self, drafter, k_max: int):
+        self.drafter = drafter
+        self.k_max = k_max
+        self.k = 1
+        self.rate = 1.0
+
+    def reset(self, context: Sequence[int]) -> None:
+        self.drafter.reset(context)
+        self.k = 1
+        self.rate = 1.0
+
+    def append(self, token: int) -> None:
+        self.drafter.append(token)
+
+    def propose(self, limit: int) -> list[int]:
+        """Up to min(k, limit) drafts (none when limit <= 0 or the policy declines)."""
+        k = min(self.k, limit)
+        if k <= 0:
+            return []
+        drafts = self.drafter.draft(k)
+        short = getattr(self.drafter, "match", 3) < 3
+        if drafts and short and self.rate < self._SHORT_MATCH_RATE:
+            return []
+        return drafts
+
+    def update(self, drafted: int, accepted: int) -> None:
+        """After verifying ``drafted`` tokens of which the first ``accepted`` were kept."""
+        if drafted <= 0:
+            return
+        self.k = min(self.k_max, 2 * drafted) if accepted == drafted else max(1, accepted)
+        self.rate = (1 - self._EMA) * self.rate + self._EMA * accepted / drafted
 
 
 class DraftModel:
@@ -134,6 +184,12 @@ def check_same_vocabulary(draft, target) -> None:
         raise InvalidArgument(
             f"[generate] draft: expected a model with the target's vocabulary, got {what}"
         )
+
+
+def make_speculator(draft, target, k_max: int) -> Speculator | None:
+    """None, "prompt-lookup" or a loaded Model → a Speculator (or None)."""
+    drafter = make_drafter(draft, target)
+    return None if drafter is None else Speculator(drafter, k_max)
 
 
 def make_drafter(draft, target):

@@ -31,7 +31,12 @@ def _env():
 
 def test_defaults_and_bad_arguments(capsys):
     args = build_parser().parse_args(["--model", "x.gguf"])
-    assert (args.host, args.port, args.parallel, args.context_length) == ("127.0.0.1", 8080, 4, 4096)
+    assert (args.host, args.port, args.parallel, args.context_length) == (
+        "127.0.0.1",
+        8080,
+        4,
+        4096,
+    )
     for bad in (["--port", "70000"], ["--parallel", "0"], ["--max-queue", "-1"], ["--nope"]):
         assert main(bad) == 2
         assert capsys.readouterr().err.startswith("metallic-server: error:")

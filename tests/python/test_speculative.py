@@ -22,7 +22,7 @@ import metallic
 from metallic import errors
 from metallic import generate as gen
 from metallic.sampling import SamplingParams, make_sampler
-from metallic.speculative import PromptLookup, check_same_vocabulary
+from metallic.speculative import PromptLookup, Speculator, check_same_vocabulary
 
 tiny_models = pytest.importorskip("tiny_models")
 core = pytest.importorskip("metallic._core")
@@ -74,10 +74,12 @@ def test_prompt_lookup_greedy_is_identical(tiny, k, seed):
 
 
 def test_drafts_are_accepted_on_repetitive_text(tiny):
-    """The tiny model's greedy output falls into a cycle: prompt lookup drafts it."""
+    """The tiny model's greedy output falls into a cycle: prompt lookup drafts it, and most
+    drafts are accepted (the policy stops drafting 2-gram matches while they are rejected)."""
     prompt = _repetitive(tiny, 10, 7)
-    spec = _run(tiny, prompt, max_tokens=100, draft="prompt-lookup")
-    assert spec[-1].accepted_tokens > 20, (spec[-1].draft_tokens, spec[-1].accepted_tokens)
+    last = _run(tiny, prompt, max_tokens=100, draft="prompt-lookup")[-1]
+    assert last.accepted_tokens >= 15, (last.draft_tokens, last.accepted_tokens)
+    assert last.accepted_tokens >= last.draft_tokens / 2, (last.draft_tokens, last.accepted_tokens)
 
 
 @pytest.mark.parametrize(
@@ -128,9 +130,9 @@ def test_draft_model_is_identical(tiny, paths):
 
 
 def test_draft_model_must_share_the_vocabulary(tiny, paths):
-    with metallic.load(paths["other"], device="cpu", threads=1, context_length=64) as other:
-        with pytest.raises(errors.InvalidArgument, match=r"\[generate\] draft: expected a model"):
-            tiny.generate([1, 2, 3], max_tokens=2, draft=other)
+    other = metallic.load(paths["other"], device="cpu", threads=1, context_length=64)
+    with other, pytest.raises(errors.InvalidArgument, match=r"\[generate\] draft: expected a"):
+        tiny.generate([1, 2, 3], max_tokens=2, draft=other)
     with pytest.raises(errors.InvalidArgument, match="target model itself"):
         tiny.generate([1, 2, 3], max_tokens=2, draft=tiny)
     for bad in ("ngram", 3, object()):
@@ -187,9 +189,10 @@ class _SecondBest:
 def _emitted(engine, tokenizer, drafter, seed, n=2):
     sampler = make_sampler(core, engine.n_vocab, SamplingParams(temperature=1.0, seed=seed), (), -1)
     buf = np.zeros((1, engine.n_vocab), np.float32)
+    spec = None if drafter is None else Speculator(drafter, 1)
     rs = gen.stream(
         engine, sampler, tokenizer, [3, 4, 5], max_tokens=n, stops=(), logits_buf=buf,
-        penalty_window=0, cache=[], drafter=drafter, num_draft_tokens=1,
+        penalty_window=0, cache=[], drafter=spec,
     )  # fmt: skip
     return [r.token for r in rs]
 
@@ -268,7 +271,9 @@ def test_batched_drafts_are_identical(paths):
                 assert got.texts[i] == m.generate(p, **kw)
             if "temperature" not in kw:  # greedy: the tiny model's cycles are drafted
                 assert sum(r.accepted_tokens for r in got.responses) > 10
-            assert all(r.generation_tokens == len(w) for r, w in zip(got.responses, want))
+            assert all(
+                r.generation_tokens == len(w) for r, w in zip(got.responses, want, strict=True)
+            )
 
 
 def test_batched_draft_model_is_not_implemented(tiny):
