@@ -478,3 +478,25 @@ def test_load_200_requests_16_clients(server, ref):
     body = urllib.request.urlopen(server.url + "/metrics").read().decode()
     assert 'metallic:requests_total{status="cancelled"}' in body
     assert "metallic:time_to_first_token_seconds_bucket" in body
+
+
+def test_cors_origin(tiny_path):
+    from starlette.testclient import TestClient
+
+    model = metallic.load(tiny_path, device="cpu", threads=1, context_length=CTX)
+    metrics = ServerMetrics()
+    state = ServerState(model, model.scheduler(observer=metrics), metrics, "tiny")
+    try:
+        client = TestClient(create_app(state, cors_origins=("https://chat.example",)))
+        headers = {
+            "Origin": "https://chat.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
+        r = client.options("/v1/chat/completions", headers=headers)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://chat.example"
+        r = client.options("/v1/chat/completions", headers={**headers, "Origin": "https://evil"})
+        assert "access-control-allow-origin" not in r.headers
+    finally:
+        model.close()
