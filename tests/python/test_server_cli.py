@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -20,12 +19,11 @@ tiny_models = pytest.importorskip("tiny_models")
 
 from metallic.server.cli import build_parser, main  # noqa: E402
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-
 
 def _env():
+    """The child imports what this process imports (an installed metallic, or src/)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     return env
 
 
