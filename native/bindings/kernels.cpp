@@ -4,7 +4,9 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -254,6 +256,113 @@ void init_kernels(nb::module_& m) {
       nb::arg("src_dtype"), nb::arg("src"), nb::arg("rows"), nb::arg("cols"), nb::arg("dst_dtype"),
       nb::arg("threads") = 2, nb::arg("name") = "tensor",
       "Quantizes F32/F16/BF16 rows to Q8_0 or Q4_0 (GGML reference rounding); returns the bytes.");
+
+  k.def(
+      "axpy",
+      [](int dtype, BytesIn row, int64_t n, float a, F32In acc, bool simd) {
+        const DType dt = dtype_from_int(dtype, "kernels.axpy");
+        checked_cols(dt, n, "kernels.axpy");
+        check(row.shape(0) == row_bytes(dt, n) && static_cast<int64_t>(acc.size()) == n, ErrorCode::kShapeMismatch,
+              "kernels.axpy", "row bytes or acc length do not match n");
+        cpu::AxpyFn fn = cpu::cpu_traits(dt).axpy;
+        check(fn != nullptr, ErrorCode::kUnsupportedDType, "kernels.axpy",
+              std::string(dtype_name(dt)) + ": expected a KV-cache type (F32, F16, Q8_0, Q4_0)");
+        if (!simd) {
+          switch (dt) {
+            case DType::kF32: fn = cpu::axpy_f32_ref; break;
+            case DType::kF16: fn = cpu::axpy_f16_ref; break;
+            case DType::kQ8_0: fn = cpu::axpy_q8_0_ref; break;
+            case DType::kQ4_0: fn = cpu::axpy_q4_0_ref; break;
+            case DType::kBF16:
+            case DType::kQ4_1:
+            case DType::kQ5_0:
+            case DType::kQ5_1:
+            case DType::kQ4_K:
+            case DType::kQ5_K:
+            case DType::kQ6_K: break;  // no axpy: refused above
+          }
+        }
+        std::vector<float> out(acc.data(), acc.data() + n);
+        fn(n, a, row.data(), out.data());
+        return owned_array(std::move(out), {static_cast<size_t>(n)});
+      },
+      nb::arg("dtype"), nb::arg("row"), nb::arg("n"), nb::arg("a"), nb::arg("acc"), nb::arg("simd") = true,
+      "acc + a * row for one KV-cache row (the selected kernel, or the scalar reference).");
+
+  // rope_kv then attention on the CPU device, positions 0..n-1 in the given chunks (one call pair
+  // per chunk: a prefill batch, or 1 for decode steps). RoPE runs with zero frequencies (the
+  // identity rotation), so the cache holds k and v as given, in kv_dtype.
+  k.def(
+      "kv_attention",
+      [](int kv_dtype, F32In q, F32In kin, F32In vin, int n_head, int n_head_kv, int head_dim, int64_t kv_capacity,
+         int window, float scale, float softcap, const std::vector<int64_t>& chunks, int threads) {
+        const DType dt = dtype_from_int(kv_dtype, "kernels.kv_attention");
+        const char* where = "kernels.kv_attention";
+        check(n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && head_dim > 0 && head_dim % 2 == 0,
+              ErrorCode::kInvalidArgument, where, "heads: expected n_head_kv | n_head and an even head_dim");
+        const int64_t qcols = int64_t{n_head} * head_dim, kvcols = int64_t{n_head_kv} * head_dim;
+        int64_t nt = 0, most = 1;
+        for (int64_t m : chunks) {
+          check(m > 0, ErrorCode::kInvalidArgument, where, "chunks: expected positive sizes");
+          nt += m;
+          most = std::max(most, m);
+        }
+        check(nt > 0 && q.size() == static_cast<size_t>(nt * qcols) && kin.size() == static_cast<size_t>(nt * kvcols) &&
+                  vin.size() == kin.size(),
+              ErrorCode::kShapeMismatch, where, "q, k, v: expected (sum(chunks), heads * head_dim) values each");
+        DeviceLimits lim;
+        lim.max_tokens = most;
+        lim.max_cols = qcols;
+        lim.kv_capacity = kv_capacity;
+        lim.head_dim = head_dim;
+        lim.max_group = n_head / n_head_kv;
+        auto dev = make_device("cpu", threads, lim);
+        std::vector<float> qw(q.data(), q.data() + q.size()), kw(kin.data(), kin.data() + kin.size());
+        std::vector<float> vw(vin.data(), vin.data() + vin.size()), out(static_cast<size_t>(nt * qcols));
+        std::vector<float> freq(static_cast<size_t>(head_dim / 2), 0.f);
+        const size_t rb = row_bytes(dt, head_dim);
+        const size_t cache_bytes = static_cast<size_t>(n_head_kv * kv_capacity) * rb;
+        std::vector<uint8_t> kc(cache_bytes), vc(cache_bytes);
+        const Tensor kt{dev->wrap_host(kc.data(), cache_bytes), 0, dt, n_head_kv * kv_capacity, head_dim, rb};
+        const Tensor vt{dev->wrap_host(vc.data(), cache_bytes), 0, dt, n_head_kv * kv_capacity, head_dim, rb};
+        {
+          nb::gil_scoped_release release;
+          int64_t t0 = 0;
+          for (int64_t m : chunks) {
+            OpCall r{OpCode::kRopeKv};
+            r.t[0] = host_tensor(*dev, qw.data() + t0 * qcols, DType::kF32, m, qcols);
+            r.t[1] = host_tensor(*dev, kw.data() + t0 * kvcols, DType::kF32, m, kvcols);
+            r.t[2] = host_tensor(*dev, vw.data() + t0 * kvcols, DType::kF32, m, kvcols);
+            r.t[3] = kt;
+            r.t[4] = vt;
+            r.t[5] = host_tensor(*dev, freq.data(), DType::kF32, 1, head_dim / 2);
+            r.p.n_tokens = m;
+            r.p.pos0 = t0;
+            r.p.n_head = n_head;
+            r.p.n_head_kv = n_head_kv;
+            r.p.head_dim = head_dim;
+            r.p.kv_capacity = kv_capacity;
+            r.p.window = window;
+            dev->run(r);
+            OpCall a{OpCode::kAttention};
+            a.t[0] = r.t[0];
+            a.t[1] = kt;
+            a.t[2] = vt;
+            a.t[3] = host_tensor(*dev, out.data() + t0 * qcols, DType::kF32, m, qcols);
+            a.p = r.p;
+            a.p.scale = scale;
+            a.p.softcap = softcap;
+            dev->run(a);
+            t0 += m;
+          }
+        }
+        return std::make_tuple(owned_array(std::move(out), {static_cast<size_t>(nt), static_cast<size_t>(qcols)}),
+                               owned_array(std::move(kc), {cache_bytes}), owned_array(std::move(vc), {cache_bytes}));
+      },
+      nb::arg("kv_dtype"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("n_head"), nb::arg("n_head_kv"),
+      nb::arg("head_dim"), nb::arg("kv_capacity"), nb::arg("window") = 0, nb::arg("scale") = 1.f,
+      nb::arg("softcap") = 0.f, nb::arg("chunks") = std::vector<int64_t>{}, nb::arg("threads") = 2,
+      "rope_kv (identity rotation) + attention over a KV cache of kv_dtype; returns (out, K cache, V cache).");
 
   k.def(
       "rms_norm",

@@ -37,6 +37,11 @@ class CpuDevice final : public Device {
     scratch_.scores_stride = scratch_.max_group * (lim.kv_capacity + 2 * lim.head_dim + 3);
     scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(scratch_.scores_stride));
     scratch_.rope_cs.resize(static_cast<size_t>(lim.max_tokens * lim.head_dim));
+    const auto n_threads = static_cast<size_t>(pool_.size());
+    const auto q_heads = n_threads * static_cast<size_t>(scratch_.max_group);  // a job's query heads per thread
+    scratch_.attn_q.resize(q_heads * static_cast<size_t>(lim.head_dim));
+    scratch_.attn_qd.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
+    scratch_.attn_qs.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
   }
 
   ~CpuDevice() override {
@@ -127,7 +132,8 @@ class CpuDevice final : public Device {
       case OpCode::kRmsNorm:
       case OpCode::kSwiGlu: return dtype == DType::kF32;
       case OpCode::kRopeKv:
-      case OpCode::kAttention: return dtype == DType::kF32 || dtype == DType::kF16;
+      case OpCode::kAttention:  // the KV cache's dtype
+        return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0;
       case OpCode::kArgmax: return dtype == DType::kF32;
       case OpCode::kSample: return false;  // the host sampler is the CPU's sampler
     }
@@ -146,6 +152,14 @@ class CpuDevice final : public Device {
                std::to_string(p.window) + "), " + std::to_string(p.n_head) + "/" + std::to_string(p.n_head_kv) +
                " heads of " + std::to_string(p.head_dim) + " do not fit the device's limits or a KV cache of " +
                std::to_string(p.kv_capacity) + " rows per head");
+    const Tensor& vc = call.op == OpCode::kRopeKv ? call.t[4] : call.t[2];
+    const int32_t block = dtype_info(kc.dtype).block_elems;
+    if (!supports(call.op, kc.dtype) || vc.dtype != kc.dtype || p.head_dim % block != 0 ||
+        kc.row_stride < row_bytes(kc.dtype, p.head_dim) || vc.row_stride != kc.row_stride)
+      fail(ErrorCode::kUnsupportedDType, "cpu.run",
+           std::string(op) + ": KV cache " + dtype_name(kc.dtype) + "/" + dtype_name(vc.dtype) + " with head_dim " +
+               std::to_string(p.head_dim) + ": expected one of F32, F16, Q8_0, Q4_0 for both, head_dim a multiple of " +
+               std::to_string(block) + " and rows of " + std::to_string(row_bytes(kc.dtype, p.head_dim)) + " bytes");
     if (p.n_seqs > 0)  // a ragged batch: every run fits its slot's cache (core/device.h)
       for_each_run(call, "cpu.run", [](void*, int64_t, int64_t, int32_t, int64_t) {}, nullptr);
   }

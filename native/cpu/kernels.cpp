@@ -9,6 +9,7 @@
 
 #include "cpu/arch/x86_act.h"
 #include "cpu/arch/x86_attn.h"
+#include "cpu/quantize.h"
 #include "cpu/quants.h"
 #include "cpu/repack.h"
 #include "cpu/tile.h"
@@ -34,6 +35,29 @@ inline float sum_squares(const float* x, int64_t n) {
     for (int j = 0; j < 8; ++j) p[j] += x[i + j] * x[i + j];
   for (; i < n; ++i) p[i % 8] += x[i] * x[i];
   return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+}
+
+// One K or V row of n floats into the cache in its dtype (the device checked it is a KV type:
+// cpu_device.cpp check_kv): f16 rounds to nearest even, Q8_0 / Q4_0 quantize per block of 32 with
+// GGML's reference rounding (cpu/quantize.h), so every row is quantized once, as it is written.
+void store_kv_row(DType dt, const float* x, int n, void* dst) {
+  switch (dt) {
+    case DType::kF32: std::memcpy(dst, x, static_cast<size_t>(n) * sizeof(float)); return;
+    case DType::kF16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (int i = 0; i < n; ++i) d[i] = f32_to_fp16(x[i]);
+      return;
+    }
+    case DType::kQ8_0:
+    case DType::kQ4_0: quantize_row_f32(dt, x, n, dst); return;
+    case DType::kBF16:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K: return;  // not a KV-cache type: refused before the kernel runs
+  }
 }
 
 }  // namespace
@@ -296,17 +320,8 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
       const int64_t row = g * c.p.kv_capacity + at.pos(t) % c.p.kv_capacity;  // a ring wraps
       void* kdst = static_cast<char*>(const_cast<void*>(kc.row(row))) + at.kv_offset(t);
       void* vdst = static_cast<char*>(const_cast<void*>(vc.row(row))) + at.kv_offset(t);
-      if (kc.dtype == DType::kF16) {
-        auto* kd = static_cast<uint16_t*>(kdst);
-        auto* vd = static_cast<uint16_t*>(vdst);
-        for (int i = 0; i < hd; ++i) {
-          kd[i] = f32_to_fp16(kh[i]);
-          vd[i] = f32_to_fp16(vh[i]);
-        }
-      } else {
-        std::memcpy(kdst, kh, static_cast<size_t>(hd) * sizeof(float));
-        std::memcpy(vdst, vh, static_cast<size_t>(hd) * sizeof(float));
-      }
+      store_kv_row(kc.dtype, kh, hd, kdst);
+      store_kv_row(kc.dtype, vh, hd, vdst);
     }
   };
   if (nt == 1) {
@@ -321,6 +336,9 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
 // grouped kernels (cpu/arch/x86_attn.h) run: in prefill one job takes the `group` query heads
 // of one KV head, converting each cache row once for all of them; in decode one job per head
 // (the heads spread over threads). Per head the kernels' arithmetic is the same either way.
+// A quantized cache (Q8_0, Q4_0) groups its heads the same way (x86_attn_q.cpp): each query head
+// quantized once to q8 blocks, integer K dots (cpu_traits().dot_q8's steps), V rows dequantized
+// into the f32 accumulator in position order (axpy's steps), so it is batch-invariant too.
 void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const Tensor& q = c.t[0];
   const Tensor& kc = c.t[1];
@@ -334,13 +352,28 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const int64_t cap = c.p.kv_capacity;
   const int64_t window = c.p.window;
   const float softcap = c.p.softcap;
-  const DotF32Fn kdot = cpu_traits(kc.dtype).dot_f32;
+  const CpuTypeTraits& ktr = cpu_traits(kc.dtype);
+  const DotF32Fn kdot = ktr.dot_f32;
+  // A quantized K cache (Q8_0, Q4_0): each query head is quantized once to q8 blocks and dotted
+  // with the K rows in integer arithmetic, as llama.cpp's CPU backend pairs q8_0 activations with
+  // a quantized K (vec_dot_type); V rows are dequantized on the fly into the f32 accumulator.
+  const DotQ8Fn kdot_q8 = ktr.act_q8 ? ktr.dot_q8 : nullptr;
+  const QuantizeActFn quant_q = quantize_act_fn();
   const AxpyFn vaxpy = cpu_traits(vc.dtype).axpy;
+  check((kdot != nullptr || kdot_q8 != nullptr) && vaxpy != nullptr, ErrorCode::kUnsupportedDType, "attention",
+        std::string("KV cache ") + dtype_name(kc.dtype) + "/" + dtype_name(vc.dtype) + ": no CPU attention kernels");
   const F16HeadsFns hf =
       kc.dtype == DType::kF16 && vc.dtype == DType::kF16 && hd % 16 == 0 ? f16_heads_fns() : F16HeadsFns{};
-  const int per_job = hf.dot != nullptr && nt > 1 ? group : 1;  // query heads per job
+  const QuantHeadsFns qf = kc.dtype == vc.dtype ? quant_heads_fns(kc.dtype) : QuantHeadsFns{};
+  const auto pv = hf.pv != nullptr ? hf.pv : qf.pv;  // the grouped V kernels (same signature), or null
+  // Query heads per job: in prefill the heads of one KV head share each cache row (f16 and
+  // quantized caches), in decode one head per job (they spread over the threads).
+  const int per_job = (hf.dot != nullptr || kdot_q8 != nullptr) && nt > 1 ? group : 1;
   check(per_job <= s.max_group && per_job * (cap + hd + 3) <= s.scores_stride, ErrorCode::kKernelFailure, "attention",
         "scores scratch: sized for fewer query heads per KV head or a smaller cache");
+  const size_t qnb = static_cast<size_t>(hd / 32 + 1);  // scales per query head (+1: sized for any head_dim)
+  check(kdot_q8 == nullptr || s.attn_q.size() >= static_cast<size_t>(pool.size() * per_job) * static_cast<size_t>(hd),
+        ErrorCode::kKernelFailure, "attention", "query scratch: sized for a smaller head_dim or group");
   const int64_t jobs_per_token = nh / per_job;
   const TokenSlots at(c);  // each token's position and slot (ragged batch) or pos0 + t
   auto body = [&](int64_t b, int64_t e, int tid) {
@@ -350,6 +383,12 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
     float* dots = acc + per_job * hd;
     float* mx = dots + per_job;
     float* inv = mx + per_job;
+    // The job's query heads as q8 blocks (a quantized K cache): head j at qa(j).
+    int8_t* qq = s.attn_q.data() + static_cast<size_t>(tid * per_job) * static_cast<size_t>(hd);
+    float* qd = s.attn_qd.data() + static_cast<size_t>(tid * per_job) * qnb;
+    float* qsum = s.attn_qs.data() + static_cast<size_t>(tid * per_job) * qnb;
+    // Head j as one ActQ8 (the per-row fallback of builds without the grouped kernels).
+    auto qa = [&](int j) { return ActQ8{qq + static_cast<size_t>(j * hd), qd + j * qnb, qsum + j * qnb}; };
     for (int64_t job = b; job < e; ++job) {
       // Tokens in the order 0, nt - 1, 1, nt - 2, ..: a causal token's cost grows with its
       // position, so every contiguous range of jobs (a thread's share) gets a balanced mix.
@@ -367,17 +406,33 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       const int64_t r0 = lo % cap;   // its row; a ring wraps once, at row cap
       const float* qh = q.ptr<const float>() + t * q.cols + h0 * hd;
       std::fill(mx, mx + per_job, -INFINITY);
-      for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
-        if (hf.dot != nullptr) {
-          hf.dot(hd, krow(g * cap + r), qh, hd, per_job, dots);
-        } else {
-          dots[0] = kdot(hd, krow(g * cap + r), qh);
-        }
-        for (int j = 0; j < per_job; ++j) {
-          float sc = dots[j] * scale;
-          if (softcap > 0.f) sc = softcap * std::tanh(sc / softcap);
-          scores[j * cap + i] = sc;
-          mx[j] = std::max(mx[j], sc);
+      if (kdot_q8 != nullptr)  // each head quantized once for all its keys
+        for (int j = 0; j < per_job; ++j)
+          quant_q(qh + j * hd, hd, qq + static_cast<size_t>(j * hd), qd + j * qnb, qsum + j * qnb);
+      auto score = [&](int j, int64_t i, float dot) {
+        float sc = dot * scale;
+        if (softcap > 0.f) sc = softcap * std::tanh(sc / softcap);
+        scores[j * cap + i] = sc;
+        mx[j] = std::max(mx[j], sc);
+      };
+      const int64_t first = std::min(n, cap - r0);  // the ring's rows: r0.. then 0.. (a wrap)
+      if (qf.dot != nullptr) {                      // the dots of one or two runs of rows, then scaled
+        const QHeads qh8{qq, qd, qsum, static_cast<int64_t>(qnb)};
+        const auto kstride = static_cast<int64_t>(kc.row_stride);
+        qf.dot(hd, first, krow(g * cap + r0), kstride, qh8, per_job, scores, cap);
+        if (first < n) qf.dot(hd, n - first, krow(g * cap), kstride, qh8, per_job, scores + first, cap);
+        for (int j = 0; j < per_job; ++j)
+          for (int64_t i = 0; i < n; ++i) score(j, i, scores[j * cap + i]);
+      } else {
+        for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
+          if (hf.dot != nullptr) {
+            hf.dot(hd, krow(g * cap + r), qh, hd, per_job, dots);
+          } else if (kdot_q8 != nullptr) {
+            for (int j = 0; j < per_job; ++j) dots[j] = kdot_q8(hd, krow(g * cap + r), qa(j));
+          } else {
+            dots[0] = kdot(hd, krow(g * cap + r), qh);
+          }
+          for (int j = 0; j < per_job; ++j) score(j, i, dots[j]);
         }
       }
       for (int j = 0; j < per_job; ++j) {
@@ -390,16 +445,17 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
         inv[j] = 1.f / sum;
       }
       std::fill(acc, acc + per_job * hd, 0.f);
-      if (hf.pv != nullptr) {  // the probabilities, then the ring's rows in one or two runs
+      if (pv != nullptr) {  // the probabilities, then the ring's rows in one or two runs
         for (int j = 0; j < per_job; ++j)
           for (int64_t i = 0; i < n; ++i) scores[j * cap + i] *= inv[j];
-        const int64_t first = std::min(n, cap - r0);
         const auto vstride = static_cast<int64_t>(vc.row_stride);
-        hf.pv(hd, first, scores, cap, per_job, vrow(g * cap + r0), vstride, acc);
-        if (first < n) hf.pv(hd, n - first, scores + first, cap, per_job, vrow(g * cap), vstride, acc);
-      } else {
-        for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1)
-          vaxpy(hd, scores[i] * inv[0], vrow(g * cap + r), acc);
+        pv(hd, first, scores, cap, per_job, vrow(g * cap + r0), vstride, acc);
+        if (first < n) pv(hd, n - first, scores + first, cap, per_job, vrow(g * cap), vstride, acc);
+      } else {  // each V row once for the job's heads, every head adding its positions in order
+        for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
+          const void* vr = vrow(g * cap + r);
+          for (int j = 0; j < per_job; ++j) vaxpy(hd, scores[j * cap + i] * inv[j], vr, acc + j * hd);
+        }
       }
       std::memcpy(out.ptr<float>() + t * out.cols + h0 * hd, acc, static_cast<size_t>(per_job * hd) * sizeof(float));
     }

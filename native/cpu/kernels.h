@@ -23,6 +23,10 @@ struct Scratch {
   int64_t scores_stride = 0;   // max_group * (kv_capacity + 2 * head_dim + 3) floats per thread
   int32_t max_group = 1;       // query heads per KV head the scores are sized for
   std::vector<float> rope_cs;  // (n_tokens, head_dim) cos | sin per position
+  // A quantized K cache: each thread's query heads quantized to q8 blocks (threads, max_group,
+  // head_dim), their block scales and scale * sums (threads, max_group, head_dim / 32 + 1).
+  std::vector<int8_t> attn_q;
+  std::vector<float> attn_qd, attn_qs;
 };
 
 void op_embed(const OpCall& c, ThreadPool& pool);

@@ -39,7 +39,48 @@ void quantize_block_q4_0(const float* x, BlockQ4_0& out) {
   }
 }
 
+constexpr uint16_t kFp16NaN = 0x7e00;
+
 }  // namespace
+
+void quantize_row_f32(DType to, const float* x, int64_t n, void* dst) {
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const float* xb = x + b * kQK;
+    bool finite = true;
+    for (int i = 0; i < kQK; ++i) finite = finite && std::isfinite(xb[i]);
+    switch (to) {
+      case DType::kQ8_0: {
+        BlockQ8_0& out = static_cast<BlockQ8_0*>(dst)[b];
+        if (finite) {
+          quantize_block_q8_0(xb, out);
+        } else {
+          out.d = kFp16NaN;
+          std::memset(out.qs, 0, sizeof(out.qs));
+        }
+        break;
+      }
+      case DType::kQ4_0: {
+        BlockQ4_0& out = static_cast<BlockQ4_0*>(dst)[b];
+        if (finite) {
+          quantize_block_q4_0(xb, out);
+        } else {
+          out.d = kFp16NaN;
+          std::memset(out.qs, 0x88, sizeof(out.qs));  // code 8: value (8 - 8) * d = NaN
+        }
+        break;
+      }
+      case DType::kF32:
+      case DType::kF16:
+      case DType::kBF16:
+      case DType::kQ4_1:
+      case DType::kQ5_0:
+      case DType::kQ5_1:
+      case DType::kQ4_K:
+      case DType::kQ5_K:
+      case DType::kQ6_K: return;  // not a quantized KV type (documented in quantize.h)
+    }
+  }
+}
 
 void quantize_rows(DType from, const void* src, DType to, void* dst, int64_t row0, int64_t row1, int64_t cols,
                    const char* what) {

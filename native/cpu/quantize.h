@@ -20,4 +20,11 @@ namespace metallic::cpu {
 void quantize_rows(DType from, const void* src, DType to, void* dst, int64_t row0, int64_t row1, int64_t cols,
                    const char* what);
 
+// One f32 row of n elements (n % 32 == 0) into Q8_0 or Q4_0 blocks with the same rounding: the
+// quantized KV cache's rows as rope_kv writes them. Never throws (it runs inside the thread pool's
+// workers): a block holding a NaN or an infinity (a diverged model) is stored with d = NaN and
+// zero codes, so its values read back as NaN and the garbage shows in the output, as it would
+// with a float cache. `to` must be Q8_0 or Q4_0 (the caller dispatches; anything else: no-op).
+void quantize_row_f32(DType to, const float* x, int64_t n, void* dst);
+
 }  // namespace metallic::cpu

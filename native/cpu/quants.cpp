@@ -184,6 +184,27 @@ void axpy_f16_ref(int64_t n, float a, const void* row, float* acc) {
   for (int64_t i = 0; i < n; ++i) acc[i] += a * fp16_to_f32(r[i]);
 }
 
+void axpy_q8_0_ref(int64_t n, float a, const void* row, float* acc) {
+  const auto* blk = static_cast<const BlockQ8_0*>(row);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const float ad = a * fp16_to_f32(blk[b].d);
+    float* o = acc + b * kQK;
+    for (int i = 0; i < kQK; ++i) o[i] += ad * static_cast<float>(blk[b].qs[i]);
+  }
+}
+
+void axpy_q4_0_ref(int64_t n, float a, const void* row, float* acc) {
+  const auto* blk = static_cast<const BlockQ4_0*>(row);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const float ad = a * fp16_to_f32(blk[b].d);
+    float* o = acc + b * kQK;
+    for (int i = 0; i < kQK / 2; ++i) {
+      o[i] += ad * static_cast<float>((blk[b].qs[i] & 0x0f) - 8);
+      o[i + kQK / 2] += ad * static_cast<float>((blk[b].qs[i] >> 4) - 8);
+    }
+  }
+}
+
 // ----------------------------------------------------------------------------- traits table
 
 namespace {
@@ -216,7 +237,7 @@ CpuTypeTraits make_traits(DType t) {
               simd ? x86::dot_q8_0_q8_x4 : dot_q8_0_q8_x4_ref,
               nullptr,
               row_to_f32_q8_0,
-              nullptr};
+              simd ? x86::axpy_q8_0 : axpy_q8_0_ref};
     case DType::kQ4_0:
       return {t,
               true,
@@ -224,7 +245,7 @@ CpuTypeTraits make_traits(DType t) {
               simd ? x86::dot_q4_0_q8_x4 : dot_q4_0_q8_x4_ref,
               nullptr,
               row_to_f32_q4_0,
-              nullptr};
+              simd ? x86::axpy_q4_0 : axpy_q4_0_ref};
     case DType::kQ4_1:
       return {t,
               true,

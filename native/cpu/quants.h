@@ -31,7 +31,9 @@ using DotQ8x4Fn = void (*)(int64_t n, const void* w, const ActQ8* a, float* out)
 using DotF32Fn = float (*)(int64_t n, const void* w, const float* x);
 // Dequantize one row of n elements to f32.
 using RowToF32Fn = void (*)(int64_t n, const void* w, float* out);
-// acc[i] += a * row[i] for a float row (attention's weighted sum over V rows).
+// acc[i] += a * row[i] (attention's weighted sum over V rows). A quantized row (Q8_0, Q4_0: a
+// quantized KV cache) is dequantized on the fly: per block acc[i] += (a * d) * code[i], codes
+// converted to float exactly; one rounding more than a * value, a relative 2^-24.
 using AxpyFn = void (*)(int64_t n, float a, const void* row, float* acc);
 
 // Smallest amax for which 127 / amax is finite; blocks below it (and non-finite blocks) take the
@@ -51,7 +53,7 @@ struct CpuTypeTraits {
   DotQ8x4Fn dot_q8_x4;  // null unless act_q8
   DotF32Fn dot_f32;     // null if act_q8
   RowToF32Fn to_f32;    // always set
-  AxpyFn axpy;          // F32/F16 only (KV-cache types), else null
+  AxpyFn axpy;          // the KV-cache types (F32, F16, Q8_0, Q4_0), else null
 };
 
 const CpuTypeTraits& cpu_traits(DType t);
@@ -76,6 +78,8 @@ void row_to_f32_f16(int64_t n, const void* w, float* out);
 void row_to_f32_bf16(int64_t n, const void* w, float* out);
 void axpy_f32_ref(int64_t n, float a, const void* row, float* acc);
 void axpy_f16_ref(int64_t n, float a, const void* row, float* acc);
+void axpy_q8_0_ref(int64_t n, float a, const void* row, float* acc);
+void axpy_q4_0_ref(int64_t n, float a, const void* row, float* acc);
 
 // Q5_0, Q5_1 and the K-quants (cpu/quants_k.cpp). K-quant sub-blocks are 32 wide (Q6_K: two
 // groups of 16 sharing one activation block), so every term pairs with one q8a block:
@@ -114,6 +118,8 @@ void row_to_f32_f16(int64_t n, const void* w, float* out);  // exact, as the sca
 float dot_bf16(int64_t n, const void* w, const float* x);
 void axpy_f32(int64_t n, float a, const void* row, float* acc);
 void axpy_f16(int64_t n, float a, const void* row, float* acc);
+void axpy_q8_0(int64_t n, float a, const void* row, float* acc);
+void axpy_q4_0(int64_t n, float a, const void* row, float* acc);
 // cpu/arch/x86_k.cpp
 float dot_q5_0_q8(int64_t n, const void* w, ActQ8 a);
 float dot_q5_1_q8(int64_t n, const void* w, ActQ8 a);

@@ -72,8 +72,14 @@ Engine::Engine(const ModelConfig& cfg, const WeightMap& weights, const std::stri
         "batch_size: expected 1.." + std::to_string(kMaxBatchSize) + ", got " + std::to_string(batch_size));
   check(n_seq >= 1 && n_seq <= kMaxSeq, ErrorCode::kInvalidArgument, "engine",
         "n_seq: expected 1.." + std::to_string(kMaxSeq) + ", got " + std::to_string(n_seq));
-  check(kv_dtype == DType::kF32 || kv_dtype == DType::kF16, ErrorCode::kUnsupportedDType, "engine",
-        std::string("kv_dtype: expected F32 or F16, got ") + dtype_name(kv_dtype));
+  check(kv_dtype == DType::kF32 || kv_dtype == DType::kF16 || kv_dtype == DType::kQ8_0 || kv_dtype == DType::kQ4_0,
+        ErrorCode::kUnsupportedDType, "engine",
+        std::string("kv_dtype: expected F32, F16, Q8_0 or Q4_0, got ") + dtype_name(kv_dtype));
+  // A quantized cache stores each K / V row of head_dim values as whole blocks of 32.
+  const int32_t kv_block = dtype_info(kv_dtype).block_elems;
+  check(c.head_dim % kv_block == 0, ErrorCode::kUnsupportedDType, "engine",
+        std::string("kv_dtype ") + dtype_name(kv_dtype) + ": head_dim must be a multiple of its block of " +
+            std::to_string(kv_block) + ", got head_dim " + std::to_string(c.head_dim));
   if (cfg_.attn_scale == 0.f) cfg_.attn_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
 
   try {
@@ -99,6 +105,13 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   lim.max_group = static_cast<int32_t>(std::max<int64_t>(1, c.n_head / std::max<int64_t>(1, c.n_head_kv)));
   lim.n_vocab = c.n_vocab;
   device_ = make_device(device, threads, lim);
+  // DEBT: the Metal shaders (metal, metal-emulated) have no quantized KV-cache kernels yet (issue
+  // #14: Q8_0 / Q4_0 rope_kv, attention_decode and flash_attn are owed); until then such a cache
+  // is refused here, before any weight is prepared.
+  check(device_->supports(OpCode::kRopeKv, kv_dtype_) && device_->supports(OpCode::kAttention, kv_dtype_),
+        ErrorCode::kNotImplemented, "engine",
+        std::string("kv_dtype ") + dtype_name(kv_dtype_) + ": a quantized KV cache is not implemented on the " +
+            device_->name() + " device; expected F32 or F16 there");
 
   tok_embd_ = weight(weights, "token_embd.weight", c.n_vocab, c.n_embd, true);
   output_norm_ = norm_weight(weights, "output_norm.weight", c.n_embd, true);
@@ -121,8 +134,7 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   // max_batch rows (position p in row p % rows): Gemma 3's local layers cost W rows, not the
   // context. One zeroed allocation for the whole cache: pages are touched only as rows fill.
   // Per layer: K of every slot, then V of every slot.
-  const size_t kv_elem = kv_dtype_ == DType::kF16 ? 2 : 4;
-  const size_t kv_row = static_cast<size_t>(c.head_dim) * kv_elem;
+  const size_t kv_row = row_bytes(kv_dtype_, c.head_dim);  // F32 / F16 values or Q8_0 / Q4_0 blocks
   std::vector<int64_t> caps(static_cast<size_t>(c.n_layer));
   size_t kv_total = 0;
   for (int64_t i = 0; i < c.n_layer; ++i) {

@@ -89,7 +89,7 @@ class Engine {
   void write_kv(int64_t n, const void* src, size_t nbytes);
   bool kv_reusable(int64_t n, int32_t slot = 0) const;
   size_t kv_cache_bytes() const { return kv_alloc_bytes_; }  // the KV cache's allocation
-  DType kv_dtype() const { return kv_dtype_; }
+  DType kv_dtype() const { return kv_dtype_; }               // F32, F16, or Q8_0 / Q4_0 (cpu; head_dim % 32 == 0)
 
   const float* last_logits() const { return last_logits_.data(); }
   void cancel() { cancel_.store(true, std::memory_order_release); }

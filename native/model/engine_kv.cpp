@@ -50,7 +50,7 @@ bool Engine::kv_reusable(int64_t n, int32_t slot) const {
 }
 
 size_t Engine::kv_bytes(int64_t n) const {
-  const size_t row = static_cast<size_t>(cfg_.head_dim) * (kv_dtype_ == DType::kF16 ? 2 : 4);
+  const size_t row = row_bytes(kv_dtype_, cfg_.head_dim);
   size_t total = 0;
   for (const Layer& L : layers_) total += 2 * static_cast<size_t>(cfg_.n_head_kv * kv_rows(L, n)) * row;
   return total;

@@ -18,7 +18,7 @@ _BULKY_TOKENIZER_KEYS = (
     "tokenizer.ggml.token_type",
     "tokenizer.ggml.scores",
 )
-_KV_DTYPES = {"f16": 1, "f32": 0}
+_KV_DTYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}  # DType ids (cli.KV_CACHE_DTYPES)
 
 
 def _default_threads() -> int:
@@ -102,7 +102,8 @@ def _check_args(device, threads, context_length, kv_cache_dtype, batch_size=256)
         )
     if kv_cache_dtype not in _KV_DTYPES:
         raise InvalidArgument(
-            f"[load] kv_cache_dtype: expected 'f16' or 'f32', got {kv_cache_dtype!r}"
+            f"[load] kv_cache_dtype: expected one of {', '.join(_KV_DTYPES)}, "
+            f"got {kv_cache_dtype!r}"
         )
 
 
@@ -126,7 +127,10 @@ def load(
         device: "auto" (cpu off macOS), "cpu", "metal" or "metal-emulated".
         threads: CPU threads (None: the cores this process may use).
         context_length: tokens of KV cache to allocate (prompt + generation).
-        kv_cache_dtype: "f16" (default, half the memory) or "f32".
+        kv_cache_dtype: "f16" (default, half the memory of "f32"), "f32", or "q8_0" / "q4_0":
+            each K and V row quantized per block of 32 as it is written (GGML's Q8_0 / Q4_0
+            blocks: 34 / 18 bytes per 32 values, vs 64 for f16), read directly by attention;
+            cpu device only, head_dim a multiple of 32. Cost vs f32 in README.md.
         quantize: None, "q8_0" or "q4_0": quantize the float (F32/F16/BF16) matrices at load.
         progress: show progress bars for fetching and loading.
         batch_size: prompt tokens per forward pass (llama.cpp's n_batch): bounds activation

@@ -26,12 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .dtypes import DType
 from .errors import CorruptFile, FileNotFound, InvalidArgument, UnsupportedFormat
 
 MAGIC = b"MTLKV\x00\x00\x01"
 VERSION = 2
 _FIXED = struct.Struct("<8sII")
 _MAX_HEADER = 1 << 16
+
+
+def _kv_name(dtype_id: int) -> str:
+    """A KV dtype id as load()'s kv_cache_dtype spells it ("q8_0"), or the raw id if unknown."""
+    try:
+        return DType(dtype_id).name.lower()
+    except ValueError:
+        return f"dtype id {dtype_id}"
 
 
 def fingerprint(bundle) -> str:
@@ -117,8 +126,8 @@ def load(path: str | os.PathLike, engine, fp: str) -> list[int]:
             )
         if kv_dtype != int(engine.kv_dtype):
             raise InvalidArgument(
-                f"{where}: kv_dtype: expected {int(engine.kv_dtype)} (this model's KV cache), "
-                f"got {kv_dtype}"
+                f"{where}: kv_dtype: expected {_kv_name(int(engine.kv_dtype))} (this model's "
+                f"KV cache), got {_kv_name(kv_dtype)} (load with kv_cache_dtype= the file's)"
             )
         if n >= engine.context_length:
             raise InvalidArgument(

@@ -285,6 +285,16 @@ def test_quantize_flag_reaches_load(capsys, fake_api):
     assert code == 2 and "--quantize" in err and len(err.strip().splitlines()) == 1
 
 
+def test_kv_cache_dtype_flag_reaches_load(capsys, fake_api):
+    assert fake_api["load_calls"] == []
+    code, _, _ = run(capsys, "--kv-cache-dtype", "q8_0")
+    assert code == 0 and fake_api["load_calls"][0][1]["kv_cache_dtype"] == "q8_0"
+    code, _, _ = run(capsys)
+    assert code == 0 and "kv_cache_dtype" not in fake_api["load_calls"][1][1]  # load's default
+    code, _, err = run(capsys, "--kv-cache-dtype", "q5_0")
+    assert code == 2 and "--kv-cache-dtype" in err and len(err.strip().splitlines()) == 1
+
+
 def test_registry_name_and_verbose(capsys, fake_api):
     code, _, err = run(capsys, "--model", "SmolLM2", "--verbose")
     assert code == 0

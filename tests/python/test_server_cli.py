@@ -35,7 +35,11 @@ def test_defaults_and_bad_arguments(capsys):
         4,
         4096,
     )
-    for bad in (["--port", "70000"], ["--parallel", "0"], ["--max-queue", "-1"], ["--nope"]):
+    assert args.kv_cache_dtype == "f16"
+    for kv in ("f32", "q8_0", "q4_0"):
+        assert build_parser().parse_args(["--kv-cache-dtype", kv]).kv_cache_dtype == kv
+    bad_args = (["--port", "70000"], ["--parallel", "0"], ["--max-queue", "-1"], ["--nope"])
+    for bad in (*bad_args, ["--kv-cache-dtype", "q8"]):
         assert main(bad) == 2
         assert capsys.readouterr().err.startswith("metallic-server: error:")
 

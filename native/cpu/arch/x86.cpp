@@ -244,6 +244,41 @@ void axpy_f16(int64_t n, float a, const void* row, float* acc) {
   for (; i < n; ++i) acc[i] += a * h2f(r[i]);
 }
 
+// Q8_0 / Q4_0 rows (a quantized KV cache): per block of 32 the codes widen to int32 and convert
+// to float exactly, then acc = fma(a * d, code, acc) (cpu/quants.h AxpyFn).
+namespace {
+METALLIC_SIMD_INLINE void axpy_codes(__m256 ad, __m128i lo, __m128i hi, float* o) {
+  const __m256 c0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+  const __m256 c1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+  const __m256 c2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+  const __m256 c3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+  _mm256_storeu_ps(o, _mm256_fmadd_ps(ad, c0, _mm256_loadu_ps(o)));
+  _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(ad, c1, _mm256_loadu_ps(o + 8)));
+  _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(ad, c2, _mm256_loadu_ps(o + 16)));
+  _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(ad, c3, _mm256_loadu_ps(o + 24)));
+}
+}  // namespace
+
+void axpy_q8_0(int64_t n, float a, const void* row, float* acc) {
+  const auto* blk = static_cast<const BlockQ8_0*>(row);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[b].qs));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[b].qs + 16));
+    axpy_codes(_mm256_set1_ps(a * h2f(blk[b].d)), lo, hi, acc + b * kQK);
+  }
+}
+
+void axpy_q4_0(int64_t n, float a, const void* row, float* acc) {
+  const auto* blk = static_cast<const BlockQ4_0*>(row);
+  const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[b].qs));
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);                     // elements 0..15
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);  // 16..31
+    axpy_codes(_mm256_set1_ps(a * h2f(blk[b].d)), lo, hi, acc + b * kQK);
+  }
+}
+
 #else  // no AVX2 in this build: the traits table selects the scalar references instead.
 
 bool available() { return false; }
@@ -260,6 +295,8 @@ void row_to_f32_f16(int64_t n, const void* w, float* out) { metallic::cpu::row_t
 float dot_bf16(int64_t n, const void* w, const float* x) { return dot_bf16_ref(n, w, x); }
 void axpy_f32(int64_t n, float a, const void* row, float* acc) { axpy_f32_ref(n, a, row, acc); }
 void axpy_f16(int64_t n, float a, const void* row, float* acc) { axpy_f16_ref(n, a, row, acc); }
+void axpy_q8_0(int64_t n, float a, const void* row, float* acc) { axpy_q8_0_ref(n, a, row, acc); }
+void axpy_q4_0(int64_t n, float a, const void* row, float* acc) { axpy_q4_0_ref(n, a, row, acc); }
 
 #endif
 

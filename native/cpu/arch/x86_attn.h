@@ -1,8 +1,12 @@
-// Attention row kernels for several query heads that share one f16 K/V cache row (grouped-query
+// Attention row kernels for several query heads that share one K/V cache row (grouped-query
 // attention): each cache row is loaded and converted once for all the heads of its group.
+// f16 caches (x86_attn.cpp) and Q8_0 / Q4_0 caches (x86_attn_q.cpp).
 #pragma once
 
 #include <cstdint>
+
+#include "core/dtype.h"
+#include "cpu/quants.h"
 
 namespace metallic::cpu {
 
@@ -19,5 +23,30 @@ struct F16HeadsFns {
 // (its FMA chains and their order) does not depend on nh, so one head alone and the same head
 // within a group give bit-identical results (decode and prefill agree: batch invariance).
 F16HeadsFns f16_heads_fns();
+
+// Query heads quantized to q8 blocks (cpu/quants.h ActQ8): head h's n codes at q + h * n, its
+// n / 32 block scales and scale * sums at d + h * d_stride and s + h * d_stride.
+struct QHeads {
+  const int8_t* q;
+  const float* d;
+  const float* s;
+  int64_t d_stride;
+};
+
+struct QuantHeadsFns {
+  // out[h * out_stride + j] = dot(row_j, head h) for positions j < n_pos (row_j = rows + j *
+  // row_stride bytes) and h < nh; n % 32 == 0. Each dot takes the float steps of the cache
+  // type's cpu_traits().dot_q8 (x86::dot_q8_0_q8 / dot_q4_0_q8), bit for bit.
+  void (*dot)(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, QHeads q, int nh, float* out,
+              int64_t out_stride) = nullptr;
+  // As F16HeadsFns::pv over quantized V rows: per element acc = fma(p * d, code, acc), positions
+  // in order, which are the steps of cpu_traits().axpy with a = p, bit for bit; n % 32 == 0.
+  void (*pv)(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
+             float* acc) = nullptr;
+};
+
+// The AVX2 kernels of a Q8_0 or Q4_0 cache, or null members (other dtypes, builds without AVX2):
+// the caller then runs cpu_traits(dtype).dot_q8 / axpy per row, the same arithmetic.
+QuantHeadsFns quant_heads_fns(DType t);
 
 }  // namespace metallic::cpu

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..cli import DEVICES, UsageError, _int_in, _Parser
+from ..cli import DEVICES, KV_CACHE_DTYPES, UsageError, _int_in, _Parser
 
 PROG = "metallic-server"
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="tokens per step over all slots: decode tokens first, then prompt chunks (256)",
     )
-    p.add_argument("--kv-cache-dtype", choices=("f16", "f32"), default="f16")
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="f16",
+        help="KV cache storage; q8_0 / q4_0 (cpu) quantize its rows (f16)",
+    )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument(
         "--api-key",

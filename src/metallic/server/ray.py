@@ -38,10 +38,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..cli import DEVICES
+from ..cli import DEVICES, KV_CACHE_DTYPES
 from ..errors import Closed, InvalidArgument, NotImplementedFeature
 
-_KV_DTYPES = ("f16", "f32")
+_KV_DTYPES = KV_CACHE_DTYPES
 _STOP_TIMEOUT_S = 5.0  # what the scheduler thread gets to end after Ray's graceful shutdown
 
 log = logging.getLogger("ray.serve")  # Serve writes it to the replica's log file
