@@ -352,13 +352,20 @@ def stream(
             # no draft past max_tokens or the context: every drafted row must be fed
             drafts = drafter.propose(min(max_tokens - out.count - 1, ctx - pos - 1))
         if not drafts:
-            token = engine.decode(fed, pos, sampler)
+            if drafter is None:
+                token = engine.decode(fed, pos, sampler)
+            else:  # the speculator weighs drafts against the measured cost of a decode
+                t = time.perf_counter()
+                token = engine.decode(fed, pos, sampler)
+                drafter.observe_decode(time.perf_counter() - t)
             cache.append(fed)  # its KV row at `pos` is now valid
             pos += 1
             continue
         n = len(drafts)
         batch = np.asarray([fed, *drafts], np.int32)
+        t = time.perf_counter()
         engine.forward(batch, pos, rows[: n + 1], True)
+        drafter.observe_verify(n, time.perf_counter() - t)
         out.drafted += n
         cache.append(fed)
         sampler.accept(fed)

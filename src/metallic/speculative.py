@@ -80,29 +80,80 @@ class Speculator:
     """A drafter with the adaptive policy shared by ``generate.stream`` and the batch scheduler.
 
     Draft length: 1 at first, doubled (up to ``k_max``) after a round whose drafts were all
-    accepted, else the number accepted (at least 1). Verifying n drafts costs about 1 + n * r
-    single-token decodes (r ~ 0.2-0.4 on CPUs: the weights are read once, the extra tokens add
-    compute), so drafts that are mostly rejected make decoding slower: a short (2-token) n-gram
-    match is drafted only while the recent acceptance rate (an exponential average) is at least
-    ``_SHORT_MATCH_RATE``; longer matches and draft models always draft.
+    accepted, else the number accepted (at least 1). Whether to draft at all, and how many of the
+    proposed tokens to send, follows from two measured quantities:
+
+    * ``p``, the chance that the next draft token is accepted, per kind of draft (a 2-token n-gram
+      match, a longer match, a draft model): decayed counts of accepted / tried draft tokens. A
+      declined draft still teaches: its first token is compared with the token decoded instead.
+    * ``cost[n]``, the time of a verify forward of 1 + n tokens in single-token decodes:
+      ``observe_decode`` / ``observe_verify`` time them where the caller can (``generate.stream``);
+      1 + n * ``_PRIOR_R`` until measured. Measured on a 2-core AVX2 CPU it is not linear (tile
+      shapes): SmolLM2 1.2 / 1.7 / 2.1 / 3.4 at n = 1 / 2 / 3 / 4; Gemma-3's 262k-row head makes
+      every row of logits cost about half a decode. A Metal GPU reads the weights once for all
+      rows: there n costs little.
+
+    n drafts yield 1 + p + ... + p^n tokens (the verify pass's own token included) for cost[n]
+    decodes' time, so the policy sends the n that maximises that ratio and declines below
+    ``_MIN_GAIN``: drafting never costs more than a few percent where drafts are rejected. An
+    unmeasured n is priced optimistically (the prior), so it gets tried and measured.
     """
 
-    _SHORT_MATCH_RATE = 0.5
-    _EMA = 0.3  # weight of the last round in the acceptance average
+    _PRIOR_R = 0.3  # extra cost of one verified token, in single-token decodes, until measured
+    _PRIOR_P = {"short": 0.5, "long": 0.8, "model": 0.7}  # acceptance before any evidence
+    _PRIOR_WEIGHT = 2.0  # tried tokens the prior counts for
+    _DECAY = 0.85  # weight of earlier evidence per observed token
+    _EMA = 0.2  # weight of the latest timing
+    _MIN_GAIN = 1.05  # expected speed-up below which a draft is not sent
 
     def __init__(self, drafter, k_max: int):
         self.drafter = drafter
         self.k_max = k_max
+        self.reset_policy()
+
+    def reset_policy(self) -> None:
         self.k = 1
-        self.rate = 1.0
+        self._acc = {c: p * self._PRIOR_WEIGHT for c, p in self._PRIOR_P.items()}
+        self._tried = dict.fromkeys(self._PRIOR_P, self._PRIOR_WEIGHT)
+        self._t1 = 0.0  # single-token decode seconds (EMA; 0: not measured)
+        # cost[n]: a verify forward of 1 + n tokens in decodes (index 0 unused)
+        self.cost = [1.0 + n * self._PRIOR_R for n in range(self.k_max + 1)]
+        self._pending: tuple[str, int] | None = None  # a declined draft's kind and first token
+        self._kind = "long"
 
     def reset(self, context: Sequence[int]) -> None:
         self.drafter.reset(context)
         self.k = 1
-        self.rate = 1.0
+        self._pending = None
+
+    def p(self, kind: str) -> float:
+        """The acceptance estimate of one draft token of this kind."""
+        return self._acc[kind] / self._tried[kind]
+
+    def _observe(self, kind: str, accepted: int, tried: int) -> None:
+        for _ in range(tried):  # one decay per token: recent rounds weigh more
+            self._acc[kind] *= self._DECAY
+            self._tried[kind] *= self._DECAY
+        self._acc[kind] += accepted
+        self._tried[kind] += tried
 
     def append(self, token: int) -> None:
+        if self._pending is not None:  # what the declined draft's first token would have done
+            kind, first = self._pending
+            self._observe(kind, int(token == first), 1)
+            self._pending = None
         self.drafter.append(token)
+
+    def _kind_of_draft(self) -> str:
+        match = getattr(self.drafter, "match", None)
+        if match is None:
+            return "model"
+        return "short" if match < 3 else "long"
+
+    def gain(self, n: int, p: float) -> float:
+        """Expected tokens per decode-time of verifying n drafts of acceptance p."""
+        tokens = n + 1.0 if p >= 1.0 else (1.0 - p ** (n + 1)) / (1.0 - p)
+        return tokens / self.cost[n]
 
     def propose(self, limit: int) -> list[int]:
         """Up to min(k, limit) drafts (none when limit <= 0 or the policy declines)."""
@@ -110,17 +161,35 @@ class Speculator:
         if k <= 0:
             return []
         drafts = self.drafter.draft(k)
-        short = getattr(self.drafter, "match", 3) < 3
-        if drafts and short and self.rate < self._SHORT_MATCH_RATE:
+        if not drafts:
             return []
-        return drafts
+        kind = self._kind_of_draft()
+        p = self.p(kind)
+        best, n = max((self.gain(i, p), i) for i in range(1, len(drafts) + 1))
+        if best < self._MIN_GAIN:
+            self._pending = (kind, int(drafts[0]))
+            return []
+        self._kind = kind
+        return drafts[:n]
 
     def update(self, drafted: int, accepted: int) -> None:
         """After verifying ``drafted`` tokens of which the first ``accepted`` were kept."""
         if drafted <= 0:
             return
         self.k = min(self.k_max, 2 * drafted) if accepted == drafted else max(1, accepted)
-        self.rate = (1 - self._EMA) * self.rate + self._EMA * accepted / drafted
+        self._observe(self._kind, accepted, accepted + (accepted < drafted))
+
+    def observe_decode(self, seconds: float) -> None:
+        """The time of one single-token decode step."""
+        if seconds > 0:
+            self._t1 = seconds if self._t1 == 0 else self._t1 + self._EMA * (seconds - self._t1)
+
+    def observe_verify(self, drafted: int, seconds: float) -> None:
+        """The time of one verify forward of 1 + ``drafted`` tokens."""
+        if not 0 < drafted <= self.k_max or self._t1 <= 0 or seconds <= 0:
+            return
+        c = min(1.0 + 2.0 * drafted, max(1.0, seconds / self._t1))
+        self.cost[drafted] += self._EMA * (c - self.cost[drafted])
 
 
 class DraftModel:
