@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import speculative as _spec
-from .errors import Busy, Cancelled, MetallicError, NotImplementedFeature
+from .errors import Busy, Cancelled, InvalidArgument, MetallicError
 from .generate import Constraint, GenerationResponse, Responder, common_prefix
 from .sampling import SamplingParams, make_sampler
+from .spec_batch import BatchDrafter, SlotDraft
 
 # A request waits for a prompt still being computed when they share at least this many tokens,
 # more than any slot holds now (computing them twice costs more than a few steps of waiting).
@@ -114,9 +115,11 @@ class Scheduler:
         observer: optional metrics sink with ``on_first_token(s)``, ``on_token(s)``,
             ``on_request_end(prompt_tokens, completion_tokens, status)``, ``set_queue(running,
             waiting)`` and ``set_kv(used, total)`` (metallic.server.metrics.ServerMetrics).
-        draft: None or ``"prompt-lookup"``: speculative decoding for every request (drafts from
-            n-grams of its own context, verified in the same batched step; the output is the
-            same token for token, see metallic.speculative).
+        draft: None, ``"prompt-lookup"`` (drafts from n-grams of each request's context) or a
+            loaded draft Model with at least this model's slots (``parallel``; drafts for all
+            requests in batched steps of its own, metallic.spec_batch): speculative decoding
+            for every request, verified in the same batched step; the output is the same token
+            for token (metallic.speculative).
         num_draft_tokens: drafted tokens per request and step at most.
     """
 
@@ -126,7 +129,7 @@ class Scheduler:
         *,
         max_queue: int = 256,
         observer=None,
-        draft: str | None = None,
+        draft=None,
         num_draft_tokens: int = _spec.DEFAULT_DRAFT_TOKENS,
     ):
         self._model = model
@@ -153,13 +156,16 @@ class Scheduler:
         self.generation_tokens_total = 0
         self._k = 0
         self._rows = None  # logits of every verified row (drafting), else engine.batch_logits()
+        self._drafter: BatchDrafter | None = None  # a draft model's batched drafts
         if draft is not None:
-            if draft != "prompt-lookup":
-                raise NotImplementedFeature(
-                    "[scheduler] draft: batched decoding drafts with 'prompt-lookup'; a draft "
-                    f"model is not supported here yet, got {draft!r}"
+            if isinstance(draft, str) and draft != "prompt-lookup":
+                raise InvalidArgument(
+                    "[scheduler] draft: expected None, 'prompt-lookup' or a loaded Model, got "
+                    f"{draft!r}"
                 )
             self._k = _spec.check_num_draft_tokens(num_draft_tokens)
+            if not isinstance(draft, str):
+                self._drafter = BatchDrafter(draft, model)
             self._rows = np.zeros((self.n_slots * (1 + self._k), self._n_vocab), np.float32)
 
     # ------------------------------------------------------------------ submission
@@ -356,7 +362,8 @@ class Scheduler:
             return
         seq = _Seq(handle, slot, sampler, n)
         if self._k:
-            seq.drafter = _spec.Speculator(_spec.PromptLookup(), self._k)
+            src = _spec.PromptLookup() if self._drafter is None else SlotDraft()
+            seq.drafter = _spec.Speculator(src, self._k)
             seq.drafter.reset(req.prompt_ids)
         self._running.append(seq)
 
@@ -368,19 +375,22 @@ class Scheduler:
         self._step_seqs: list[_Seq] = []
         self._step_lens: list[int] = []
         budget = self._budget
+        if self._drafter is not None:
+            self._draft_in_batch()
         for s in sorted(self._running, key=lambda s: s.prefilling):
             if budget == 0:
                 break
-            s.drafts = []
+            drafts, s.drafts = s.drafts, []
             if s.prefilling:
                 n = min(budget, len(s.ids) - s.done_prompt)
                 chunk = s.ids[s.done_prompt : s.done_prompt + n]
                 pos0 = s.done_prompt
                 want = s.done_prompt + n == len(s.ids)
             else:
-                if s.drafter is not None:  # no draft past max_tokens, the context or the budget
-                    left = s.handle.request.max_tokens - s.responder.count - 1
-                    s.drafts = s.drafter.propose(min(left, self._ctx - s.pos - 1, budget - 1))
+                if self._drafter is not None:  # drafted above, within the same limits
+                    s.drafts = drafts[: max(0, budget - 1)]
+                elif s.drafter is not None:
+                    s.drafts = s.drafter.propose(self._draft_limit(s, budget))
                 chunk = [s.token, *s.drafts]
                 n, pos0, want = len(chunk), s.pos, True
             s.at = len(tokens)
@@ -392,6 +402,25 @@ class Scheduler:
                 sampled.append(s)
             budget -= n
         return tokens, segs, sampled
+
+    def _draft_limit(self, s: _Seq, budget: int) -> int:
+        """No draft past max_tokens, the context or the step's token budget."""
+        left = s.handle.request.max_tokens - s.responder.count - 1
+        return min(left, self._ctx - s.pos - 1, budget - 1)
+
+    def _draft_in_batch(self) -> None:
+        """Every decoding sequence's drafts from the draft model, in batched steps."""
+        wants, seqs, budget = [], [], self._budget
+        for s in self._running:
+            s.drafts = []
+            if not s.prefilling and budget > 0:
+                k = s.drafter.wanted(self._draft_limit(s, budget))
+                budget -= 1 + k
+                if k > 0:
+                    wants.append((s.slot, [*self._slots[s.slot], s.token], k))
+                    seqs.append(s)
+        for s, d in zip(seqs, self._drafter.draft(wants), strict=True):
+            s.drafts = s.drafter.choose(d)
 
     def _sample(self, s: _Seq, rows: np.ndarray) -> None:
         """Draws the next token from rows[0]; with drafts fed after it, keeps drawing from the

@@ -350,7 +350,9 @@ def stream(
         if drafter is not None:
             drafter.append(fed)
             # no draft past max_tokens or the context: every drafted row must be fed
+            t_draft = time.perf_counter()
             drafts = drafter.propose(min(max_tokens - out.count - 1, ctx - pos - 1))
+            t_draft = time.perf_counter() - t_draft  # a draft model's forwards count as cost
         if not drafts:
             if drafter is None:
                 token = engine.decode(fed, pos, sampler)
@@ -365,7 +367,7 @@ def stream(
         batch = np.asarray([fed, *drafts], np.int32)
         t = time.perf_counter()
         engine.forward(batch, pos, rows[: n + 1], True)
-        drafter.observe_verify(n, time.perf_counter() - t)
+        drafter.observe_verify(n, time.perf_counter() - t + t_draft)
         out.drafted += n
         cache.append(fed)
         sampler.accept(fed)

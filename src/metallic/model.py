@@ -274,8 +274,9 @@ class Model:
         apply to every prompt. Returns a BatchResponse (texts in prompt order, each request's
         last GenerationResponse or error). A greedy request gives the same text as
         ``generate`` alone. Slot 0's KV is the model's own cache, so a later ``generate`` may
-        reuse what the batch left there. ``draft="prompt-lookup"`` (and ``num_draft_tokens``)
-        drafts for every request in the same batched steps; the output is the same.
+        reuse what the batch left there. ``draft="prompt-lookup"`` or a loaded draft model with
+        at least this model's ``parallel`` (and ``num_draft_tokens``) drafts for every request
+        in batched steps; the output is the same.
         """
         self._live("batch_generate")
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
@@ -301,7 +302,7 @@ class Model:
         *,
         max_queue: int = 256,
         observer=None,
-        draft: str | None = None,
+        draft=None,
         num_draft_tokens: int = _spec.DEFAULT_DRAFT_TOKENS,
     ) -> _batch.Scheduler:
         """A continuous-batching Scheduler over this model's slots (what the server runs)."""

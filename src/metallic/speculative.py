@@ -86,7 +86,8 @@ class Speculator:
     * ``p``, the chance that the next draft token is accepted, per kind of draft (a 2-token n-gram
       match, a longer match, a draft model): decayed counts of accepted / tried draft tokens. A
       declined draft still teaches: its first token is compared with the token decoded instead.
-    * ``cost[n]``, the time of a verify forward of 1 + n tokens in single-token decodes:
+    * ``cost[n]``, the time of a verify forward of 1 + n tokens in single-token decodes (with a
+      draft model, the time of its n drafting forwards included):
       ``observe_decode`` / ``observe_verify`` time them where the caller can (``generate.stream``);
       1 + n * ``_PRIOR_R`` until measured. Measured on a 2-core AVX2 CPU it is not linear (tile
       shapes): SmolLM2 1.2 / 1.7 / 2.1 / 3.4 at n = 1 / 2 / 3 / 4; Gemma-3's 262k-row head makes
@@ -157,10 +158,15 @@ class Speculator:
 
     def propose(self, limit: int) -> list[int]:
         """Up to min(k, limit) drafts (none when limit <= 0 or the policy declines)."""
-        k = min(self.k, limit)
-        if k <= 0:
-            return []
-        drafts = self.drafter.draft(k)
+        k = self.wanted(limit)
+        return self.choose(self.drafter.draft(k)) if k > 0 else []
+
+    def wanted(self, limit: int) -> int:
+        """How many drafts to ask the drafter for (0: none)."""
+        return max(0, min(self.k, limit))
+
+    def choose(self, drafts: Sequence[int]) -> list[int]:
+        """The part of the drafter's ``drafts`` worth verifying (maybe none)."""
         if not drafts:
             return []
         kind = self._kind_of_draft()
@@ -170,7 +176,7 @@ class Speculator:
             self._pending = (kind, int(drafts[0]))
             return []
         self._kind = kind
-        return drafts[:n]
+        return [int(t) for t in drafts[:n]]
 
     def update(self, drafted: int, accepted: int) -> None:
         """After verifying ``drafted`` tokens of which the first ``accepted`` were kept."""
@@ -185,10 +191,11 @@ class Speculator:
             self._t1 = seconds if self._t1 == 0 else self._t1 + self._EMA * (seconds - self._t1)
 
     def observe_verify(self, drafted: int, seconds: float) -> None:
-        """The time of one verify forward of 1 + ``drafted`` tokens."""
+        """The time of one verify forward of 1 + ``drafted`` tokens (plus the drafting, where
+        a draft model's forwards made the drafts)."""
         if not 0 < drafted <= self.k_max or self._t1 <= 0 or seconds <= 0:
             return
-        c = min(1.0 + 2.0 * drafted, max(1.0, seconds / self._t1))
+        c = min(1.0 + 4.0 * drafted, max(1.0, seconds / self._t1))
         self.cost[drafted] += self._EMA * (c - self.cost[drafted])
 
 

@@ -108,6 +108,9 @@ def test_fixed_replicas_and_actor_options():
         ({"drain_timeout": float("inf")}, "drain_timeout"),
         ({"name": ""}, "name"),
         ({"replicas": 2}, "replicas"),
+        ({"draft": 3}, "draft"),
+        ({"draft": ""}, "draft"),
+        ({"draft": "prompt-lookup", "num_draft_tokens": 0}, "num_draft_tokens"),
     ],
 )
 def test_bad_arguments_are_named(kw, name):
@@ -116,6 +119,18 @@ def test_bad_arguments_are_named(kw, name):
     ) as e:
         deployment_plan("m.gguf", **kw)
     assert isinstance(e.value, ValueError)
+
+
+def test_draft_settings(tmp_path):
+    engine, _ = deployment_plan("m.gguf")
+    assert (engine.draft, engine.num_draft_tokens) == (None, 6)
+    engine, _ = deployment_plan("m.gguf", draft="prompt-lookup", num_draft_tokens=4)
+    assert (engine.draft, engine.num_draft_tokens) == ("prompt-lookup", 4)
+    small = tmp_path / "small.gguf"
+    small.write_bytes(b"")
+    assert deployment_plan("m.gguf", draft=small)[0].draft == str(small.resolve())
+    kw = parse_builder_args({"draft": "smollm2", "num_draft_tokens": "3"})
+    assert kw["draft"] == "smollm2" and kw["num_draft_tokens"] == 3
 
 
 def test_bad_model_is_named():

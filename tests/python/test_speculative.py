@@ -279,11 +279,43 @@ def test_batched_drafts_are_identical(paths):
             )
 
 
-def test_batched_draft_model_is_not_implemented(tiny):
-    with pytest.raises(errors.NotImplementedFeature, match="draft model"):
+def test_batched_draft_model_is_identical(paths):
+    """A draft model inside continuous batching: its own slots draft for every request in
+    batched steps; outputs equal plain decoding, greedy and seeded."""
+    kw_load = {"device": "cpu", "threads": 2, "context_length": 160}
+    with (
+        metallic.load(paths["q8"], parallel=3, batch_size=24, **kw_load) as m,
+        metallic.load(paths["f32"], parallel=3, batch_size=8, **kw_load) as draft,
+    ):
+        prompts = [_repetitive(m, 8 + i, 30 + i) for i in range(5)]
+        for kw in ({"max_tokens": 40}, {"max_tokens": 30, "temperature": 0.8, "seed": 3}):
+            got = m.batch_generate(prompts, draft=draft, num_draft_tokens=4, **kw)
+            for i, p in enumerate(prompts):
+                m.reset_cache()
+                assert got.texts[i] == m.generate(p, **kw)
+            if "temperature" not in kw:  # the f32 copy of the weights drafts the q8 model well
+                accepted = sum(r.accepted_tokens for r in got.responses)
+                drafted = sum(r.draft_tokens for r in got.responses)
+                assert accepted > 20 and accepted >= drafted // 2, (accepted, drafted)
+        draft.generate([1, 2, 3], max_tokens=2)  # the draft model stays usable
+
+
+def test_batched_draft_arguments(tiny, paths):
+    with pytest.raises(errors.InvalidArgument, match=r"^\[scheduler\] draft: expected None"):
         tiny.scheduler(draft="some-model")
     with pytest.raises(errors.InvalidArgument, match="num_draft_tokens"):
         tiny.scheduler(draft="prompt-lookup", num_draft_tokens=0)
+    with pytest.raises(errors.InvalidArgument, match="target model itself"):
+        tiny.scheduler(draft=tiny)
+    kw = {"device": "cpu", "threads": 1, "context_length": 64}
+    with metallic.load(paths["other"], **kw) as other, pytest.raises(errors.InvalidArgument):
+        tiny.scheduler(draft=other)  # another vocabulary
+    with (
+        metallic.load(paths["q8"], parallel=2, **kw) as two,
+        metallic.load(paths["f32"], **kw) as one,
+        pytest.raises(errors.InvalidArgument, match=r"parallel >= 2 .*got parallel=1"),
+    ):
+        two.scheduler(draft=one)
 
 
 class _Scripted:

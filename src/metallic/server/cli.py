@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--draft",
-        choices=("prompt-lookup",),
         default=None,
-        help="speculative decoding for every request, batched: n-gram drafts from its context",
+        metavar="prompt-lookup|MODEL",
+        help="speculative decoding for every request, batched: n-gram drafts from its context, "
+        "or a smaller model sharing the vocabulary (GGUF, HF folder or registry name; loaded "
+        "with the same --parallel, --threads, --context-length)",
     )
     p.add_argument(
         "--num-draft-tokens", type=_int_in(1, 32), default=6, help="drafted tokens per step (6)"
@@ -116,16 +118,27 @@ def serve(args: argparse.Namespace) -> int:
             parallel=args.parallel,
             progress=sys.stderr.isatty(),
         )
+        draft = args.draft
+        if draft is not None and draft != "prompt-lookup":
+            draft = metallic.load(
+                draft,
+                device=args.device,
+                threads=args.threads,
+                context_length=args.context_length,
+                kv_cache_dtype=args.kv_cache_dtype,
+                batch_size=args.batch_size,
+                parallel=args.parallel,
+            )
+        metrics = ServerMetrics()
+        scheduler = model.scheduler(
+            max_queue=args.max_queue,
+            observer=metrics,
+            draft=draft,
+            num_draft_tokens=args.num_draft_tokens,
+        )
     except metallic.errors.MetallicError as exc:
         print(f"{PROG}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    metrics = ServerMetrics()
-    scheduler = model.scheduler(
-        max_queue=args.max_queue,
-        observer=metrics,
-        draft=args.draft,
-        num_draft_tokens=args.num_draft_tokens,
-    )
     alias = args.model_alias or os.path.basename(str(model.source)).removesuffix(".gguf")
     state = ServerState(model, scheduler, metrics, alias, api_key=args.api_key)
 
@@ -156,6 +169,8 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         scheduler.stop(drain=False, timeout=5)
         model.close()
+        if draft is not None and not isinstance(draft, str):
+            draft.close()
     return 0
 
 

@@ -62,6 +62,8 @@ class EngineSettings:
     model_id: str | None
     api_key: str | None
     cors_origins: tuple[str, ...]
+    draft: str | None = None  # "prompt-lookup", a draft model (path or name), or None
+    num_draft_tokens: int = 6
 
 
 class MetallicReplica:
@@ -85,9 +87,26 @@ class MetallicReplica:
             batch_size=settings.batch_size,
             parallel=settings.parallel,
         )
+        self._draft = None
         try:
+            draft = settings.draft
+            if draft is not None and draft != "prompt-lookup":  # a draft model: same slots
+                draft = self._draft = metallic.load(
+                    draft,
+                    device=settings.device,
+                    threads=settings.threads,
+                    context_length=settings.context_length,
+                    kv_cache_dtype=settings.kv_cache_dtype,
+                    batch_size=settings.batch_size,
+                    parallel=settings.parallel,
+                )
             metrics = ServerMetrics()
-            scheduler = model.scheduler(max_queue=settings.max_queue, observer=metrics)
+            scheduler = model.scheduler(
+                max_queue=settings.max_queue,
+                observer=metrics,
+                draft=draft,
+                num_draft_tokens=settings.num_draft_tokens,
+            )
             model_id = settings.model_id or os.path.basename(str(model.source)).removesuffix(
                 ".gguf"
             )
@@ -96,6 +115,8 @@ class MetallicReplica:
             scheduler.start()
         except BaseException:
             model.close()
+            if self._draft is not None:
+                self._draft.close()
             raise
         log.info(
             "metallic replica: %s on %s, %d slots of %d tokens, threads: %d",
@@ -127,6 +148,8 @@ class MetallicReplica:
             log.warning("metallic replica: the scheduler did not stop; the model stays open")
             return
         state.model.close()
+        if self._draft is not None:
+            self._draft.close()
         log.info("metallic replica: scheduler stopped, model closed")
 
     def __del__(self):
@@ -196,6 +219,8 @@ def metallic_app(
     model_id: str | None = None,
     api_key: str | None = None,
     cors_origins: tuple[str, ...] | list[str] = (),
+    draft: str | os.PathLike | None = None,
+    num_draft_tokens: int = 6,
     num_replicas: int | str = "auto",
     min_replicas: int | None = None,
     max_replicas: int | None = None,
@@ -214,7 +239,9 @@ def metallic_app(
     exist on every node), ``parallel`` slots of ``context_length`` tokens, ``batch_size``,
     ``kv_cache_dtype``, ``device``, ``max_queue`` (scheduler requests waiting for a slot; 429
     beyond), ``model_id`` (what ``/v1/models`` reports; default the file name), ``api_key``
-    (``Authorization: Bearer`` required on ``/v1/*`` and ``/metrics``), ``cors_origins``.
+    (``Authorization: Bearer`` required on ``/v1/*`` and ``/metrics``), ``cors_origins``,
+    ``draft`` (speculative decoding for every request: ``"prompt-lookup"`` or a smaller model
+    sharing the vocabulary, loaded in each replica with the same slots) and ``num_draft_tokens``.
 
     Placement: ``threads`` CPU threads per replica, which is also the ``num_cpus`` Ray reserves
     for it (None: ``ray_actor_options["num_cpus"]``, default 1). ``resources``: custom Ray
@@ -272,6 +299,8 @@ def deployment_plan(model=None, **kw) -> tuple[EngineSettings, dict[str, Any]]:
         model_id=_opt_str(w, "model_id", kw["model_id"]),
         api_key=_opt_str(w, "api_key", kw["api_key"]),
         cors_origins=_origins(w, kw["cors_origins"]),
+        draft=_draft(w, kw["draft"]),
+        num_draft_tokens=_int(w, "num_draft_tokens", kw["num_draft_tokens"], 1, 32),
     )
     actor.update(num_cpus=actor.get("num_cpus", threads))
     res = _resources(w, kw["resources"])
@@ -344,6 +373,16 @@ def _choice(w: str, name: str, v: object, choices: tuple[str, ...]) -> str:
     if v not in choices:
         raise InvalidArgument(f"{w} {name}: expected one of {', '.join(choices)}, got {v!r}")
     return v
+
+
+def _draft(w: str, v: object) -> str | None:
+    if v is None or v == "prompt-lookup":
+        return v
+    if not isinstance(v, (str, os.PathLike)) or not str(v):
+        raise InvalidArgument(
+            f"{w} draft: expected None, 'prompt-lookup' or a model path or name, got {v!r}"
+        )
+    return _model_path(w, v)
 
 
 def _opt_str(w: str, name: str, v: object) -> str | None:
@@ -445,6 +484,7 @@ _INT_ARGS = {
     "min_replicas",
     "max_replicas",
     "max_ongoing_requests",
+    "num_draft_tokens",
 }
 _FLOAT_ARGS = {"target_ongoing_requests", "drain_timeout"}
 _JSON_ARGS = {"resources", "ray_actor_options", "autoscaling_config"}
