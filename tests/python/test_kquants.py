@@ -352,14 +352,14 @@ REPACK_CASES += [
 
 @pytest.mark.skipif(not K.simd_available(), reason="repacking needs the AVX2 kernels")
 @pytest.mark.parametrize("c", REPACK_CASES, ids=_cid)
-@pytest.mark.parametrize("nt", [1, 2, 3, 5, 9])
+@pytest.mark.parametrize("nt", [1, 2, 3, 5, 6, 7, 9, 15])
 def test_repacked_matmul_vs_numpy(c, nt):
     """Q5_0, Q5_1, Q4_K, Q5_K and Q6_K repacked into 8-row interleaved blocks (cpu/repack.h
     BlockQ5_0x8 / Q5_1x8: Q4_0's nibble chunks plus the fifth bits as bit planes; BlockQ4_Kx8:
     scales and mins unpacked per sub-block, nibbles chunked per pair of sub-blocks; BlockQ5_Kx8:
     plus the fifth bits as bit planes; BlockQ6_Kx8: ql / qh chunked per half, unpacked to signed
     q - 32 with the sign moved onto the activation bytes): rows not a multiple of 8 (a row-major
-    tail), 1..9 tokens (1-, 4- and 8-token tiles and their tails), within the row-major rounding
+    tail), 1..15 tokens (4-token tiles and a tile of the 1..3 left), within the row-major rounding
     bound (each sub-block term is an exact integer sum times one scale; the same (ng + 8) U A
     argument), and each token bit-identical to its own single-token pass (batch invariance)."""
     dtype, rows, cols = c

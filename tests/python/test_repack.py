@@ -25,7 +25,7 @@ K = _core.kernels
 QUANTS = [Q8_0, Q4_0, Q4_1]
 # rows: one group, a group + tail, many groups, a large odd count; cols: one block, three, 576.
 SHAPES = [(8, 32), (13, 96), (64, 576), (1001, 64)]
-TOKENS = [1, 2, 3, 5, 9, 17]
+TOKENS = [1, 2, 3, 5, 6, 7, 9, 17]  # 8-token tiles, then one tile of the 1..7 left
 
 
 def repacked_bound(dtype: int, raw: np.ndarray, rows: int, cols: int, x: np.ndarray):
@@ -59,6 +59,9 @@ def test_repacked_matmul_vs_numpy(dtype, rows, cols, nt):
     assert_within(got, exact, bound, f"repacked dtype {dtype} {rows}x{cols} nt={nt}")
     plain = K.matmul(dtype, raw, rows, cols, x, 2)
     assert_within(got, plain.astype(np.float64), 2 * bound + 1e-30, "repacked vs row-major")
+    # batch invariance: each token's row is bit-identical to its own single-token pass
+    single = [K.matmul(dtype, raw, rows, cols, x[i : i + 1], 2, repack=True)[0] for i in range(nt)]
+    np.testing.assert_array_equal(got, np.stack(single))
 
 
 @pytest.mark.skipif(not K.simd_available(), reason="repacking needs the AVX2 kernels")

@@ -292,16 +292,28 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, acc[t], accumulate);
 }
 
-// Runs group(T, t0) (T an std::integral_constant) over tokens [0, nt): tiles of kTile tokens, then
-// of 4, 2 and 1.
+// The last rem (< kTile) tokens from t0 as one tile of exactly rem tokens: the group's weights
+// are decoded once for all of them (a verify pass of 1 + n drafts, a batch of 5 or 7 streams),
+// where tiles of 4, 2 and 1 decoded them up to three times. Each token's sums are the same
+// whatever the tile size (its own accumulators, the same order): batch invariance holds.
+template <int R, typename Group>
+METALLIC_SIMD_INLINE void tail_tile(int64_t rem, int64_t t0, Group& group) {
+  if constexpr (R > 0) {
+    if (rem == R) {
+      group(std::integral_constant<int, R>{}, t0);
+    } else {
+      tail_tile<R - 1>(rem, t0, group);
+    }
+  }
+}
+
+// Runs group(T, t0) (T an std::integral_constant) over tokens [0, nt): tiles of kTile tokens,
+// then one tile of the rest.
 template <int kTile, typename Group>
 void token_tiles(int64_t nt, Group group) {
   int64_t t = 0;
   for (; t + kTile <= nt; t += kTile) group(std::integral_constant<int, kTile>{}, t);
-  if constexpr (kTile > 4)
-    for (; t + 4 <= nt; t += 4) group(std::integral_constant<int, 4>{}, t);
-  for (; t + 2 <= nt; t += 2) group(std::integral_constant<int, 2>{}, t);
-  for (; t < nt; ++t) group(std::integral_constant<int, 1>{}, t);
+  tail_tile<kTile - 1>(nt - t, t, group);
 }
 
 template <int kKind>
