@@ -4,17 +4,20 @@
 // Simdgroup s takes positions s, s + kAttnSimdgroups, ...; lane l
 // holds dims l, l + 32, ... of q and of its running output. Per position: one simd_sum for the
 // score, then the running max / sum / output are rescaled (flash-attention style), so the cache
-// is read once. The simdgroups' partial results are merged through threadgroup memory.
+// is read once. The simdgroups' partial results are merged through threadgroup memory. Cache
+// rows are float, half, Q8_0 or Q4_0 (kv_cache.h): lane l's dims l + 32 j are element l of block
+// j of a quantized row, dequantized in registers.
 #pragma once
 
 #include "args.h"
 #include "defines.h"
+#include "kv_cache.h"
 
 namespace metallic {
 
-template <typename C>  // cache element: float or half
-[[kernel]] void attention_decode(device const float* q [[buffer(0)]], device const C* kc [[buffer(1)]],
-                                 device const C* vc [[buffer(2)]], device float* out [[buffer(3)]],
+template <typename C>  // cache element: float, half, BlockQ8_0 or BlockQ4_0
+[[kernel]] void attention_decode(device const float* q [[buffer(0)]], device const uchar* kc [[buffer(1)]],
+                                 device const uchar* vc [[buffer(2)]], device float* out [[buffer(3)]],
                                  constant AttnArgs& a [[buffer(4)]], uint2 tg [[threadgroup_position_in_grid]],
                                  ushort sg [[simdgroup_index_in_threadgroup]],
                                  ushort lane [[thread_index_in_simdgroup]], uint tid [[thread_index_in_threadgroup]]) {
@@ -33,18 +36,19 @@ template <typename C>  // cache element: float or half
     qv[j] = d < a.head_dim ? qh[d] * a.scale : 0.f;
     o[j] = 0.f;
   }
-  device const C* kh = kc + ulong(g) * a.kv_capacity * a.head_dim;
-  device const C* vh = vc + ulong(g) * a.kv_capacity * a.head_dim;
+  const ulong row_b = kv_row_bytes<C>(a.head_dim);
+  device const uchar* kh = kc + ulong(g) * a.kv_capacity * row_b;
+  device const uchar* vh = vc + ulong(g) * a.kv_capacity * row_b;
   float m = -INFINITY, l = 0.f;
   const uint lo = a.window > 0 && n_ctx > a.window ? n_ctx - a.window : 0;  // sliding window
   for (uint p = lo + sg; p < n_ctx; p += kAttnSimdgroups) {                 // uniform across the simdgroup
-    const ulong r = ulong(p % a.kv_capacity) * a.head_dim;
-    device const C* kr = kh + r;
-    device const C* vr = vh + r;
+    const ulong r = ulong(p % a.kv_capacity) * row_b;
+    device const uchar* kr = kh + r;
+    device const uchar* vr = vh + r;
     float s = 0.f;
     for (uint j = 0; j < dpl; ++j) {
       const uint d = lane + 32 * j;
-      if (d < a.head_dim) s += qv[j] * float(kr[d]);
+      if (d < a.head_dim) s += qv[j] * kv_load<C>(kr, d);
     }
     s = simd_sum(s);
     if (a.softcap > 0.f) s = a.softcap * tanh(s / a.softcap);
@@ -54,7 +58,7 @@ template <typename C>  // cache element: float or half
     l = l * corr + e;
     for (uint j = 0; j < dpl; ++j) {
       const uint d = lane + 32 * j;
-      if (d < a.head_dim) o[j] = o[j] * corr + e * float(vr[d]);
+      if (d < a.head_dim) o[j] = o[j] * corr + e * kv_load<C>(vr, d);
     }
     m = m_new;
   }

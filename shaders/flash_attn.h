@@ -20,15 +20,16 @@
 // each lane adds sum_j p_ij * V[j][d] to its dims of the output. A simdgroup skips a tile none of
 // its queries sees (uniform across the simdgroup); it still takes part in the tile loads.
 // Finally out = o / l. Position 0 is visible to every query, so l > 0 and m is finite from the
-// first tile on. All accumulation is float; the f16 cache is converted on the copy into
-// threadgroup memory.
+// first tile on. All accumulation is float; an f16, Q8_0 or Q4_0 cache (kv_cache.h) is converted
+// on the copy into threadgroup memory (a quantized value as d * code, in registers).
 //
 // Threadgroup memory: 2 * KV * kAttnMaxHeadDim floats (16 KiB) + 32 floats per simdgroup + 2 per
-// query: about 16.6 KiB, the same for f32 and f16 caches.
+// query: about 16.6 KiB, the same for every cache type.
 #pragma once
 
 #include "args.h"
 #include "defines.h"
+#include "kv_cache.h"
 
 namespace metallic {
 
@@ -58,9 +59,9 @@ inline float simd_reduce_scatter32(thread float4* s, ushort lane) {
   return (up1 ? t.y : t.x) + simd_shuffle_xor(up1 ? t.x : t.y, ushort(1));
 }
 
-template <typename C>  // cache element: float or half
-[[kernel]] void flash_attn(device const float* q [[buffer(0)]], device const C* kc [[buffer(1)]],
-                           device const C* vc [[buffer(2)]], device float* out [[buffer(3)]],
+template <typename C>  // cache element: float, half, BlockQ8_0 or BlockQ4_0
+[[kernel]] void flash_attn(device const float* q [[buffer(0)]], device const uchar* kc [[buffer(1)]],
+                           device const uchar* vc [[buffer(2)]], device float* out [[buffer(3)]],
                            constant FlashAttnArgs& a [[buffer(4)]], uint2 tg [[threadgroup_position_in_grid]],
                            ushort sg [[simdgroup_index_in_threadgroup]], ushort lane [[thread_index_in_simdgroup]],
                            uint tid [[thread_index_in_threadgroup]]) {
@@ -92,8 +93,9 @@ template <typename C>  // cache element: float or half
       o[i][j] = 0.f;
     }
   }
-  device const C* kh = kc + ulong(g) * a.kv_capacity * hd;
-  device const C* vh = vc + ulong(g) * a.kv_capacity * hd;
+  const ulong row_b = kv_row_bytes<C>(hd);
+  device const uchar* kh = kc + ulong(g) * a.kv_capacity * row_b;
+  device const uchar* vh = vc + ulong(g) * a.kv_capacity * row_b;
   float m = -INFINITY, l = 0.f;  // running max and sum of query qi (equal in its KV lanes)
   // Sliding window: query position t sees t - window + 1 .. t, so tiles before the first query's
   // window are skipped; later queries may still see none of a tile (their -inf rows stay 0 below).
@@ -102,7 +104,7 @@ template <typename C>  // cache element: float or half
   const uint q_lo = a.window > 0 && q_pos + 1 > a.window ? q_pos + 1 - a.window : 0;
 
   for (uint kv0 = lo / KV * KV; kv0 < kv_end; kv0 += KV) {
-    // Copy positions kv0 .. kv0 + KV - 1 (element e of the tile is element e - j * hd of position
+    // Copy positions kv0 .. kv0 + KV - 1 (element e of the tile is value e - j * hd of position
     // kv0 + j, in row (kv0 + j) % kv_capacity: contiguous reads, a sliding-window ring wraps at
     // most once per tile); rows at or past kv_end are zero, never read from the cache. Positions
     // below the window that a ring has overwritten are loaded but masked (-inf) below.
@@ -111,9 +113,9 @@ template <typename C>  // cache element: float or half
     for (uint e = tid; e < KV * hd; e += kFlashThreads) {
       const uint j = e / hd, at = j * MD + (e - j * hd);
       if (e < n_elem) {
-        const ulong src = ulong((kv0 + j) % a.kv_capacity) * hd + (e - j * hd);
-        tk[at] = float(kh[src]);
-        tv[at] = float(vh[src]);
+        const ulong src = ulong((kv0 + j) % a.kv_capacity) * row_b;
+        tk[at] = kv_load<C>(kh + src, e - j * hd);
+        tv[at] = kv_load<C>(vh + src, e - j * hd);
       } else {
         tk[at] = 0.f;
         tv[at] = 0.f;

@@ -14,7 +14,8 @@ namespace metallic {
 namespace {
 
 // Weight formats the gemv / embed / fused kernels are instantiated for (shaders/*.metal), as an
-// index into the kernel-name tables below; -1: not covered. The one dtype switch of the plan.
+// index into the kernel-name tables below; -1: not covered. The plan switches on dtype only here,
+// in float_index and in kv_index (each exhaustive).
 int fmt_index(DType t) {
   switch (t) {
     case DType::kF32: return 0;
@@ -40,8 +41,46 @@ constexpr const char* kEmbed[] = METALLIC_FORMATS("embed_");
 constexpr const char* kGemvNorm[] = METALLIC_FORMATS("gemv_norm_");
 constexpr const char* kGemvNormSwiGlu[] = METALLIC_FORMATS("gemv_norm_swiglu_");
 #undef METALLIC_FORMATS
-// Kernels templated on a float / half element (rms_norm, rope_kv, attention_decode): [0]=f32, [1]=f16.
-int float_index(DType t) { return t == DType::kF32 ? 0 : (t == DType::kF16 ? 1 : -1); }
+// Kernels templated on a float / half element (rms_norm): [0]=f32, [1]=f16; -1: not covered.
+int float_index(DType t) {
+  switch (t) {
+    case DType::kF32: return 0;
+    case DType::kF16: return 1;
+    case DType::kBF16:
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K: return -1;
+  }
+  return -1;
+}
+// KV-cache formats of rope_kv, attention_decode and flash_attn (shaders/kv_cache.h), as an index
+// into the name tables below: f32, f16, q8_0, q4_0; -1: not covered.
+int kv_index(DType t) {
+  switch (t) {
+    case DType::kF32: return 0;
+    case DType::kF16: return 1;
+    case DType::kQ8_0: return 2;
+    case DType::kQ4_0: return 3;
+    case DType::kBF16:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K: return -1;
+  }
+  return -1;
+}
+#define METALLIC_KV_FORMATS(prefix) {prefix "f32", prefix "f16", prefix "q8_0", prefix "q4_0"}
+constexpr const char* kRopeKv[] = METALLIC_KV_FORMATS("rope_kv_");
+constexpr const char* kAttnDecode[] = METALLIC_KV_FORMATS("attention_decode_");
+constexpr const char* kFlashAttn[] = METALLIC_KV_FORMATS("flash_attn_");
+#undef METALLIC_KV_FORMATS
 
 const float kZero = 0.f;  // bound where a kernel declares a buffer the op does not use
 
@@ -142,6 +181,16 @@ uint32_t stride_threads(int64_t work) {
   return static_cast<uint32_t>(std::clamp<int64_t>((work + 31) / 32, 1, 8) * 32);
 }
 
+// A K or V cache the rope_kv / attention kernels can bind for head_dim hd: a covered format of
+// whole rows (hd a multiple of the block, rows packed), at an offset aligned for the widest load
+// the kernels make from it (a float, a half, or a block's 2-byte fp16 scale: shaders/kv_cache.h).
+bool kv_cache_ok(const Tensor& t, int64_t hd) {
+  if (kv_index(t.dtype) < 0) return false;
+  const DTypeInfo i = dtype_info(t.dtype);
+  const size_t align = i.block_elems == 1 ? i.block_bytes : 2;
+  return hd % i.block_elems == 0 && t.cols == hd && t.row_stride == row_bytes(t.dtype, hd) && t.offset % align == 0;
+}
+
 }  // namespace
 
 int64_t MetalPlanDevice::draw_scratch_words(int64_t n) const {
@@ -162,9 +211,9 @@ bool MetalPlanDevice::supports(OpCode op, DType dtype) const {
     case OpCode::kMatMul:
     case OpCode::kNormMatMul:
     case OpCode::kNormSwiGlu: return fmt_index(dtype) >= 0;
-    case OpCode::kRmsNorm:
+    case OpCode::kRmsNorm: return float_index(dtype) >= 0;
     case OpCode::kRopeKv:
-    case OpCode::kAttention: return float_index(dtype) >= 0;
+    case OpCode::kAttention: return kv_index(dtype) >= 0;
     case OpCode::kSwiGlu: return dtype == DType::kF32;
     case OpCode::kArgmax:
     case OpCode::kSample: return dtype == DType::kF32 && argmax_ok_;
@@ -401,17 +450,18 @@ void MetalPlanDevice::rope_kv(const OpCall& c) {
   const Tensor& kc = c.t[3];
   const Tensor& vc = c.t[4];
   const OpParams& p = c.p;
-  const int f = float_index(kc.dtype);
+  const int f = kv_index(kc.dtype);
   if (f < 0 || vc.dtype != kc.dtype)
     fail(ErrorCode::kUnsupportedDType, where_,
-         "rope_kv: expected an F32 or F16 KV cache, got " + std::string(dtype_name(kc.dtype)));
-  if (!(p.head_dim > 0 && p.head_dim % 2 == 0 && kc.cols == p.head_dim &&
-        kc.row_stride == row_bytes(kc.dtype, p.head_dim) && kc.rows >= p.n_head_kv * p.kv_capacity &&
-        kv_positions_ok(p) && p.rope_dim >= 0 && p.rope_dim <= p.head_dim && p.rope_dim % 2 == 0 &&
+         "rope_kv: expected an F32, F16, Q8_0 or Q4_0 KV cache, got " + std::string(dtype_name(kc.dtype)) + " / " +
+             dtype_name(vc.dtype));
+  if (!(p.head_dim > 0 && p.head_dim % 2 == 0 && kv_cache_ok(kc, p.head_dim) && kv_cache_ok(vc, p.head_dim) &&
+        kc.rows >= p.n_head_kv * p.kv_capacity && vc.rows >= kc.rows && kv_positions_ok(p) && p.rope_dim >= 0 &&
+        p.rope_dim <= p.head_dim && p.rope_dim % 2 == 0 &&
         c.t[5].cols == (p.rope_dim > 0 ? p.rope_dim : p.head_dim) / 2 && p.rope_mscale > 0.f))
     fail(ErrorCode::kInvalidArgument, where_, "rope_kv: cache, positions or inv_freq do not match the op's shape");
-  static constexpr const char* kNames[] = {"rope_kv_f32", "rope_kv_f16"};
-  Builder d(where_, kNames[f], 0, 1, stride_threads(static_cast<int64_t>(p.n_head + p.n_head_kv) * p.head_dim / 2));
+  // Whole simdgroups (rope_kv_q quantizes a block per simdgroup).
+  Builder d(where_, kRopeKv[f], 0, 1, stride_threads(static_cast<int64_t>(p.n_head + p.n_head_kv) * p.head_dim / 2));
   d.l.groups[0] = d.u32(p.n_tokens, "n_tokens");
   d.tensor(0, c.t[0], p.n_tokens, "rope q");
   d.tensor(1, c.t[1], p.n_tokens, "rope k");
@@ -430,17 +480,17 @@ void MetalPlanDevice::attention(const OpCall& c) {
   const Tensor& kc = c.t[1];
   const Tensor& vc = c.t[2];
   const OpParams& p = c.p;
-  const int f = float_index(kc.dtype);
+  const int f = kv_index(kc.dtype);
   if (f < 0 || vc.dtype != kc.dtype)
     fail(ErrorCode::kUnsupportedDType, where_,
-         "attention: expected an F32 or F16 KV cache, got " + std::string(dtype_name(kc.dtype)));
+         "attention: expected an F32, F16, Q8_0 or Q4_0 KV cache, got " + std::string(dtype_name(kc.dtype)) + " / " +
+             dtype_name(vc.dtype));
   if (!(p.head_dim >= 1 && p.head_dim <= static_cast<int32_t>(kAttnMaxHeadDim) && p.n_head_kv > 0 &&
-        p.n_head % p.n_head_kv == 0 && kc.cols == p.head_dim && kc.row_stride == row_bytes(kc.dtype, p.head_dim) &&
-        kc.rows >= p.n_head_kv * p.kv_capacity && kv_positions_ok(p)))
+        p.n_head % p.n_head_kv == 0 && kv_cache_ok(kc, p.head_dim) && kv_cache_ok(vc, p.head_dim) &&
+        kc.rows >= p.n_head_kv * p.kv_capacity && vc.rows >= kc.rows && kv_positions_ok(p)))
     fail(ErrorCode::kInvalidArgument, where_, "attention: heads, cache or positions do not match the op's shape");
   if (p.n_tokens >= kPrefillMinTokens) {  // tiled: each K/V tile read once per kFlashTileQ queries
-    static constexpr const char* kFlash[] = {"flash_attn_f32", "flash_attn_f16"};
-    Builder d(where_, kFlash[f], 0, 0, kFlashThreads);
+    Builder d(where_, kFlashAttn[f], 0, 0, kFlashThreads);
     d.l.groups[0] = d.u32(p.n_head, "n_head");
     d.l.groups[1] = ceil_div(d.u32(p.n_tokens, "n_tokens"), kFlashTileQ);
     d.tensor(0, c.t[0], p.n_tokens, "attention q");
@@ -454,8 +504,7 @@ void MetalPlanDevice::attention(const OpCall& c) {
     submit(d.l);
     return;
   }
-  static constexpr const char* kNames[] = {"attention_decode_f32", "attention_decode_f16"};
-  Builder d(where_, kNames[f], 0, 0, kAttnSimdgroups * 32);
+  Builder d(where_, kAttnDecode[f], 0, 0, kAttnSimdgroups * 32);
   d.l.groups[0] = d.u32(p.n_head, "n_head");
   d.l.groups[1] = d.u32(p.n_tokens, "n_tokens");
   d.tensor(0, c.t[0], p.n_tokens, "attention q");

@@ -130,7 +130,7 @@ def load(
         kv_cache_dtype: "f16" (default, half the memory of "f32"), "f32", or "q8_0" / "q4_0":
             each K and V row quantized per block of 32 as it is written (GGML's Q8_0 / Q4_0
             blocks: 34 / 18 bytes per 32 values, vs 64 for f16), read directly by attention;
-            cpu device only, head_dim a multiple of 32. Cost vs f32 in README.md.
+            every device, head_dim a multiple of 32. Cost vs f32 in README.md.
         quantize: None, "q8_0" or "q4_0": quantize the float (F32/F16/BF16) matrices at load.
         progress: show progress bars for fetching and loading.
         batch_size: prompt tokens per forward pass (llama.cpp's n_batch): bounds activation

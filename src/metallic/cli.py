@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-cache-dtype",
         choices=KV_CACHE_DTYPES,
         default=None,
-        help="KV cache storage; q8_0 / q4_0 (cpu): per-block quantized rows, about 1/2 and "
+        help="KV cache storage; q8_0 / q4_0: per-block quantized rows, about 1/2 and "
         "1/4 of f16's memory (default: f16)",
     )
     p.add_argument(

@@ -1,5 +1,5 @@
 """Quantized KV cache (``kv_cache_dtype="q8_0" | "q4_0"``, cpu): rows quantized as rope_kv writes
-them, attention reading the blocks directly.
+them, attention reading the blocks directly (the Metal plan's: test_metal_emu_kernels_kv_quant.py).
 
 References (independent of the engine):
 * ``quantize_q8_0`` / ``quantize_q4_0`` below, written from GGML's block format and its reference
@@ -22,7 +22,6 @@ import pytest
 
 pytest.importorskip("metallic._core")
 
-import emu_harness  # noqa: E402
 import metallic  # noqa: E402
 import reference as ref  # noqa: E402
 import tiny_families as tf  # noqa: E402
@@ -274,16 +273,6 @@ def test_head_dim_must_fill_whole_blocks(models_dir):
             _load(m, kv)
     with pytest.raises(errors.InvalidArgument, match="kv_cache_dtype: expected one of"):
         _load(m, "q8")
-
-
-@emu_harness.NEEDS_EMULATOR
-def test_metal_plan_refuses_a_quantized_cache(models_dir):
-    """DEBT (issue #14): the Metal shaders have no quantized-KV kernels yet."""
-    m = _model(models_dir, "qwen3")
-    with pytest.raises(errors.NotImplementedFeature, match=r"Q8_0.*metal-emulated"):
-        metallic.load(
-            m.path, device="metal-emulated", context_length=CONTEXT, kv_cache_dtype="q8_0"
-        )
 
 
 @pytest.mark.parametrize("kv", QUANT_KV)

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-cache-dtype",
         choices=KV_CACHE_DTYPES,
         default="f16",
-        help="KV cache storage; q8_0 / q4_0 (cpu) quantize its rows (f16)",
+        help="KV cache storage; q8_0 / q4_0 quantize its rows (f16)",
     )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument(
