@@ -33,7 +33,7 @@ from . import speculative as _spec
 from .errors import Busy, Cancelled, InvalidArgument, MetallicError
 from .generate import Constraint, GenerationResponse, Responder, common_prefix
 from .sampling import SamplingParams, make_sampler
-from .spec_batch import BatchDrafter, SlotDraft
+from .spec_batch import BatchDrafter, SlotDraft, StepCost
 
 # A request waits for a prompt still being computed when they share at least this many tokens,
 # more than any slot holds now (computing them twice costs more than a few steps of waiting).
@@ -164,6 +164,7 @@ class Scheduler:
                     f"{draft!r}"
                 )
             self._k = _spec.check_num_draft_tokens(num_draft_tokens)
+            self._step_cost = StepCost(_spec.Speculator._PRIOR_R)  # prices drafts per step
             if not isinstance(draft, str):
                 self._drafter = BatchDrafter(draft, model)
             self._rows = np.zeros((self.n_slots * (1 + self._k), self._n_vocab), np.float32)
@@ -255,9 +256,12 @@ class Scheduler:
         tokens, segs, sampled = self._plan()
         self._steps += 1
         try:
+            t = time.perf_counter()
             self._engine.forward_batch(
                 np.asarray(tokens, np.int32), np.asarray(segs, np.int64), self._rows
             )
+            if self._k:
+                self._step_cost.observe(len(tokens), time.perf_counter() - t)
         except MetallicError as exc:  # the whole step failed: end its requests with the error
             for s in list(self._running):
                 self._finish(s, exc)
@@ -375,6 +379,10 @@ class Scheduler:
         self._step_seqs: list[_Seq] = []
         self._step_lens: list[int] = []
         budget = self._budget
+        if self._k:  # drafts priced by what a token costs this step (StepCost)
+            rho = self._step_cost.rho(sum(not s.prefilling for s in self._running))
+            for s in self._running:
+                s.drafter.price(rho)
         if self._drafter is not None:
             self._draft_in_batch()
         for s in sorted(self._running, key=lambda s: s.prefilling):

@@ -134,3 +134,54 @@ class BatchDrafter:
             got.extend((i, int(np.argmax(logits[r]))) for r, i in enumerate(ends))
             queue = [e for e in queue if e[2]]
         return got
+
+
+class StepCost:
+    """What one more token costs a batched step, fitted online from the steps' times.
+
+    A step of T tokens takes about a + c * T seconds (a: reading the weights and fixed work; c:
+    each token's compute). Drafting n tokens for one sequence adds n * c to a step that gives
+    each of its T0 tokens a share of (a + c * T0) / T0, so a Speculator prices n drafts at
+    1 + n * rho decodes with rho = c * T0 / (a + c * T0): near 0 where the weights' read
+    dominates (a GPU; drafts nearly free), near 1 where compute does (a CPU with many streams:
+    drafts then cost the other streams as much as they gain, and the policy stops sending them).
+    The fit is a least-squares line over exponentially weighted recent steps; until the token
+    counts have varied enough to fit it, ``prior`` holds.
+    """
+
+    def __init__(self, prior: float, decay: float = 0.97):
+        self.prior = prior
+        self._decay = decay
+        self._w = self._n = self._t = self._nn = self._nt = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        if tokens <= 0 or not seconds > 0:
+            return
+        g = self._decay
+        self._w = g * self._w + 1.0
+        self._n = g * self._n + tokens
+        self._t = g * self._t + seconds
+        self._nn = g * self._nn + tokens * tokens
+        self._nt = g * self._nt + tokens * seconds
+
+    def fit(self) -> tuple[float, float] | None:
+        """(a, c) of the weighted least-squares line, or None while it is not determined."""
+        if self._w < 4.0:
+            return None
+        mn, mt = self._n / self._w, self._t / self._w
+        var = self._nn / self._w - mn * mn
+        if var < 0.25:  # the token counts barely varied: the slope is noise
+            return None
+        c = (self._nt / self._w - mn * mt) / var
+        return mt - c * mn, c
+
+    def rho(self, t0: int) -> float:
+        """Price of one drafted token, in shares of a step of t0 tokens (clamped to 0.02..1)."""
+        f = self.fit()
+        if f is None or t0 <= 0:
+            return self.prior
+        a, c = f
+        step = a + c * t0
+        if not step > 0:
+            return self.prior
+        return min(1.0, max(0.02, c * t0 / step))

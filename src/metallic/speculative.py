@@ -185,6 +185,11 @@ class Speculator:
         self.k = min(self.k_max, 2 * drafted) if accepted == drafted else max(1, accepted)
         self._observe(self._kind, accepted, accepted + (accepted < drafted))
 
+    def price(self, rho: float) -> None:
+        """Sets every length's cost to 1 + n * rho decodes (the batch scheduler's step fit,
+        metallic.spec_batch.StepCost, instead of timing single-sequence passes)."""
+        self.cost = [1.0 + n * rho for n in range(self.k_max + 1)]
+
     def observe_decode(self, seconds: float) -> None:
         """The time of one single-token decode step."""
         if seconds > 0:

@@ -153,6 +153,7 @@ def test_prefix_reuse_across_requests(tiny):
     system = _ids(tiny, 30, seed=42)
     a = system + _ids(tiny, 5, seed=1)
     b = system + _ids(tiny, 7, seed=2)
+    tiny.reset_cache()  # slot 0 is the model's cache: an earlier test may have left a prefix of a
     sched = Scheduler(tiny)
     first, second = [], []
     sched.submit(tiny._request(a, max_tokens=4), first.append)

@@ -22,6 +22,7 @@ import metallic
 from metallic import errors
 from metallic import generate as gen
 from metallic.sampling import SamplingParams, make_sampler
+from metallic.spec_batch import StepCost
 from metallic.speculative import PromptLookup, Speculator, check_same_vocabulary
 
 tiny_models = pytest.importorskip("tiny_models")
@@ -381,3 +382,24 @@ def test_policy_weighs_the_measured_verify_cost():
     fresh.observe_decode(3e-3)
     fresh.observe_verify(2, 9e-3)
     assert fresh.cost[1] == 1 + Speculator._PRIOR_R and fresh.cost[2] > 1 + 2 * Speculator._PRIOR_R
+
+
+def test_step_cost_prices_drafts_from_step_times():
+    """The scheduler's fit of step time = a + c * tokens: drafts cost rho = c T0 / (a + c T0)."""
+    cpu, gpu, flat = StepCost(0.3), StepCost(0.3), StepCost(0.3)
+    assert cpu.rho(4) == 0.3  # nothing observed: the prior
+    for i in range(60):
+        n = 1 + i % 9
+        cpu.observe(n, 2e-3 + 1e-3 * n)  # compute-bound: each token 1 ms over 2 ms fixed
+        gpu.observe(n, 10e-3 + 5e-5 * n)  # bandwidth-bound: tokens nearly free
+        flat.observe(4, 6e-3)  # always 4 tokens: no slope to fit
+    assert cpu.rho(1) == pytest.approx(1 / 3, rel=1e-6)
+    assert cpu.rho(8) == pytest.approx(0.8, rel=1e-6)
+    assert gpu.rho(8) == pytest.approx(0.4e-3 / 10.4e-3, rel=1e-6)
+    assert flat.rho(4) == 0.3
+    spec = Speculator(_Scripted(), 8)
+    spec.price(cpu.rho(8))
+    spec._observe("long", 7, 10)  # acceptance 0.7 is not worth it at 0.8 a token...
+    assert spec.propose(8) == []
+    spec.price(gpu.rho(8))  # ...and is where a token costs 4 % of a step
+    assert len(spec.propose(8)) >= 1
