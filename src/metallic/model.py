@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from . import batch as _batch
+from . import batch_run as _batch_run
 from . import constrain as _constrain
 from . import generate as _gen
 from . import prompt_cache as _prompt_cache
@@ -266,7 +267,7 @@ class Model:
             constraint = _constrain.GrammarConstraint(self._llg_index, grammar)
         return _batch.Request(ids, max_tokens, params, stops, k, constraint)
 
-    def batch_generate(self, prompts: Sequence, **kwargs) -> _batch.BatchResponse:
+    def batch_generate(self, prompts: Sequence, **kwargs) -> _batch_run.BatchResponse:
         """Generates for every prompt at once on the model's slots (``load(parallel=N)``):
         continuous batching, up to N sequences per step, the rest queued (see metallic.batch).
 
@@ -291,7 +292,7 @@ class Model:
         if not self._lock.acquire(blocking=False):
             raise Busy("[batch_generate] another generation is running on this model")
         try:
-            return _batch.batch_generate(self, requests, draft, k)
+            return _batch_run.batch_generate(self, requests, draft, k)
         except KeyboardInterrupt as exc:
             raise Cancelled(_INTERRUPTED) from exc
         finally:
