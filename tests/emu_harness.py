@@ -111,6 +111,33 @@ def pack(dtype: np.dtype, **fields) -> np.ndarray:
     return a
 
 
+def rope_kv_args(
+    n_head: int,
+    n_kv: int,
+    hd: int,
+    *,
+    neox: bool,
+    pos0: int,
+    cap: int,
+    rope_dim: int,
+    mscale: float,
+) -> np.ndarray:
+    """RopeKvArgs for contiguous (tokens, heads * hd) q, k and v rows (rope_dim 0: all of hd)."""
+    args = pack(
+        RopeKvArgs,
+        n_head=n_head,
+        n_head_kv=n_kv,
+        head_dim=hd,
+        neox=int(neox),
+        pos0=pos0,
+        kv_capacity=cap,
+        rope_dim=rope_dim,
+        mscale=mscale,
+    )
+    args["q_stride"], args["k_stride"], args["v_stride"] = n_head * hd, n_kv * hd, n_kv * hd
+    return args
+
+
 # ----------------------------------------------------------------------------- library
 
 

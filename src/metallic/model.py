@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -181,25 +182,8 @@ class Model:
         engine = self._live("stream_generate")
         k = _spec.check_num_draft_tokens(num_draft_tokens)
         drafter = _spec.make_speculator(draft, self, k)
-        req = self._request(
-            prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            stop=stop,
-            presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty,
-            logit_bias=logit_bias,
-            min_tokens=min_tokens,
-            logprobs=logprobs,
-            top_logprobs=top_logprobs,
-            response_format=response_format,
-            special=_special,
-        )
+        args = locals()  # every option stream_generate shares with _request, validated there
+        req = self._request(prompt, special=_special, **{n: args[n] for n in _REQUEST_OPTIONS})
         sampler = make_sampler(
             _core(), self._n_vocab, req.params, self._tokenizer.eos_ids, req.top_logprobs
         )
@@ -460,3 +444,12 @@ class Model:
         if self._fp is None:
             self._fp = _prompt_cache.fingerprint(self._bundle)
         return self._fp
+
+
+# The options stream_generate hands to Model._request: its keyword parameters but the prompt,
+# the tokenization flag and the drafting ones (one list, so no option is ever left out).
+_REQUEST_OPTIONS = tuple(
+    n
+    for n in inspect.signature(Model._request).parameters
+    if n not in ("self", "prompt", "special")
+)

@@ -81,7 +81,7 @@ class BatchDrafter:
             lock.release()
 
     def _draft(self, wants, out: list[list[int]]) -> list[list[int]]:
-        todo: list[tuple[int, int, list[int], int]] = []  # (i, slot, tokens, pos0)
+        pending: list[tuple[int, int, list[int], int]] = []  # (i, slot, tokens, pos0)
         ks: list[int] = []
         for i, (slot, ctx, k) in enumerate(wants):
             ctx = [int(t) for t in ctx]
@@ -94,22 +94,22 @@ class BatchDrafter:
             if n > 0 and not self._engine.kv_reusable(n, slot):
                 n = 0
             del cache[n:]
-            todo.append((i, slot, ctx[n:], n))
-        while todo:  # catch-up chunks first, then one greedy token per sequence per pass
-            for i, token in self._run(todo):
+            pending.append((i, slot, ctx[n:], n))
+        while pending:  # catch-up chunks first, then one greedy token per sequence per pass
+            for i, token in self._run(pending):
                 out[i].append(token)
-            todo = [
+            pending = [
                 (i, wants[i][0], [out[i][-1]], len(self._slots[wants[i][0]]))
-                for i, _, _, _ in todo
+                for i, _, _, _ in pending
                 if len(out[i]) < ks[i]
             ]
         return out
 
-    def _run(self, todo: list[tuple[int, int, list[int], int]]) -> list[tuple[int, int]]:
+    def _run(self, pending: list[tuple[int, int, list[int], int]]) -> list[tuple[int, int]]:
         """Feeds each entry's tokens at its positions, in forward_batch calls of at most the
         draft model's batch size; returns (i, greedy token after its last token) per entry."""
         got: list[tuple[int, int]] = []
-        queue = [list(e) for e in todo]
+        queue = [list(e) for e in pending]
         while queue:
             tokens: list[int] = []
             segs: list[list[int]] = []

@@ -19,9 +19,9 @@ from emu_harness import (
     EmbedArgs,
     GemvArgs,
     RmsNormArgs,
-    RopeKvArgs,
     SwiGluArgs,
     pack,
+    rope_kv_args,
     run_both_orders,
     weights,
 )
@@ -150,18 +150,16 @@ def test_rope_kv(emu, neox, cache, n_head, n_kv, hd, tokens, pos0, partial, msca
     kc = np.full((n_kv * cap, hd), 7, np_c)  # rows outside pos0..pos0+tokens must stay untouched
     vc = np.full((n_kv * cap, hd), 7, np_c)
     inv = reference.rope_inv_freq(rot_dim, 10000.0).astype(np.float32)
-    args = pack(
-        RopeKvArgs,
-        n_head=n_head,
-        n_head_kv=n_kv,
-        head_dim=hd,
-        neox=int(neox),
+    args = rope_kv_args(
+        n_head,
+        n_kv,
+        hd,
+        neox=neox,
         pos0=pos0,
-        kv_capacity=cap,
+        cap=cap,
         rope_dim=rot_dim if partial else 0,
         mscale=mscale,
     )
-    args["q_stride"], args["k_stride"], args["v_stride"] = n_head * hd, n_kv * hd, n_kv * hd
     q_ref, k_ref = q.astype(np.float64), k.astype(np.float64)
     bufs = {0: q, 1: k, 2: v, 3: kc, 4: vc, 5: inv, 6: args}
     gq, gk, gkc, gvc = run_both_orders(

@@ -48,7 +48,7 @@ import metallic  # noqa: E402
 import reference as ref  # noqa: E402
 import tiny_families as tf  # noqa: E402
 import tiny_models as tm  # noqa: E402
-from emu_harness import CONST, AttnArgs, RopeKvArgs, pack, run_both_orders  # noqa: E402
+from emu_harness import CONST, AttnArgs, pack, rope_kv_args, run_both_orders  # noqa: E402
 from metallic import errors  # noqa: E402
 
 U = 2.0**-24
@@ -134,18 +134,16 @@ def test_rope_kv_writes_ggml_blocks(
     )  # rows outside the tokens' must stay untouched
     vc = np.full((n_kv * cap, row_b), 0x77, np.uint8)
     inv = ref.rope_inv_freq(rot_dim, 10000.0).astype(np.float32)
-    args = pack(
-        RopeKvArgs,
-        n_head=n_head,
-        n_head_kv=n_kv,
-        head_dim=hd,
-        neox=int(neox),
+    args = rope_kv_args(
+        n_head,
+        n_kv,
+        hd,
+        neox=neox,
         pos0=pos0,
-        kv_capacity=cap,
+        cap=cap,
         rope_dim=rot_dim if partial else 0,
         mscale=1.4142135 if partial else 1.0,
     )
-    args["q_stride"], args["k_stride"], args["v_stride"] = n_head * hd, n_kv * hd, n_kv * hd
     threads = 32 if one_simdgroup else _threads(n_head, n_kv, hd)
     f32 = {0: q.copy(), 1: k.copy(), 2: v.copy(), 3: np.zeros((n_kv * cap, hd), np.float32)}
     f32 |= {4: np.zeros((n_kv * cap, hd), np.float32), 5: inv, 6: args}

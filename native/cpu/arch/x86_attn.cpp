@@ -36,10 +36,7 @@ METALLIC_SIMD_INLINE void dot_heads(int64_t n, const uint16_t* r, const float* q
 
 void dot_f16_heads(int64_t n, const void* row, const float* q, int64_t q_stride, int nh, float* out) {
   const auto* r = static_cast<const uint16_t*>(row);
-  int h = 0;
-  for (; h + 4 <= nh; h += 4) dot_heads<4>(n, r, q + h * q_stride, q_stride, out + h);
-  for (; h + 2 <= nh; h += 2) dot_heads<2>(n, r, q + h * q_stride, q_stride, out + h);
-  for (; h < nh; ++h) dot_heads<1>(n, r, q + h * q_stride, q_stride, out + h);
+  head_groups<false>(nh, [&](auto H, int h) { dot_heads<H>(n, r, q + h * q_stride, q_stride, out + h); });
 }
 
 // Per 16 output elements of H heads: the 2H accumulators stay in registers over a block of
@@ -78,10 +75,8 @@ METALLIC_SIMD_INLINE void pv_heads(int64_t n, int64_t n_pos, const float* p, int
 void pv_f16_heads(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
                   float* acc) {
   const auto* vb = static_cast<const char*>(v);
-  int h = 0;
-  for (; h + 4 <= nh; h += 4) pv_heads<4>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n);
-  for (; h + 2 <= nh; h += 2) pv_heads<2>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n);
-  for (; h < nh; ++h) pv_heads<1>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n);
+  head_groups<false>(
+      nh, [&](auto H, int h) { pv_heads<H>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n); });
 }
 
 }  // namespace

@@ -114,14 +114,9 @@ void dot_rows(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, QH
   for (; j < n_pos; ++j) {
     const auto* blk = reinterpret_cast<const typename R::Block*>(base + j * row_stride);
     auto heads = [&](int h) { return QHeads{q.q + h * n, q.d + h * q.d_stride, q.s + h * q.d_stride, q.d_stride}; };
-    int h = 0;
-    for (; h + 4 <= nh; h += 4) dot_heads<R, 4>(n, blk, heads(h), out + h * out_stride + j, out_stride);
-    if (nh - h == 3) {  // groups of 3 (SmolLM2) in one pass
-      dot_heads<R, 3>(n, blk, heads(h), out + h * out_stride + j, out_stride);
-      h += 3;
-    }
-    for (; h + 2 <= nh; h += 2) dot_heads<R, 2>(n, blk, heads(h), out + h * out_stride + j, out_stride);
-    for (; h < nh; ++h) dot_heads<R, 1>(n, blk, heads(h), out + h * out_stride + j, out_stride);
+    // groups of 3 (SmolLM2) in one pass
+    head_groups<true>(nh,
+                      [&](auto H, int h) { dot_heads<R, H>(n, blk, heads(h), out + h * out_stride + j, out_stride); });
   }
 }
 
@@ -163,14 +158,8 @@ template <typename R>
 void pv_rows(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
              float* acc) {
   const auto* vb = static_cast<const char*>(v);
-  int h = 0;
-  for (; h + 4 <= nh; h += 4) pv_heads<R, 4>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n);
-  if (nh - h == 3) {
-    pv_heads<R, 3>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n);
-    h += 3;
-  }
-  for (; h + 2 <= nh; h += 2) pv_heads<R, 2>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n);
-  for (; h < nh; ++h) pv_heads<R, 1>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n);
+  head_groups<true>(
+      nh, [&](auto H, int h) { pv_heads<R, H>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n); });
 }
 
 }  // namespace

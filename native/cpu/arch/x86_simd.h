@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 // Forced inlining: a call inside a kernel loop would spill every live ymm (all are caller-saved),
 // and GCC declines to inline some of these helpers in the larger kernels.
@@ -69,6 +70,23 @@ METALLIC_SIMD_INLINE __m256i hsum8_epi32(const __m256i p[8]) {
   const __m256i h0123 = _mm256_hadd_epi32(h01, h23);  // [p0 p1 p2 p3 | p0 p1 p2 p3] half sums
   const __m256i h4567 = _mm256_hadd_epi32(h45, h67);
   return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20), _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
+// Runs group(std::integral_constant<int, H>{}, h0) over heads [0, nh): groups of 4, then (with
+// kThree) one group of 3 when exactly 3 are left, then 2 and 1. The attention row kernels keep
+// each head's accumulators apart, so a head's sums do not depend on its group.
+template <bool kThree, typename Group>
+METALLIC_SIMD_INLINE void head_groups(int nh, Group&& group) {
+  int h = 0;
+  for (; h + 4 <= nh; h += 4) group(std::integral_constant<int, 4>{}, h);
+  if constexpr (kThree) {
+    if (nh - h == 3) {
+      group(std::integral_constant<int, 3>{}, h);
+      return;
+    }
+  }
+  for (; h + 2 <= nh; h += 2) group(std::integral_constant<int, 2>{}, h);
+  for (; h < nh; ++h) group(std::integral_constant<int, 1>{}, h);
 }
 
 }  // namespace metallic::cpu::x86::simd

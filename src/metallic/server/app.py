@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -59,6 +60,48 @@ class ServerState:
     # Tokenization and grammar compilation run in worker threads; the model's tokenizer index
     # is built lazily, so request preparation is serialized.
     prep_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    draft_model: object = None  # a draft Model the scheduler drafts with, closed with the model
+
+    def close(self) -> None:
+        """Frees the model and the draft model (the scheduler must have stopped)."""
+        self.model.close()
+        if self.draft_model is not None:
+            self.draft_model.close()
+
+
+def open_state(
+    model_ref,
+    load: dict,
+    *,
+    draft=None,
+    num_draft_tokens: int = 6,
+    max_queue: int = 256,
+    model_id: str | None = None,
+    api_key: str | None = None,
+    progress: bool = False,
+) -> ServerState:
+    """Loads ``model_ref`` with ``metallic.load(**load)`` and, when ``draft`` names a model
+    rather than ``"prompt-lookup"``, the draft model with the same settings (same slots); then
+    the Scheduler (not started) and metrics. What metallic-server and a Ray replica serve.
+    ``model_id`` defaults to the file name. On failure nothing stays open."""
+    import metallic
+
+    model = metallic.load(model_ref, progress=progress, **load)
+    draft_model = None
+    try:
+        if draft is not None and draft != "prompt-lookup":
+            draft_model = draft = metallic.load(draft, **load)
+        metrics = ServerMetrics()
+        scheduler = model.scheduler(
+            max_queue=max_queue, observer=metrics, draft=draft, num_draft_tokens=num_draft_tokens
+        )
+    except BaseException:
+        model.close()
+        if draft_model is not None:
+            draft_model.close()
+        raise
+    alias = model_id or os.path.basename(str(model.source)).removesuffix(".gguf")
+    return ServerState(model, scheduler, metrics, alias, api_key=api_key, draft_model=draft_model)
 
 
 def create_app(state: ServerState, *, cors_origins: tuple[str, ...] = ()) -> FastAPI:

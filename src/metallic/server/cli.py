@@ -102,45 +102,32 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    import metallic
+    from ..errors import MetallicError
+    from .app import create_app, open_state
 
-    from .app import ServerState, create_app
-    from .metrics import ServerMetrics
-
+    load = {
+        "device": args.device,
+        "threads": args.threads,
+        "context_length": args.context_length,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "batch_size": args.batch_size,
+        "parallel": args.parallel,
+    }
     try:
-        model = metallic.load(
+        state = open_state(
             args.model,
-            device=args.device,
-            threads=args.threads,
-            context_length=args.context_length,
-            kv_cache_dtype=args.kv_cache_dtype,
-            batch_size=args.batch_size,
-            parallel=args.parallel,
+            load,
+            draft=args.draft,
+            num_draft_tokens=args.num_draft_tokens,
+            max_queue=args.max_queue,
+            model_id=args.model_alias,
+            api_key=args.api_key,
             progress=sys.stderr.isatty(),
         )
-        draft = args.draft
-        if draft is not None and draft != "prompt-lookup":
-            draft = metallic.load(
-                draft,
-                device=args.device,
-                threads=args.threads,
-                context_length=args.context_length,
-                kv_cache_dtype=args.kv_cache_dtype,
-                batch_size=args.batch_size,
-                parallel=args.parallel,
-            )
-        metrics = ServerMetrics()
-        scheduler = model.scheduler(
-            max_queue=args.max_queue,
-            observer=metrics,
-            draft=draft,
-            num_draft_tokens=args.num_draft_tokens,
-        )
-    except metallic.errors.MetallicError as exc:
+    except MetallicError as exc:
         print(f"{PROG}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    alias = args.model_alias or os.path.basename(str(model.source)).removesuffix(".gguf")
-    state = ServerState(model, scheduler, metrics, alias, api_key=args.api_key)
+    scheduler = state.scheduler
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -160,7 +147,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.log_level == "debug",
     )
     print(
-        f"{PROG}: {alias} on {model.device}, {args.parallel} slots of {args.context_length} "
+        f"{PROG}: {state.model_id} on {state.model.device}, {args.parallel} slots of {args.context_length} "
         f"tokens: http://{args.host}:{args.port}/",
         file=sys.stderr,
     )
@@ -168,9 +155,7 @@ def serve(args: argparse.Namespace) -> int:
         _DrainingServer(config).run()
     finally:
         scheduler.stop(drain=False, timeout=5)
-        model.close()
-        if draft is not None and not isinstance(draft, str):
-            draft.close()
+        state.close()
     return 0
 
 

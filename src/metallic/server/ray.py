@@ -72,52 +72,33 @@ class MetallicReplica:
     once the replica's requests are done (or ``graceful_shutdown_timeout_s`` passed)."""
 
     def __init__(self, settings: EngineSettings):
-        import metallic
-
-        from .app import ServerState, create_app
-        from .metrics import ServerMetrics
+        from .app import create_app, open_state
 
         self._closed = False
-        model = metallic.load(
+        load = {
+            "device": settings.device,
+            "threads": settings.threads,
+            "context_length": settings.context_length,
+            "kv_cache_dtype": settings.kv_cache_dtype,
+            "batch_size": settings.batch_size,
+            "parallel": settings.parallel,
+        }
+        self.state = open_state(
             settings.model,
-            device=settings.device,
-            threads=settings.threads,
-            context_length=settings.context_length,
-            kv_cache_dtype=settings.kv_cache_dtype,
-            batch_size=settings.batch_size,
-            parallel=settings.parallel,
+            load,
+            draft=settings.draft,
+            num_draft_tokens=settings.num_draft_tokens,
+            max_queue=settings.max_queue,
+            model_id=settings.model_id,
+            api_key=settings.api_key,
         )
-        self._draft = None
         try:
-            draft = settings.draft
-            if draft is not None and draft != "prompt-lookup":  # a draft model: same slots
-                draft = self._draft = metallic.load(
-                    draft,
-                    device=settings.device,
-                    threads=settings.threads,
-                    context_length=settings.context_length,
-                    kv_cache_dtype=settings.kv_cache_dtype,
-                    batch_size=settings.batch_size,
-                    parallel=settings.parallel,
-                )
-            metrics = ServerMetrics()
-            scheduler = model.scheduler(
-                max_queue=settings.max_queue,
-                observer=metrics,
-                draft=draft,
-                num_draft_tokens=settings.num_draft_tokens,
-            )
-            model_id = settings.model_id or os.path.basename(str(model.source)).removesuffix(
-                ".gguf"
-            )
-            self.state = ServerState(model, scheduler, metrics, model_id, api_key=settings.api_key)
             self.asgi_app = create_app(self.state, cors_origins=settings.cors_origins)
-            scheduler.start()
+            self.state.scheduler.start()
         except BaseException:
-            model.close()
-            if self._draft is not None:
-                self._draft.close()
+            self.state.close()
             raise
+        model_id, model = self.state.model_id, self.state.model
         log.info(
             "metallic replica: %s on %s, %d slots of %d tokens, threads: %d",
             model_id,
@@ -147,9 +128,7 @@ class MetallicReplica:
         if _scheduler_alive(state.scheduler):  # it holds the model's lock: close() would block
             log.warning("metallic replica: the scheduler did not stop; the model stays open")
             return
-        state.model.close()
-        if self._draft is not None:
-            self._draft.close()
+        state.close()
         log.info("metallic replica: scheduler stopped, model closed")
 
     def __del__(self):
