@@ -60,6 +60,23 @@ void store_kv_row(DType dt, const float* x, int n, void* dst) {
   }
 }
 
+// SoftmaxFn's steps with std::exp and a serial sum (builds without the AVX2 kernel).
+void softmax_scalar(float* s, int64_t n, float scale, float softcap) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] *= scale;
+    if (softcap > 0.f) s[i] = softcap * std::tanh(s[i] / softcap);
+    mx = std::max(mx, s[i]);
+  }
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - mx);
+    sum += s[i];
+  }
+  const float inv = 1.f / sum;
+  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
 }  // namespace
 
 void op_embed(const OpCall& c, ThreadPool& pool) {
@@ -366,10 +383,11 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       kc.dtype == DType::kF16 && vc.dtype == DType::kF16 && hd % 16 == 0 ? f16_heads_fns() : F16HeadsFns{};
   const QuantHeadsFns qf = kc.dtype == vc.dtype ? quant_heads_fns(kc.dtype) : QuantHeadsFns{};
   const auto pv = hf.pv != nullptr ? hf.pv : qf.pv;  // the grouped V kernels (same signature), or null
+  const SoftmaxFn softmax = softmax_fn() != nullptr ? softmax_fn() : softmax_scalar;
   // Query heads per job: in prefill the heads of one KV head share each cache row (f16 and
   // quantized caches), in decode one head per job (they spread over the threads).
   const int per_job = (hf.dot != nullptr || kdot_q8 != nullptr) && nt > 1 ? group : 1;
-  check(per_job <= s.max_group && per_job * (cap + hd + 3) <= s.scores_stride, ErrorCode::kKernelFailure, "attention",
+  check(per_job <= s.max_group && per_job * (cap + hd) <= s.scores_stride, ErrorCode::kKernelFailure, "attention",
         "scores scratch: sized for fewer query heads per KV head or a smaller cache");
   const size_t qnb = static_cast<size_t>(hd / 32 + 1);  // scales per query head (+1: sized for any head_dim)
   check(kdot_q8 == nullptr || s.attn_q.size() >= static_cast<size_t>(pool.size() * per_job) * static_cast<size_t>(hd),
@@ -377,12 +395,9 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const int64_t jobs_per_token = nh / per_job;
   const TokenSlots at(c);  // each token's position and slot (ragged batch) or pos0 + t
   auto body = [&](int64_t b, int64_t e, int tid) {
-    // Per head: scores (cap), output accumulator (hd), then per head dot, max, 1 / sum.
+    // Per head: scores (cap), then per head the output accumulator (hd).
     float* scores = s.scores.data() + static_cast<size_t>(tid) * static_cast<size_t>(s.scores_stride);
     float* acc = scores + per_job * cap;
-    float* dots = acc + per_job * hd;
-    float* mx = dots + per_job;
-    float* inv = mx + per_job;
     // The job's query heads as q8 blocks (a quantized K cache): head j at qa(j).
     int8_t* qq = s.attn_q.data() + static_cast<size_t>(tid * per_job) * static_cast<size_t>(hd);
     float* qd = s.attn_qd.data() + static_cast<size_t>(tid * per_job) * qnb;
@@ -405,56 +420,36 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       const int64_t n = n_ctx - lo;  // <= cap (kv_positions_ok): scores[i] is position lo + i
       const int64_t r0 = lo % cap;   // its row; a ring wraps once, at row cap
       const float* qh = q.ptr<const float>() + t * q.cols + h0 * hd;
-      std::fill(mx, mx + per_job, -INFINITY);
       if (kdot_q8 != nullptr)  // each head quantized once for all its keys
         for (int j = 0; j < per_job; ++j)
           quant_q(qh + j * hd, hd, qq + static_cast<size_t>(j * hd), qd + j * qnb, qsum + j * qnb);
-      auto score = [&](int j, int64_t i, float dot) {
-        float sc = dot * scale;
-        if (softcap > 0.f) sc = softcap * std::tanh(sc / softcap);
-        scores[j * cap + i] = sc;
-        mx[j] = std::max(mx[j], sc);
-      };
-      const int64_t first = std::min(n, cap - r0);  // the ring's rows: r0.. then 0.. (a wrap)
-      if (qf.dot != nullptr) {                      // the dots of one or two runs of rows, then scaled
+      // The raw dots of the ring's rows, r0.. then 0.. (a wrap): scores[j * cap + i] is head j's
+      // dot with position lo + i.
+      const int64_t first = std::min(n, cap - r0);
+      const auto kstride = static_cast<int64_t>(kc.row_stride);
+      if (qf.dot != nullptr) {
         const QHeads qh8{qq, qd, qsum, static_cast<int64_t>(qnb)};
-        const auto kstride = static_cast<int64_t>(kc.row_stride);
         qf.dot(hd, first, krow(g * cap + r0), kstride, qh8, per_job, scores, cap);
         if (first < n) qf.dot(hd, n - first, krow(g * cap), kstride, qh8, per_job, scores + first, cap);
-        for (int j = 0; j < per_job; ++j)
-          for (int64_t i = 0; i < n; ++i) score(j, i, scores[j * cap + i]);
+      } else if (hf.dot != nullptr) {
+        hf.dot(hd, first, krow(g * cap + r0), kstride, qh, hd, per_job, scores, cap);
+        if (first < n) hf.dot(hd, n - first, krow(g * cap), kstride, qh, hd, per_job, scores + first, cap);
       } else {
-        for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
-          if (hf.dot != nullptr) {
-            hf.dot(hd, krow(g * cap + r), qh, hd, per_job, dots);
-          } else if (kdot_q8 != nullptr) {
-            for (int j = 0; j < per_job; ++j) dots[j] = kdot_q8(hd, krow(g * cap + r), qa(j));
-          } else {
-            dots[0] = kdot(hd, krow(g * cap + r), qh);
-          }
-          for (int j = 0; j < per_job; ++j) score(j, i, dots[j]);
-        }
+        for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1)
+          for (int j = 0; j < per_job; ++j)
+            scores[j * cap + i] =
+                kdot_q8 != nullptr ? kdot_q8(hd, krow(g * cap + r), qa(j)) : kdot(hd, krow(g * cap + r), qh + j * hd);
       }
-      for (int j = 0; j < per_job; ++j) {
-        float* sj = scores + j * cap;
-        float sum = 0.f;
-        for (int64_t i = 0; i < n; ++i) {
-          sj[i] = std::exp(sj[i] - mx[j]);
-          sum += sj[i];
-        }
-        inv[j] = 1.f / sum;
-      }
+      for (int j = 0; j < per_job; ++j) softmax(scores + j * cap, n, scale, softcap);
       std::fill(acc, acc + per_job * hd, 0.f);
-      if (pv != nullptr) {  // the probabilities, then the ring's rows in one or two runs
-        for (int j = 0; j < per_job; ++j)
-          for (int64_t i = 0; i < n; ++i) scores[j * cap + i] *= inv[j];
+      if (pv != nullptr) {  // the ring's rows in one or two runs
         const auto vstride = static_cast<int64_t>(vc.row_stride);
         pv(hd, first, scores, cap, per_job, vrow(g * cap + r0), vstride, acc);
         if (first < n) pv(hd, n - first, scores + first, cap, per_job, vrow(g * cap), vstride, acc);
       } else {  // each V row once for the job's heads, every head adding its positions in order
         for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
           const void* vr = vrow(g * cap + r);
-          for (int j = 0; j < per_job; ++j) vaxpy(hd, scores[j * cap + i] * inv[j], vr, acc + j * hd);
+          for (int j = 0; j < per_job; ++j) vaxpy(hd, scores[j * cap + i], vr, acc + j * hd);
         }
       }
       std::memcpy(out.ptr<float>() + t * out.cols + h0 * hd, acc, static_cast<size_t>(per_job * hd) * sizeof(float));

@@ -2,15 +2,15 @@
 //
 // GELU-tanh: 0.5 x (1 + tanh(y)) = x * sigmoid(2 y) = x / (1 + exp(-2 y)), y = sqrt(2/pi) (x +
 // 0.044715 x^3), HF's gelu_pytorch_tanh rewritten without tanh; SiLU: x / (1 + exp(-x)). exp is
-// Cephes' single-precision expf (range reduction by ln 2 in two parts, a degree-6 polynomial,
-// 2^n through the exponent bits; about 1 ulp) with its argument clamped to [-87.3, 88.3] so 2^n
-// stays normal: beyond, 1 + exp rounds to 1 (the result is x) or the quotient is below 1e-37 of
-// |x| (the activation is 0 to float precision), as with the libm formula.
+// x86_exp.h's exp8 (Cephes' expf, about 1 ulp), whose argument is clamped to [-87.3, 88.3]:
+// beyond, 1 + exp rounds to 1 (the result is x) or the quotient is below 1e-37 of |x| (the
+// activation is 0 to float precision), as with the libm formula.
 #include "cpu/arch/x86_act.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define METALLIC_HAVE_AVX2 1
+#include "cpu/arch/x86_exp.h"
 #endif
 
 namespace metallic::cpu {
@@ -19,22 +19,7 @@ namespace metallic::cpu {
 
 namespace {
 
-__attribute__((always_inline)) inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
+using x86::exp8;
 
 template <bool kGelu>
 __attribute__((always_inline)) inline __m256 act8(__m256 x) {

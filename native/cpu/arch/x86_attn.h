@@ -11,8 +11,11 @@
 namespace metallic::cpu {
 
 struct F16HeadsFns {
-  // out[h] = dot(row, q + h * q_stride) for h < nh; n % 16 == 0.
-  void (*dot)(int64_t n, const void* row, const float* q, int64_t q_stride, int nh, float* out) = nullptr;
+  // out[h * out_stride + j] = dot(row_j, q + h * q_stride) for positions j < n_pos (row_j = rows
+  // + j * row_stride bytes) and h < nh; n % 16 == 0. Per dot: two 8-lane FMA chains over the
+  // even and odd 8-element chunks, summed, then reduced horizontally, whatever nh and n_pos.
+  void (*dot)(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, const float* q, int64_t q_stride, int nh,
+              float* out, int64_t out_stride) = nullptr;
   // For positions j < n_pos in order: acc[h * n + i] += p[h * p_stride + j] * row_j[i] (one FMA
   // each), row_j = v + j * v_stride bytes, for h < nh, i < n; n % 16 == 0.
   void (*pv)(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
@@ -44,6 +47,14 @@ struct QuantHeadsFns {
   void (*pv)(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
              float* acc) = nullptr;
 };
+
+// One head's attention weights in place: s[i] = softmax(softcap(scale * s[i])) for i < n >= 1
+// (softcap(x) = softcap * tanh(x / softcap) when softcap > 0, else x). The maximum is exact;
+// exp is x86_exp.h's exp8 and the sum of n terms is taken in an order fixed by n, so a head's
+// weights do not depend on the batch or the thread. A NaN score makes every weight NaN. Null in
+// builds without AVX2 + FMA (kernels.cpp then runs the same steps with std::exp).
+using SoftmaxFn = void (*)(float* s, int64_t n, float scale, float softcap);
+SoftmaxFn softmax_fn();
 
 // The AVX2 kernels of a Q8_0 or Q4_0 cache, or null members (other dtypes, builds without AVX2):
 // the caller then runs cpu_traits(dtype).dot_q8 / axpy per row, the same arithmetic.

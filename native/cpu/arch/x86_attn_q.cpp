@@ -4,9 +4,9 @@
 // codes are loaded (Q8_0: |w| and its signs; Q4_0: nibbles) once for up to four heads, each head
 // then one u8*s8 multiply-add and one FMA of the block scale product into its 8-lane accumulator,
 // reduced horizontally at the end: x86::dot_q8_0_q8 / dot_q4_0_q8's float steps (x86.cpp dot1).
-// pv: per 16 output elements of up to four heads, the accumulators stay in registers over a block
-// of positions; each position's codes widen to floats once for all heads, then per head
-// acc = fma(p * d, code, acc): x86::axpy_q8_0 / axpy_q4_0's steps, positions in order.
+// pv: per 16 output elements of up to four heads (one head: 64), the accumulators stay in
+// registers over a block of positions; each position's codes widen to floats once for all heads,
+// then per head acc = fma(p * d, code, acc): x86::axpy_q8_0 / axpy_q4_0's steps, positions in order.
 // Every load reads bytes of one validated block (no over-read).
 #include <cmath>
 
@@ -122,11 +122,12 @@ void dot_rows(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, QH
 
 constexpr int64_t kPosBlock = 64;  // rows per pass over a 16-element slice (as x86_attn.cpp)
 
+// Elements [i0, n) in slices of 16.
 template <typename R, int H>
-METALLIC_SIMD_INLINE void pv_heads(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, const char* v,
-                                   int64_t v_stride, float* acc) {
+METALLIC_SIMD_INLINE void pv_heads(int64_t i0, int64_t n, int64_t n_pos, const float* p, int64_t p_stride,
+                                   const char* v, int64_t v_stride, float* acc) {
   for (int64_t j0 = 0; j0 < n_pos; j0 += kPosBlock)
-    for (int64_t i = 0; i < n; i += 16) {
+    for (int64_t i = i0; i < n; i += 16) {
       const int64_t b = i / kQK;
       const int half = static_cast<int>(i % kQK) / 16;
       __m256 a0[H], a1[H];
@@ -154,12 +155,48 @@ METALLIC_SIMD_INLINE void pv_heads(int64_t n, int64_t n_pos, const float* p, int
     }
 }
 
+// One head (decode: a job per head), elements [0, n / 64 * 64) in slices of two blocks: eight
+// accumulators, so the FMA chains of consecutive positions overlap. Per element the same steps
+// as pv_heads (acc = fma(p * d, code, acc), positions in order).
+template <typename R>
+METALLIC_SIMD_INLINE int64_t pv_one_head(int64_t n, int64_t n_pos, const float* p, const char* v, int64_t v_stride,
+                                         float* acc) {
+  const int64_t wide = n / 64 * 64;
+  for (int64_t j0 = 0; j0 < n_pos; j0 += kPosBlock)
+    for (int64_t i = 0; i < wide; i += 64) {
+      __m256 a[8];
+      for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_ps(acc + i + 8 * k);
+      const int64_t j1 = j0 + kPosBlock < n_pos ? j0 + kPosBlock : n_pos;
+      for (int64_t j = j0; j < j1; ++j) {
+        const auto* blk = reinterpret_cast<const typename R::Block*>(v + j * v_stride) + i / kQK;
+#pragma GCC unroll 2
+        for (int b = 0; b < 2; ++b) {
+          const __m256 pd = _mm256_set1_ps(p[j] * h2f(blk[b].d));
+#pragma GCC unroll 2
+          for (int half = 0; half < 2; ++half) {
+            const __m128i c = R::half_codes(blk[b], half);
+            const int k = 4 * b + 2 * half;
+            a[k] = _mm256_fmadd_ps(pd, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), a[k]);
+            a[k + 1] = _mm256_fmadd_ps(pd, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))), a[k + 1]);
+          }
+        }
+      }
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(acc + i + 8 * k, a[k]);
+    }
+  return wide;
+}
+
 template <typename R>
 void pv_rows(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
              float* acc) {
   const auto* vb = static_cast<const char*>(v);
+  if (nh == 1) {
+    const int64_t done = pv_one_head<R>(n, n_pos, p, vb, v_stride, acc);
+    pv_heads<R, 1>(done, n, n_pos, p, p_stride, vb, v_stride, acc);
+    return;
+  }
   head_groups<true>(
-      nh, [&](auto H, int h) { pv_heads<R, H>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n); });
+      nh, [&](auto H, int h) { pv_heads<R, H>(0, n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n); });
 }
 
 }  // namespace
