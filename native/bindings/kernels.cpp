@@ -316,6 +316,7 @@ void init_kernels(nb::module_& m) {
         lim.kv_capacity = kv_capacity;
         lim.head_dim = head_dim;
         lim.max_group = n_head / n_head_kv;
+        lim.max_heads = n_head;
         auto dev = make_device("cpu", threads, lim);
         std::vector<float> qw(q.data(), q.data() + q.size()), kw(kin.data(), kin.data() + kin.size());
         std::vector<float> vw(vin.data(), vin.data() + vin.size()), out(static_cast<size_t>(nt * qcols));

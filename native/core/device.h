@@ -208,6 +208,7 @@ struct DeviceLimits {
   int64_t kv_capacity = 1;  // KV rows per head
   int32_t head_dim = 1;
   int32_t max_group = 1;  // query heads per KV head (GQA), the most of any layer
+  int32_t max_heads = 1;  // query heads of a layer, the most of any
   int64_t n_vocab = 1;    // logits per row (kArgmax)
 };
 

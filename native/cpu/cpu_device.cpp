@@ -42,6 +42,12 @@ class CpuDevice final : public Device {
     scratch_.attn_q.resize(q_heads * static_cast<size_t>(lim.head_dim));
     scratch_.attn_qd.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
     scratch_.attn_qs.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
+    scratch_.max_heads = std::max(1, lim.max_heads);
+    const auto heads = static_cast<size_t>(scratch_.max_heads);
+    scratch_.split_scores.resize(heads * static_cast<size_t>(lim.kv_capacity));
+    scratch_.split_q.resize(heads * static_cast<size_t>(lim.head_dim));
+    scratch_.split_qd.resize(heads * static_cast<size_t>(lim.head_dim / 32 + 1));
+    scratch_.split_qs.resize(heads * static_cast<size_t>(lim.head_dim / 32 + 1));
   }
 
   ~CpuDevice() override {

@@ -348,6 +348,90 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
   }
 }
 
+namespace {
+
+// One token over a long context (decode) with grouped heads, in three passes split over the
+// threads, so that each K and V row is read once for its group's heads (a job per head reads it
+// `group` times, from DRAM once the cache outgrows the caches): the dots of blocks of positions
+// (all heads of a KV head at once), each head's softmax, then P·V over slices of the output
+// elements. Every dot, softmax and element sum takes the same steps as in op_attention's jobs,
+// so the result is bit-identical (batch invariance holds).
+constexpr int64_t kSplitMin = 256;    // positions from which the passes beat a job per head
+constexpr int64_t kSplitBlock = 256;  // positions per dot job
+
+struct SplitDecode {
+  const Tensor &q, &kc, &vc, &out;
+  const TokenSlots& at;
+  int hd, nh, group;
+  int64_t cap, lo, n;  // the ring's rows; the first position read and how many
+  float scale, softcap;
+  QuantizeActFn quant_q;
+  decltype(F16HeadsFns::dot) fdot;
+  decltype(QuantHeadsFns::dot) qdot;
+  decltype(F16HeadsFns::pv) pv;
+  SoftmaxFn softmax;
+};
+
+void split_decode(const SplitDecode& d, ThreadPool& pool, Scratch& s) {
+  const int64_t cap = d.cap, hd = d.hd, group = d.group, n_kv = d.nh / d.group;
+  const int64_t r0 = d.lo % cap;
+  const char* kbase = static_cast<const char*>(d.kc.row(0)) + d.at.kv_offset(0);
+  const char* vbase = static_cast<const char*>(d.vc.row(0)) + d.at.kv_offset(0);
+  const float* qh = d.q.ptr<const float>();
+  float* sc = s.split_scores.data();  // head h's scores at sc + h * cap
+  const auto qnb = static_cast<int64_t>(hd / 32 + 1);
+  // Positions [i0, i1) as runs of consecutive ring rows: f(position, row, count).
+  auto runs = [&](int64_t i0, int64_t i1, auto&& f) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t r = (r0 + i) % cap;
+      const int64_t k = std::min(i1 - i, cap - r);
+      f(i, r, k);
+      i += k;
+    }
+  };
+  if (d.qdot != nullptr)
+    for (int h = 0; h < d.nh; ++h)
+      d.quant_q(qh + h * hd, hd, s.split_q.data() + h * hd, s.split_qd.data() + h * qnb, s.split_qs.data() + h * qnb);
+  const int64_t blocks = (d.n + kSplitBlock - 1) / kSplitBlock;
+  pool.parallel_for(n_kv * blocks, [&](int64_t b, int64_t e, int) {
+    for (int64_t job = b; job < e; ++job) {
+      const int64_t g = job / blocks, i0 = job % blocks * kSplitBlock;
+      runs(i0, std::min(d.n, i0 + kSplitBlock), [&](int64_t i, int64_t r, int64_t k) {
+        const char* rows = kbase + static_cast<size_t>(g * cap + r) * d.kc.row_stride;
+        const auto stride = static_cast<int64_t>(d.kc.row_stride);
+        float* o = sc + g * group * cap + i;
+        if (d.qdot != nullptr) {
+          const QHeads qh8{s.split_q.data() + g * group * hd, s.split_qd.data() + g * group * qnb,
+                           s.split_qs.data() + g * group * qnb, qnb};
+          d.qdot(hd, k, rows, stride, qh8, static_cast<int>(group), o, cap);
+        } else {
+          d.fdot(hd, k, rows, stride, qh + g * group * hd, hd, static_cast<int>(group), o, cap);
+        }
+      });
+    }
+  });
+  pool.parallel_for(d.nh, [&](int64_t b, int64_t e, int) {
+    for (int64_t h = b; h < e; ++h) d.softmax(sc + h * cap, d.n, d.scale, d.softcap);
+  });
+  float* o = d.out.ptr<float>();
+  std::fill(o, o + d.nh * hd, 0.f);
+  const int64_t slice = hd % 32 == 0 ? 32 : 16;  // whole blocks of a quantized V
+  const int64_t slices = hd / slice;
+  pool.parallel_for(n_kv * slices, [&](int64_t b, int64_t e, int) {
+    for (int64_t job = b; job < e; ++job) {
+      const int64_t g = job / slices, e0 = job % slices * slice;
+      const size_t skip = row_bytes(d.vc.dtype, e0);  // bytes of a V row before the slice
+      runs(0, d.n, [&](int64_t i, int64_t r, int64_t k) {
+        const char* rows = vbase + static_cast<size_t>(g * cap + r) * d.vc.row_stride + skip;
+        d.pv(slice, k, sc + g * group * cap + i, cap, static_cast<int>(group), rows,
+             static_cast<int64_t>(d.vc.row_stride), o + g * group * hd + e0, hd);
+      });
+    }
+  });
+}
+
+}  // namespace
+
 // Batch invariance: a head's float steps depend only on its position and window, so a token's
 // attention is bit-identical in decode and in any prefill batch. With an f16 cache and AVX2 the
 // grouped kernels (cpu/arch/x86_attn.h) run: in prefill one job takes the `group` query heads
@@ -394,6 +478,18 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
         ErrorCode::kKernelFailure, "attention", "query scratch: sized for a smaller head_dim or group");
   const int64_t jobs_per_token = nh / per_job;
   const TokenSlots at(c);  // each token's position and slot (ragged batch) or pos0 + t
+  if (nt == 1 && group > 1 && pool.size() > 1 && pv != nullptr && (hf.dot != nullptr || qf.dot != nullptr) &&
+      hd % 16 == 0 && static_cast<size_t>(nh) * static_cast<size_t>(cap) <= s.split_scores.size() &&
+      static_cast<size_t>(nh) * static_cast<size_t>(hd) <= s.split_q.size()) {
+    const int64_t n_ctx = at.pos(0) + 1;
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, n_ctx - window) : 0;
+    if (n_ctx - lo >= kSplitMin) {
+      const SplitDecode d{q,  kc,         vc,    out,     at,      hd,     nh,     group, cap,
+                          lo, n_ctx - lo, scale, softcap, quant_q, hf.dot, qf.dot, pv,    softmax};
+      split_decode(d, pool, s);
+      return;
+    }
+  }
   auto body = [&](int64_t b, int64_t e, int tid) {
     // Per head: scores (cap), then per head the output accumulator (hd).
     float* scores = s.scores.data() + static_cast<size_t>(tid) * static_cast<size_t>(s.scores_stride);
@@ -444,8 +540,8 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       std::fill(acc, acc + per_job * hd, 0.f);
       if (pv != nullptr) {  // the ring's rows in one or two runs
         const auto vstride = static_cast<int64_t>(vc.row_stride);
-        pv(hd, first, scores, cap, per_job, vrow(g * cap + r0), vstride, acc);
-        if (first < n) pv(hd, n - first, scores + first, cap, per_job, vrow(g * cap), vstride, acc);
+        pv(hd, first, scores, cap, per_job, vrow(g * cap + r0), vstride, acc, hd);
+        if (first < n) pv(hd, n - first, scores + first, cap, per_job, vrow(g * cap), vstride, acc, hd);
       } else {  // each V row once for the job's heads, every head adding its positions in order
         for (int64_t i = 0, r = r0; i < n; ++i, r = r + 1 == cap ? 0 : r + 1) {
           const void* vr = vrow(g * cap + r);

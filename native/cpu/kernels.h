@@ -27,6 +27,12 @@ struct Scratch {
   // head_dim), their block scales and scale * sums (threads, max_group, head_dim / 32 + 1).
   std::vector<int8_t> attn_q;
   std::vector<float> attn_qd, attn_qs;
+  // One token's attention split over the threads (op_attention, long decode): every head's
+  // scores (max_heads, kv_capacity) and, for a quantized K cache, every head as q8 blocks.
+  int32_t max_heads = 1;
+  std::vector<float> split_scores;
+  std::vector<int8_t> split_q;
+  std::vector<float> split_qd, split_qs;
 };
 
 void op_embed(const OpCall& c, ThreadPool& pool);

@@ -103,6 +103,7 @@ void Engine::build(const WeightMap& weights, const std::string& device, int thre
   lim.kv_capacity = ctx_;
   lim.head_dim = static_cast<int32_t>(c.head_dim);
   lim.max_group = static_cast<int32_t>(std::max<int64_t>(1, c.n_head / std::max<int64_t>(1, c.n_head_kv)));
+  lim.max_heads = static_cast<int32_t>(std::max<int64_t>(1, c.n_head));
   lim.n_vocab = c.n_vocab;
   device_ = make_device(device, threads, lim);
   // A device without rope_kv / attention kernels for the cache type refuses it here, before any

@@ -235,6 +235,40 @@ def test_long_decode_matches_numpy(kv, n_head, n_kv, hd):
     assert err <= TOL_KERNEL, f"rel err {err:.3e}"
 
 
+@pytest.mark.parametrize("kv", ["f16", *QUANT_KV])
+@pytest.mark.parametrize("n_head, n_kv, hd", [(9, 3, 64), (4, 1, 256), (6, 2, 96)])
+def test_long_decode_split_is_bit_identical(kv, n_head, n_kv, hd):
+    """From 256 positions a decode token's attention runs as three passes split over the
+    threads (position blocks of dots, softmax per head, P·V per 32-element slice): the same bits
+    as the prefill path (a job per KV head), one thread (no split) and float64 within bound."""
+    n = 300
+    q, k, v = _qkv(n, n_head, n_kv, hd, seed=n_head + hd)
+    runs = [
+        _run(kv, q, k, v, n_head, n_kv, hd, n, chunks=c, threads=t)[0]
+        for c, t in [([1] * n, 2), ([n], 2), ([1] * n, 1), ([255, 40, 1, 4], 2)]
+    ]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+    want = ref_attention(q, k, v, n_head, n_kv, hd, kv, 1.0 / np.sqrt(hd))
+    err = np.abs(runs[0] - want).max() / np.abs(want).max()
+    assert err <= TOL_KERNEL, f"rel err {err:.3e}"
+
+
+@pytest.mark.parametrize("kv", ["f16", *QUANT_KV])
+def test_long_decode_split_over_a_wrapped_ring(kv):
+    """A sliding window of 300 in a ring of 320 rows, 420 positions: the split decode reads two
+    runs of rows (the wrap) and equals prefill in chunks of 20 bit for bit, with a softcap."""
+    n, n_head, n_kv, hd, window, cap = 420, 4, 2, 64, 300, 320
+    q, k, v = _qkv(n, n_head, n_kv, hd, seed=7)
+    kw = dict(window=window, softcap=30.0)
+    dec = _run(kv, q, k, v, n_head, n_kv, hd, cap, chunks=[1] * n, **kw)[0]
+    pre = _run(kv, q, k, v, n_head, n_kv, hd, cap, chunks=[20] * 21, **kw)[0]
+    np.testing.assert_array_equal(dec, pre)
+    want = ref_attention(q, k, v, n_head, n_kv, hd, kv, 1 / 8, window=window, softcap=30.0)
+    err = np.abs(dec - want).max() / np.abs(want).max()
+    assert err <= TOL_KERNEL, f"rel err {err:.3e}"
+
+
 @pytest.mark.parametrize("kv", ["f32", "f16"])
 def test_non_finite_key_gives_nan(kv):
     """A key with an inf makes the heads that read it NaN (not a silently renormalised softmax);

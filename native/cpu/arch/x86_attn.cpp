@@ -81,13 +81,13 @@ void dot_f16_heads(int64_t n, int64_t n_pos, const void* rows, int64_t row_strid
 constexpr int64_t kPosBlock = 64;
 
 template <int H, int kVec>
-METALLIC_SIMD_INLINE void pv_slices(int64_t i0, int64_t i1, int64_t n, int64_t n_pos, const float* p, int64_t p_stride,
-                                    const char* v, int64_t v_stride, float* acc) {
+METALLIC_SIMD_INLINE void pv_slices(int64_t i0, int64_t i1, int64_t n_pos, const float* p, int64_t p_stride,
+                                    const char* v, int64_t v_stride, float* acc, int64_t acc_stride) {
   for (int64_t j0 = 0; j0 < n_pos; j0 += kPosBlock)
     for (int64_t i = i0; i + 8 * kVec <= i1; i += 8 * kVec) {
       __m256 a[H][kVec];
       for (int h = 0; h < H; ++h)
-        for (int k = 0; k < kVec; ++k) a[h][k] = _mm256_loadu_ps(acc + h * n + i + 8 * k);
+        for (int k = 0; k < kVec; ++k) a[h][k] = _mm256_loadu_ps(acc + h * acc_stride + i + 8 * k);
       const int64_t j1 = j0 + kPosBlock < n_pos ? j0 + kPosBlock : n_pos;
       for (int64_t j = j0; j < j1; ++j) {
         const auto* r = reinterpret_cast<const uint16_t*>(v + j * v_stride) + i;
@@ -101,24 +101,25 @@ METALLIC_SIMD_INLINE void pv_slices(int64_t i0, int64_t i1, int64_t n, int64_t n
         }
       }
       for (int h = 0; h < H; ++h)
-        for (int k = 0; k < kVec; ++k) _mm256_storeu_ps(acc + h * n + i + 8 * k, a[h][k]);
+        for (int k = 0; k < kVec; ++k) _mm256_storeu_ps(acc + h * acc_stride + i + 8 * k, a[h][k]);
     }
 }
 
 template <int H>
 METALLIC_SIMD_INLINE void pv_heads(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, const char* v,
-                                   int64_t v_stride, float* acc) {
+                                   int64_t v_stride, float* acc, int64_t acc_stride) {
   constexpr int kWide = H == 1 ? 8 : H == 2 ? 4 : 2;  // vectors per head in a wide slice
   const int64_t wide = n / (8 * kWide) * (8 * kWide);
-  pv_slices<H, kWide>(0, wide, n, n_pos, p, p_stride, v, v_stride, acc);
-  if constexpr (kWide > 2) pv_slices<H, 2>(wide, n, n, n_pos, p, p_stride, v, v_stride, acc);  // n % 16 == 0
+  pv_slices<H, kWide>(0, wide, n_pos, p, p_stride, v, v_stride, acc, acc_stride);
+  if constexpr (kWide > 2) pv_slices<H, 2>(wide, n, n_pos, p, p_stride, v, v_stride, acc, acc_stride);  // n % 16 == 0
 }
 
 void pv_f16_heads(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
-                  float* acc) {
+                  float* acc, int64_t acc_stride) {
   const auto* vb = static_cast<const char*>(v);
-  head_groups<false>(
-      nh, [&](auto H, int h) { pv_heads<H>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n); });
+  head_groups<false>(nh, [&](auto H, int h) {
+    pv_heads<H>(n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * acc_stride, acc_stride);
+  });
 }
 
 // Lanes [0, k) of eight set (k <= 8).

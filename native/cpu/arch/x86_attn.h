@@ -16,10 +16,11 @@ struct F16HeadsFns {
   // even and odd 8-element chunks, summed, then reduced horizontally, whatever nh and n_pos.
   void (*dot)(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, const float* q, int64_t q_stride, int nh,
               float* out, int64_t out_stride) = nullptr;
-  // For positions j < n_pos in order: acc[h * n + i] += p[h * p_stride + j] * row_j[i] (one FMA
-  // each), row_j = v + j * v_stride bytes, for h < nh, i < n; n % 16 == 0.
+  // For positions j < n_pos in order: acc[h * acc_stride + i] += p[h * p_stride + j] * row_j[i]
+  // (one FMA each), row_j = v + j * v_stride bytes, for h < nh, i < n; n % 16 == 0. n may be a
+  // slice of the rows (v and acc offset to it): each element's sum is the same either way.
   void (*pv)(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
-             float* acc) = nullptr;
+             float* acc, int64_t acc_stride) = nullptr;
 };
 
 // The AVX2 kernels, or null members in builds without AVX2 + FMA + F16C. A head's arithmetic
@@ -43,9 +44,10 @@ struct QuantHeadsFns {
   void (*dot)(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, QHeads q, int nh, float* out,
               int64_t out_stride) = nullptr;
   // As F16HeadsFns::pv over quantized V rows: per element acc = fma(p * d, code, acc), positions
-  // in order, which are the steps of cpu_traits().axpy with a = p, bit for bit; n % 32 == 0.
+  // in order, which are the steps of cpu_traits().axpy with a = p, bit for bit; n % 32 == 0 (a
+  // slice of whole blocks: v offset to its first block).
   void (*pv)(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
-             float* acc) = nullptr;
+             float* acc, int64_t acc_stride) = nullptr;
 };
 
 // One head's attention weights in place: s[i] = softmax(softcap(scale * s[i])) for i < n >= 1

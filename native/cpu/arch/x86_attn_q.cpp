@@ -125,15 +125,15 @@ constexpr int64_t kPosBlock = 64;  // rows per pass over a 16-element slice (as 
 // Elements [i0, n) in slices of 16.
 template <typename R, int H>
 METALLIC_SIMD_INLINE void pv_heads(int64_t i0, int64_t n, int64_t n_pos, const float* p, int64_t p_stride,
-                                   const char* v, int64_t v_stride, float* acc) {
+                                   const char* v, int64_t v_stride, float* acc, int64_t acc_stride) {
   for (int64_t j0 = 0; j0 < n_pos; j0 += kPosBlock)
     for (int64_t i = i0; i < n; i += 16) {
       const int64_t b = i / kQK;
       const int half = static_cast<int>(i % kQK) / 16;
       __m256 a0[H], a1[H];
       for (int h = 0; h < H; ++h) {
-        a0[h] = _mm256_loadu_ps(acc + h * n + i);
-        a1[h] = _mm256_loadu_ps(acc + h * n + i + 8);
+        a0[h] = _mm256_loadu_ps(acc + h * acc_stride + i);
+        a1[h] = _mm256_loadu_ps(acc + h * acc_stride + i + 8);
       }
       const int64_t j1 = j0 + kPosBlock < n_pos ? j0 + kPosBlock : n_pos;
       for (int64_t j = j0; j < j1; ++j) {
@@ -149,8 +149,8 @@ METALLIC_SIMD_INLINE void pv_heads(int64_t i0, int64_t n, int64_t n_pos, const f
         }
       }
       for (int h = 0; h < H; ++h) {
-        _mm256_storeu_ps(acc + h * n + i, a0[h]);
-        _mm256_storeu_ps(acc + h * n + i + 8, a1[h]);
+        _mm256_storeu_ps(acc + h * acc_stride + i, a0[h]);
+        _mm256_storeu_ps(acc + h * acc_stride + i + 8, a1[h]);
       }
     }
 }
@@ -188,15 +188,16 @@ METALLIC_SIMD_INLINE int64_t pv_one_head(int64_t n, int64_t n_pos, const float* 
 
 template <typename R>
 void pv_rows(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
-             float* acc) {
+             float* acc, int64_t acc_stride) {
   const auto* vb = static_cast<const char*>(v);
   if (nh == 1) {
     const int64_t done = pv_one_head<R>(n, n_pos, p, vb, v_stride, acc);
-    pv_heads<R, 1>(done, n, n_pos, p, p_stride, vb, v_stride, acc);
+    pv_heads<R, 1>(done, n, n_pos, p, p_stride, vb, v_stride, acc, acc_stride);
     return;
   }
-  head_groups<true>(
-      nh, [&](auto H, int h) { pv_heads<R, H>(0, n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * n); });
+  head_groups<true>(nh, [&](auto H, int h) {
+    pv_heads<R, H>(0, n, n_pos, p + h * p_stride, p_stride, vb, v_stride, acc + h * acc_stride, acc_stride);
+  });
 }
 
 }  // namespace
