@@ -295,7 +295,7 @@ void init_kernels(nb::module_& m) {
   k.def(
       "kv_attention",
       [](int kv_dtype, F32In q, F32In kin, F32In vin, int n_head, int n_head_kv, int head_dim, int64_t kv_capacity,
-         int window, float scale, float softcap, const std::vector<int64_t>& chunks, int threads) {
+         int window, float scale, float softcap, const std::vector<int64_t>& chunks, int threads, int64_t split_bytes) {
         const DType dt = dtype_from_int(kv_dtype, "kernels.kv_attention");
         const char* where = "kernels.kv_attention";
         check(n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && head_dim > 0 && head_dim % 2 == 0,
@@ -317,6 +317,7 @@ void init_kernels(nb::module_& m) {
         lim.head_dim = head_dim;
         lim.max_group = n_head / n_head_kv;
         lim.max_heads = n_head;
+        if (split_bytes >= 0) lim.attn_split_bytes = split_bytes;
         auto dev = make_device("cpu", threads, lim);
         std::vector<float> qw(q.data(), q.data() + q.size()), kw(kin.data(), kin.data() + kin.size());
         std::vector<float> vw(vin.data(), vin.data() + vin.size()), out(static_cast<size_t>(nt * qcols));
@@ -363,7 +364,10 @@ void init_kernels(nb::module_& m) {
       nb::arg("kv_dtype"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("n_head"), nb::arg("n_head_kv"),
       nb::arg("head_dim"), nb::arg("kv_capacity"), nb::arg("window") = 0, nb::arg("scale") = 1.f,
       nb::arg("softcap") = 0.f, nb::arg("chunks") = std::vector<int64_t>{}, nb::arg("threads") = 2,
-      "rope_kv (identity rotation) + attention over a KV cache of kv_dtype; returns (out, K cache, V cache).");
+      nb::arg("split_bytes") = -1,
+      "rope_kv (identity rotation) + attention over a KV cache of kv_dtype; returns (out, K cache, V cache). "
+      "split_bytes >= 0: K bytes per KV head from which a decode token is split over the threads (-1: the "
+      "device's default).");
 
   k.def(
       "rms_norm",

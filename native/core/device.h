@@ -209,7 +209,10 @@ struct DeviceLimits {
   int32_t head_dim = 1;
   int32_t max_group = 1;  // query heads per KV head (GQA), the most of any layer
   int32_t max_heads = 1;  // query heads of a layer, the most of any
-  int64_t n_vocab = 1;    // logits per row (kArgmax)
+  // cpu: K-cache bytes per KV head from which one decode token's attention is split over the
+  // threads (cpu/kernels.cpp split_decode; tests lower it to run the split at small sizes).
+  int64_t attn_split_bytes = int64_t{1} << 20;
+  int64_t n_vocab = 1;  // logits per row (kArgmax)
 };
 
 // Factory (core/device_factory.cpp; threads <= 0 → hardware concurrency): "cpu"; "metal-emulated"

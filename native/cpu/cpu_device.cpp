@@ -43,6 +43,7 @@ class CpuDevice final : public Device {
     scratch_.attn_qd.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
     scratch_.attn_qs.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
     scratch_.max_heads = std::max(1, lim.max_heads);
+    scratch_.split_bytes = std::max<int64_t>(0, lim.attn_split_bytes);
     const auto heads = static_cast<size_t>(scratch_.max_heads);
     scratch_.split_scores.resize(heads * static_cast<size_t>(lim.kv_capacity));
     scratch_.split_q.resize(heads * static_cast<size_t>(lim.head_dim));

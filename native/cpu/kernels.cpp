@@ -351,12 +351,19 @@ void op_rope_kv(const OpCall& c, ThreadPool& pool, Scratch& s) {
 namespace {
 
 // One token over a long context (decode) with grouped heads, in three passes split over the
-// threads, so that each K and V row is read once for its group's heads (a job per head reads it
-// `group` times, from DRAM once the cache outgrows the caches): the dots of blocks of positions
-// (all heads of a KV head at once), each head's softmax, then P·V over slices of the output
-// elements. Every dot, softmax and element sum takes the same steps as in op_attention's jobs,
-// so the result is bit-identical (batch invariance holds).
-constexpr int64_t kSplitMin = 256;    // positions from which the passes beat a job per head
+// threads, so that each K and V row comes from memory once for its group's heads (a job per head
+// reads it `group` times, from DRAM once the cache outgrows L2): the dots of blocks of positions
+// (a block's rows stay in L1 / L2 while each head of the KV head takes them with the one-head
+// kernels), each head's softmax, then P·V over slices of the output elements, a block of
+// positions at a time for each head. Every dot, softmax and element sum takes the same steps as
+// in op_attention's jobs, so the result is bit-identical (batch invariance holds).
+// When: from Scratch::split_bytes of K rows per KV head (1 MiB, a typical L2), or from
+// kSplitMinShared positions when there are fewer KV heads than threads (a job per head then has
+// two threads read the same rows). Below, a job per head finds the rows the previous head of its
+// group read still in L2, and the passes' extra hand-offs cost more. Measured on Zen 4 (1 MiB
+// L2, 2 threads): SmolLM2 (3 KV heads, 128-byte rows) at 1k and 4k positions ran 10-15 % slower
+// split; Gemma-3 (1 KV head, 512-byte rows) 10-20 % faster at 4k and 2.3x at 32k.
+constexpr int64_t kSplitMinShared = 256;
 constexpr int64_t kSplitBlock = 256;  // positions per dot job
 
 struct SplitDecode {
@@ -399,13 +406,13 @@ void split_decode(const SplitDecode& d, ThreadPool& pool, Scratch& s) {
       runs(i0, std::min(d.n, i0 + kSplitBlock), [&](int64_t i, int64_t r, int64_t k) {
         const char* rows = kbase + static_cast<size_t>(g * cap + r) * d.kc.row_stride;
         const auto stride = static_cast<int64_t>(d.kc.row_stride);
-        float* o = sc + g * group * cap + i;
-        if (d.qdot != nullptr) {
-          const QHeads qh8{s.split_q.data() + g * group * hd, s.split_qd.data() + g * group * qnb,
-                           s.split_qs.data() + g * group * qnb, qnb};
-          d.qdot(hd, k, rows, stride, qh8, static_cast<int>(group), o, cap);
-        } else {
-          d.fdot(hd, k, rows, stride, qh + g * group * hd, hd, static_cast<int>(group), o, cap);
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {  // the block's rows stay in L1 / L2
+          if (d.qdot != nullptr) {
+            const QHeads qh8{s.split_q.data() + h * hd, s.split_qd.data() + h * qnb, s.split_qs.data() + h * qnb, qnb};
+            d.qdot(hd, k, rows, stride, qh8, 1, sc + h * cap + i, cap);
+          } else {
+            d.fdot(hd, k, rows, stride, qh + h * hd, hd, 1, sc + h * cap + i, cap);
+          }
         }
       });
     }
@@ -420,12 +427,13 @@ void split_decode(const SplitDecode& d, ThreadPool& pool, Scratch& s) {
   pool.parallel_for(n_kv * slices, [&](int64_t b, int64_t e, int) {
     for (int64_t job = b; job < e; ++job) {
       const int64_t g = job / slices, e0 = job % slices * slice;
-      const size_t skip = row_bytes(d.vc.dtype, e0);  // bytes of a V row before the slice
-      runs(0, d.n, [&](int64_t i, int64_t r, int64_t k) {
-        const char* rows = vbase + static_cast<size_t>(g * cap + r) * d.vc.row_stride + skip;
-        d.pv(slice, k, sc + g * group * cap + i, cap, static_cast<int>(group), rows,
-             static_cast<int64_t>(d.vc.row_stride), o + g * group * hd + e0, hd);
-      });
+      const size_t skip = row_bytes(d.vc.dtype, e0);     // bytes of a V row before the slice
+      for (int64_t p0 = 0; p0 < d.n; p0 += kSplitBlock)  // positions in order, a block at a time
+        runs(p0, std::min(d.n, p0 + kSplitBlock), [&](int64_t i, int64_t r, int64_t k) {
+          const char* rows = vbase + static_cast<size_t>(g * cap + r) * d.vc.row_stride + skip;
+          for (int64_t h = g * group; h < (g + 1) * group; ++h)
+            d.pv(slice, k, sc + h * cap + i, cap, 1, rows, static_cast<int64_t>(d.vc.row_stride), o + h * hd + e0, hd);
+        });
     }
   });
 }
@@ -483,7 +491,9 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       static_cast<size_t>(nh) * static_cast<size_t>(hd) <= s.split_q.size()) {
     const int64_t n_ctx = at.pos(0) + 1;
     const int64_t lo = window > 0 ? std::max<int64_t>(0, n_ctx - window) : 0;
-    if (n_ctx - lo >= kSplitMin) {
+    const int64_t n = n_ctx - lo;
+    const bool shared = nh / group < pool.size() && n >= kSplitMinShared;  // threads would share a KV head
+    if (shared || static_cast<int64_t>(static_cast<size_t>(n) * kc.row_stride) >= s.split_bytes) {
       const SplitDecode d{q,  kc,         vc,    out,     at,      hd,     nh,     group, cap,
                           lo, n_ctx - lo, scale, softcap, quant_q, hf.dot, qf.dot, pv,    softmax};
       split_decode(d, pool, s);

@@ -30,6 +30,7 @@ struct Scratch {
   // One token's attention split over the threads (op_attention, long decode): every head's
   // scores (max_heads, kv_capacity) and, for a quantized K cache, every head as q8 blocks.
   int32_t max_heads = 1;
+  int64_t split_bytes = int64_t{1} << 20;  // DeviceLimits::attn_split_bytes
   std::vector<float> split_scores;
   std::vector<int8_t> split_q;
   std::vector<float> split_qd, split_qs;

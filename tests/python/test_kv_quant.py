@@ -140,12 +140,39 @@ def ref_attention(q, k, v, n_head, n_kv, hd, kv, scale, window=0, softcap=0.0):
 
 
 def _run(
-    kv, q, k, v, n_head, n_kv, hd, cap, *, window=0, scale=None, softcap=0.0, chunks=None, threads=2
+    kv,
+    q,
+    k,
+    v,
+    n_head,
+    n_kv,
+    hd,
+    cap,
+    *,
+    window=0,
+    scale=None,
+    softcap=0.0,
+    chunks=None,
+    threads=2,
+    split_bytes=-1,
 ):
     n = q.shape[0]
     scale = 1.0 / np.sqrt(hd) if scale is None else scale
     return K.kv_attention(
-        KV_IDS[kv], q, k, v, n_head, n_kv, hd, cap, window, scale, softcap, chunks or [n], threads
+        KV_IDS[kv],
+        q,
+        k,
+        v,
+        n_head,
+        n_kv,
+        hd,
+        cap,
+        window,
+        scale,
+        softcap,
+        chunks or [n],
+        threads,
+        split_bytes,
     )
 
 
@@ -238,14 +265,22 @@ def test_long_decode_matches_numpy(kv, n_head, n_kv, hd):
 @pytest.mark.parametrize("kv", ["f16", *QUANT_KV])
 @pytest.mark.parametrize("n_head, n_kv, hd", [(9, 3, 64), (4, 1, 256), (6, 2, 96)])
 def test_long_decode_split_is_bit_identical(kv, n_head, n_kv, hd):
-    """From 256 positions a decode token's attention runs as three passes split over the
-    threads (position blocks of dots, softmax per head, P·V per 32-element slice): the same bits
-    as the prefill path (a job per KV head), one thread (no split) and float64 within bound."""
+    """A decode token's attention as three passes split over the threads (position blocks of
+    dots, softmax per head, P·V per 32-element slice; forced here from the first position, by
+    default from 1 MiB of K rows per KV head): the same bits as the prefill path (a job per KV
+    head), the unsplit decode, one thread, and float64 within bound. 300 positions: blocks of 256
+    and a tail."""
     n = 300
     q, k, v = _qkv(n, n_head, n_kv, hd, seed=n_head + hd)
     runs = [
-        _run(kv, q, k, v, n_head, n_kv, hd, n, chunks=c, threads=t)[0]
-        for c, t in [([1] * n, 2), ([n], 2), ([1] * n, 1), ([255, 40, 1, 4], 2)]
+        _run(kv, q, k, v, n_head, n_kv, hd, n, chunks=c, threads=t, split_bytes=b)[0]
+        for c, t, b in [
+            ([1] * n, 2, 0),
+            ([n], 2, 0),
+            ([1] * n, 2, -1),
+            ([1] * n, 1, 0),
+            ([255, 40, 1, 4], 2, 0),
+        ]
     ]
     for other in runs[1:]:
         np.testing.assert_array_equal(other, runs[0])
@@ -261,7 +296,7 @@ def test_long_decode_split_over_a_wrapped_ring(kv):
     n, n_head, n_kv, hd, window, cap = 420, 4, 2, 64, 300, 320
     q, k, v = _qkv(n, n_head, n_kv, hd, seed=7)
     kw = dict(window=window, softcap=30.0)
-    dec = _run(kv, q, k, v, n_head, n_kv, hd, cap, chunks=[1] * n, **kw)[0]
+    dec = _run(kv, q, k, v, n_head, n_kv, hd, cap, chunks=[1] * n, split_bytes=0, **kw)[0]
     pre = _run(kv, q, k, v, n_head, n_kv, hd, cap, chunks=[20] * 21, **kw)[0]
     np.testing.assert_array_equal(dec, pre)
     want = ref_attention(q, k, v, n_head, n_kv, hd, kv, 1 / 8, window=window, softcap=30.0)

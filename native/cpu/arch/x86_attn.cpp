@@ -111,7 +111,13 @@ METALLIC_SIMD_INLINE void pv_heads(int64_t n, int64_t n_pos, const float* p, int
   constexpr int kWide = H == 1 ? 8 : H == 2 ? 4 : 2;  // vectors per head in a wide slice
   const int64_t wide = n / (8 * kWide) * (8 * kWide);
   pv_slices<H, kWide>(0, wide, n_pos, p, p_stride, v, v_stride, acc, acc_stride);
-  if constexpr (kWide > 2) pv_slices<H, 2>(wide, n, n_pos, p, p_stride, v, v_stride, acc, acc_stride);  // n % 16 == 0
+  if constexpr (kWide > 4) {  // one head: then 32-element slices (a slice of the split decode)
+    const int64_t mid = n / 32 * 32;
+    pv_slices<H, 4>(wide, mid, n_pos, p, p_stride, v, v_stride, acc, acc_stride);
+    pv_slices<H, 2>(mid, n, n_pos, p, p_stride, v, v_stride, acc, acc_stride);  // n % 16 == 0
+  } else if constexpr (kWide > 2) {
+    pv_slices<H, 2>(wide, n, n_pos, p, p_stride, v, v_stride, acc, acc_stride);
+  }
 }
 
 void pv_f16_heads(int64_t n, int64_t n_pos, const float* p, int64_t p_stride, int nh, const void* v, int64_t v_stride,
