@@ -34,7 +34,7 @@ class CpuDevice final : public Device {
     scratch_.act_d8.resize(act / 32 + 1);
     scratch_.act_s8.resize(act / 32 + 1);
     scratch_.max_group = std::max(1, lim.max_group);
-    scratch_.scores_stride = scratch_.max_group * (lim.kv_capacity + 2 * lim.head_dim + 3);
+    scratch_.scores_stride = scratch_.max_group * (lim.kv_capacity + lim.head_dim);
     scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(scratch_.scores_stride));
     scratch_.rope_cs.resize(static_cast<size_t>(lim.max_tokens * lim.head_dim));
     const auto n_threads = static_cast<size_t>(pool_.size());
@@ -42,9 +42,8 @@ class CpuDevice final : public Device {
     scratch_.attn_q.resize(q_heads * static_cast<size_t>(lim.head_dim));
     scratch_.attn_qd.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
     scratch_.attn_qs.resize(q_heads * static_cast<size_t>(lim.head_dim / 32 + 1));
-    scratch_.max_heads = std::max(1, lim.max_heads);
     scratch_.split_bytes = std::max<int64_t>(0, lim.attn_split_bytes);
-    const auto heads = static_cast<size_t>(scratch_.max_heads);
+    const auto heads = static_cast<size_t>(std::max(1, lim.max_heads));
     scratch_.split_scores.resize(heads * static_cast<size_t>(lim.kv_capacity));
     scratch_.split_q.resize(heads * static_cast<size_t>(lim.head_dim));
     scratch_.split_qd.resize(heads * static_cast<size_t>(lim.head_dim / 32 + 1));

@@ -475,7 +475,8 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
       kc.dtype == DType::kF16 && vc.dtype == DType::kF16 && hd % 16 == 0 ? f16_heads_fns() : F16HeadsFns{};
   const QuantHeadsFns qf = kc.dtype == vc.dtype ? quant_heads_fns(kc.dtype) : QuantHeadsFns{};
   const auto pv = hf.pv != nullptr ? hf.pv : qf.pv;  // the grouped V kernels (same signature), or null
-  const SoftmaxFn softmax = softmax_fn() != nullptr ? softmax_fn() : softmax_scalar;
+  const SoftmaxFn simd_softmax = softmax_fn();
+  const SoftmaxFn softmax = simd_softmax != nullptr ? simd_softmax : softmax_scalar;
   // Query heads per job: in prefill the heads of one KV head share each cache row (f16 and
   // quantized caches), in decode one head per job (they spread over the threads).
   const int per_job = (hf.dot != nullptr || kdot_q8 != nullptr) && nt > 1 ? group : 1;

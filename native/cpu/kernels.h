@@ -20,7 +20,7 @@ struct Scratch {
   std::vector<float> act_d8;   // (n_tokens/8, cols/32, 8) act_d transposed per 8-token tile
   std::vector<float> act_s8;   // (n_tokens/8, cols/32, 8) act_s transposed per 8-token tile
   std::vector<float> scores;   // (threads, scores_stride) attention scores and accumulators
-  int64_t scores_stride = 0;   // max_group * (kv_capacity + 2 * head_dim + 3) floats per thread
+  int64_t scores_stride = 0;   // max_group * (kv_capacity + head_dim) floats per thread
   int32_t max_group = 1;       // query heads per KV head the scores are sized for
   std::vector<float> rope_cs;  // (n_tokens, head_dim) cos | sin per position
   // A quantized K cache: each thread's query heads quantized to q8 blocks (threads, max_group,
@@ -29,7 +29,6 @@ struct Scratch {
   std::vector<float> attn_qd, attn_qs;
   // One token's attention split over the threads (op_attention, long decode): every head's
   // scores (max_heads, kv_capacity) and, for a quantized K cache, every head as q8 blocks.
-  int32_t max_heads = 1;
   int64_t split_bytes = int64_t{1} << 20;  // DeviceLimits::attn_split_bytes
   std::vector<float> split_scores;
   std::vector<int8_t> split_q;

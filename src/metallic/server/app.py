@@ -69,6 +69,16 @@ class ServerState:
             self.draft_model.close()
 
 
+# The metallic.load options metallic-server and a Ray replica forward (same names on both).
+LOAD_OPTIONS = ("device", "threads", "context_length", "kv_cache_dtype", "batch_size", "parallel")
+
+
+def load_options(settings) -> dict:
+    """``metallic.load`` keyword arguments from an object with the LOAD_OPTIONS attributes
+    (metallic-server's parsed arguments, a Ray replica's EngineSettings)."""
+    return {k: getattr(settings, k) for k in LOAD_OPTIONS}
+
+
 def open_state(
     model_ref,
     load: dict,

@@ -103,20 +103,12 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..errors import MetallicError
-    from .app import create_app, open_state
+    from .app import create_app, load_options, open_state
 
-    load = {
-        "device": args.device,
-        "threads": args.threads,
-        "context_length": args.context_length,
-        "kv_cache_dtype": args.kv_cache_dtype,
-        "batch_size": args.batch_size,
-        "parallel": args.parallel,
-    }
     try:
         state = open_state(
             args.model,
-            load,
+            load_options(args),
             draft=args.draft,
             num_draft_tokens=args.num_draft_tokens,
             max_queue=args.max_queue,

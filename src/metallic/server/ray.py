@@ -72,20 +72,12 @@ class MetallicReplica:
     once the replica's requests are done (or ``graceful_shutdown_timeout_s`` passed)."""
 
     def __init__(self, settings: EngineSettings):
-        from .app import create_app, open_state
+        from .app import create_app, load_options, open_state
 
         self._closed = False
-        load = {
-            "device": settings.device,
-            "threads": settings.threads,
-            "context_length": settings.context_length,
-            "kv_cache_dtype": settings.kv_cache_dtype,
-            "batch_size": settings.batch_size,
-            "parallel": settings.parallel,
-        }
         self.state = open_state(
             settings.model,
-            load,
+            load_options(settings),
             draft=settings.draft,
             num_draft_tokens=settings.num_draft_tokens,
             max_queue=settings.max_queue,
