@@ -77,7 +77,7 @@ common+=":strict_string_checks=1:log_path=$reports/asan"
 tests=(tests/python/test_kernels.py tests/python/test_kquants.py tests/python/test_sampler.py
   tests/python/test_model_forward.py tests/python/test_model.py tests/python/test_fuzz.py
   tests/python/test_batch_engine.py tests/python/test_batch.py tests/python/test_kv_quant.py
-  tests/python/test_speculative.py tests/python/test_repack.py)
+  tests/python/test_speculative.py tests/python/test_repack.py tests/python/test_amx.py)
 
 # The sanitized package must shadow any installed metallic (checked without importing _core).
 "$PY" -c 'import importlib.util as u, sys; p = u.find_spec("metallic").origin

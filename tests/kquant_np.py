@@ -32,8 +32,22 @@ def _read_f16(two: np.ndarray) -> np.ndarray:
 
 
 def _grid_scale(need: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Super-block scale d (fp16-rounded, float64) and per-group ints round(need / d) in 0..top."""
-    d = (need.max(axis=-1) / top).astype(np.float16).astype(np.float64)
+    """Super-block scale d (fp16, as float64) and per-group ints round(need / d) in 0..top, so
+    every group's d * int is within d / 2 of its need (no group's int is clipped).
+
+    d is the fp16 value nearest max(need) / top, or the next fp16 above it when that one is so far
+    below that round(max(need) / d) would exceed top. Normal fp16 rounds by at most 2**-11
+    relative and top * 2**-11 < 1/2, so only subnormal d (spacing 2**-24) below ~top * 2**-24
+    can (a Q6_K super-block with max |x| under ~0.03), or d underflowing to 0. Clipping the int
+    there instead leaves that group's scale short by more than d / 2 and clips its largest codes
+    too (Q6_K, max |x| = 3.6e-3: 15.13 * 2**-24 wanted, d = 15 * 2**-24, int 128 -> 127).
+    The next fp16 above is >= max(need) / top (the nearest one was below it), so ints <= top.
+    """
+    worst = need.max(axis=-1)
+    d = (worst / top).astype(np.float16)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 stays d = 0 (all-zero block)
+        short = np.rint(worst / d.astype(np.float64)) > top
+    d = np.where(short, np.nextafter(d, np.float16(np.inf)), d).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ints = np.where(d[..., None] > 0, np.rint(need / d[..., None]), 0)
     return d, np.clip(ints, 0, top).astype(np.uint8)
@@ -133,7 +147,10 @@ def decode_parts(dtype: int, raw: np.ndarray, rows: int, cols: int) -> dict[str,
     Returns ``w`` (rows, cols) values, ``scale`` (rows, G) multiplier of the integer codes,
     ``u`` (rows, G, g) codes as the integer dot sees them (Q6_K: code - 32), ``off`` (rows, G)
     the per-element constant (value = scale * u + off; the dots apply it through s = d_a*sum(q)).
+    K-quants also return ``grid`` and ``grid_m`` (rows, G): the fp16 super-block units d and dmin
+    (Q6_K: 0) that the group's scale and -off are integer multiples of.
     """
+    grid = grid_m = None
     elems, nbytes = BLOCK[dtype]
     b = np.ascontiguousarray(raw, np.uint8).reshape(rows, cols // elems, nbytes)
     if dtype in (Q5_0, Q5_1):
@@ -157,6 +174,7 @@ def decode_parts(dtype: int, raw: np.ndarray, rows: int, cols: int) -> dict[str,
             qh = b[..., 16:48].astype(np.int64)
             u = u | (((qh[:, :, None, :] >> np.arange(8)[:, None]) & 1) << 4)
         scale, off = d[..., None] * sc, -(dmin[..., None] * m)
+        grid, grid_m = np.repeat(d, 8, axis=-1), np.repeat(dmin, 8, axis=-1)
         scale, off, u = scale.reshape(rows, -1), off.reshape(rows, -1), u.reshape(rows, -1, 32)
     else:  # Q6_K
         ql = b[..., 0:128].reshape(rows, -1, 2, 2, 32).astype(np.int64)  # (h, t % 2, l)
@@ -165,13 +183,18 @@ def decode_parts(dtype: int, raw: np.ndarray, rows: int, cols: int) -> dict[str,
         high = (qh >> (2 * np.arange(4))[:, None]) & 3
         u = ((low | (high << 4)) - 32).reshape(rows, -1, 16)
         sc = b[..., 192:208].view(np.int8).astype(np.float64)
-        scale = (_read_f16(b[..., 208:210])[..., None] * sc).reshape(rows, -1)
+        d = _read_f16(b[..., 208:210])
+        scale = (d[..., None] * sc).reshape(rows, -1)
         off = np.zeros_like(scale)
+        grid, grid_m = np.repeat(d, 16, axis=-1), np.zeros_like(scale)
     scale = scale.reshape(rows, -1)
     u = u.reshape(rows, scale.shape[1], -1).astype(np.float64)
     off = off.reshape(rows, -1)
     w = scale[..., None] * u + off[..., None]
-    return {"w": w.reshape(rows, cols), "scale": scale, "u": u, "off": off}
+    parts = {"w": w.reshape(rows, cols), "scale": scale, "u": u, "off": off}
+    if grid is not None:
+        parts |= {"grid": grid.reshape(rows, -1), "grid_m": grid_m.reshape(rows, -1)}
+    return parts
 
 
 # Byte offsets of the fp16 scale / min fields in each block (random_blocks keeps them finite).

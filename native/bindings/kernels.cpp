@@ -7,11 +7,13 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
 #include "bindings/bindings.h"
 #include "core/device.h"
+#include "cpu/amx.h"
 #include "cpu/quantize.h"
 #include "cpu/quants.h"
 #include "cpu/thread_pool.h"
@@ -57,10 +59,63 @@ cpu::DotQ8Fn ref_dot_q8(DType dt) {
   fail(ErrorCode::kUnsupportedDType, "kernels", std::string(dtype_name(dt)) + " has no quantized dot");
 }
 
+TileEngine tile_engine(const std::string& name) {
+  if (name == "auto") return TileEngine::kAuto;
+  if (name == "simd") return TileEngine::kSimd;
+  if (name == "amx") return TileEngine::kAmx;
+  if (name == "amx-emulated") return TileEngine::kAmxEmulated;
+  fail(ErrorCode::kInvalidArgument, "kernels.matmul",
+       "tiles: expected auto, simd, amx or amx-emulated, got '" + name + "'");
+}
+
 Tensor host_tensor(Device& dev, const void* p, DType dt, int64_t rows, int64_t cols) {
   const size_t rb = row_bytes(dt, cols);
   return Tensor{dev.wrap_host(p, rb * static_cast<size_t>(rows)), 0, dt, rows, cols, rb};
 }
+
+// One matmul op on a fresh CPU device (kernels.matmul, kernels.matmul_seconds): validates the
+// arguments, owns the device and the output; prepare() repacks W when asked.
+struct MatmulCase {
+  int64_t nt = 0;
+  std::unique_ptr<Device> dev;
+  OpCall c{OpCode::kMatMul};
+  std::vector<float> out;
+  bool repack;
+
+  MatmulCase(int dtype, const BytesIn& w, int64_t rows, int64_t cols, const F32In& x, int threads, bool repack_w,
+             const std::optional<F32In>& bias, const std::optional<F32In>& accumulate_into, const std::string& tiles)
+      : repack(repack_w) {
+    const DType dt = dtype_from_int(dtype, "kernels.matmul");
+    checked_cols(dt, cols, "kernels.matmul");
+    check(w.shape(0) == row_bytes(dt, cols) * static_cast<size_t>(rows) && rows > 0, ErrorCode::kShapeMismatch,
+          "kernels.matmul", "weight bytes do not match rows x cols");
+    check(x.size() % static_cast<size_t>(cols) == 0 && x.size() > 0, ErrorCode::kShapeMismatch, "kernels.matmul",
+          "x: expected a multiple of cols values");
+    nt = static_cast<int64_t>(x.size()) / cols;
+    check(!bias || static_cast<int64_t>(bias->size()) == rows, ErrorCode::kShapeMismatch, "kernels.matmul",
+          "bias: expected rows values");
+    check(!accumulate_into || static_cast<int64_t>(accumulate_into->size()) == nt * rows, ErrorCode::kShapeMismatch,
+          "kernels.matmul", "accumulate_into: expected (tokens, rows) values");
+    DeviceLimits lim;
+    lim.max_tokens = nt;
+    lim.max_cols = cols;
+    lim.matmul_tiles = tile_engine(tiles);
+    dev = make_device("cpu", threads, lim);
+    out.resize(static_cast<size_t>(nt * rows));
+    if (accumulate_into) std::memcpy(out.data(), accumulate_into->data(), out.size() * sizeof(float));
+    c.t[0] = host_tensor(*dev, x.data(), DType::kF32, nt, cols);
+    c.t[1] = host_tensor(*dev, w.data(), dt, rows, cols);
+    if (bias) c.t[4] = host_tensor(*dev, bias->data(), DType::kF32, 1, rows);
+    c.t[7] = host_tensor(*dev, out.data(), DType::kF32, nt, rows);
+    c.p.n_tokens = nt;
+    c.p.n_weights = 1;
+    c.p.accumulate = accumulate_into.has_value();
+  }
+
+  void prepare() {
+    if (repack) c.t[1] = dev->prepare_weight(c.t[1], false);
+  }
+};
 
 }  // namespace
 
@@ -161,43 +216,54 @@ void init_kernels(nb::module_& m) {
   k.def(
       "matmul",
       [](int dtype, BytesIn w, int64_t rows, int64_t cols, F32In x, int threads, bool repack, std::optional<F32In> bias,
-         std::optional<F32In> accumulate_into) {
-        const DType dt = dtype_from_int(dtype, "kernels.matmul");
-        checked_cols(dt, cols, "kernels.matmul");
-        check(w.shape(0) == row_bytes(dt, cols) * static_cast<size_t>(rows) && rows > 0, ErrorCode::kShapeMismatch,
-              "kernels.matmul", "weight bytes do not match rows x cols");
-        check(x.size() % static_cast<size_t>(cols) == 0 && x.size() > 0, ErrorCode::kShapeMismatch, "kernels.matmul",
-              "x: expected a multiple of cols values");
-        const int64_t nt = static_cast<int64_t>(x.size()) / cols;
-        check(!bias || static_cast<int64_t>(bias->size()) == rows, ErrorCode::kShapeMismatch, "kernels.matmul",
-              "bias: expected rows values");
-        check(!accumulate_into || static_cast<int64_t>(accumulate_into->size()) == nt * rows, ErrorCode::kShapeMismatch,
-              "kernels.matmul", "accumulate_into: expected (tokens, rows) values");
-        DeviceLimits lim;
-        lim.max_tokens = nt;
-        lim.max_cols = cols;
-        auto dev = make_device("cpu", threads, lim);
-        std::vector<float> out(static_cast<size_t>(nt * rows));
-        if (accumulate_into) std::memcpy(out.data(), accumulate_into->data(), out.size() * sizeof(float));
-        OpCall c{OpCode::kMatMul};
-        c.t[0] = host_tensor(*dev, x.data(), DType::kF32, nt, cols);
-        c.t[1] = host_tensor(*dev, w.data(), dt, rows, cols);
-        if (bias) c.t[4] = host_tensor(*dev, bias->data(), DType::kF32, 1, rows);
-        c.t[7] = host_tensor(*dev, out.data(), DType::kF32, nt, rows);
-        c.p.n_tokens = nt;
-        c.p.n_weights = 1;
-        c.p.accumulate = accumulate_into.has_value();
+         std::optional<F32In> accumulate_into, const std::string& tiles) {
+        MatmulCase m(dtype, w, rows, cols, x, threads, repack, bias, accumulate_into, tiles);
         {
           nb::gil_scoped_release release;
-          if (repack) c.t[1] = dev->prepare_weight(c.t[1], false);
-          dev->run(c);
-          dev->synchronize();
+          m.prepare();
+          m.dev->run(m.c);
+          m.dev->synchronize();
         }
-        return owned_array(std::move(out), {static_cast<size_t>(nt), static_cast<size_t>(rows)});
+        return owned_array(std::move(m.out), {static_cast<size_t>(m.nt), static_cast<size_t>(rows)});
       },
       nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("threads") = 2,
       nb::arg("repack") = false, nb::arg("bias") = nb::none(), nb::arg("accumulate_into") = nb::none(),
-      "The device matmul op; repack=True first lets the device repack W as it does at load.");
+      nb::arg("tiles") = "auto",
+      "The device matmul op; repack=True first lets the device repack W as it does at load; tiles: the "
+      "repacked matmul's kernels (auto, simd, amx, amx-emulated: core/device.h TileEngine).");
+
+  k.def(
+      "matmul_seconds",
+      [](int dtype, BytesIn w, int64_t rows, int64_t cols, F32In x, int threads, const std::string& tiles,
+         int repeats) {
+        check(repeats >= 1, ErrorCode::kInvalidArgument, "kernels.matmul_seconds",
+              "repeats: expected >= 1, got " + std::to_string(repeats));
+        MatmulCase m(dtype, w, rows, cols, x, threads, true, std::nullopt, std::nullopt, tiles);
+        std::vector<double> times(static_cast<size_t>(repeats));
+        {
+          nb::gil_scoped_release release;
+          m.prepare();
+          m.dev->run(m.c);  // warm-up: pages, caches, the pool's threads
+          for (double& t : times) {
+            const auto t0 = std::chrono::steady_clock::now();
+            m.dev->run(m.c);
+            t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          }
+        }
+        std::sort(times.begin(), times.end());
+        return times[times.size() / 2];
+      },
+      nb::arg("dtype"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"), nb::arg("x"), nb::arg("threads") = 2,
+      nb::arg("tiles") = "auto", nb::arg("repeats") = 5,
+      "Median seconds of the device matmul op on repacked W over `repeats` runs after a warm-up (benchmarks).");
+
+  k.def(
+      "amx_status",
+      [] {
+        const cpu::AmxStatus& s = cpu::amx_status();
+        return std::make_tuple(s.usable, s.reason);
+      },
+      "(usable, reason): whether this process can run the AMX-INT8 tiles, and if not, why.");
 
   k.def(
       "embed",

@@ -28,7 +28,12 @@ class CpuDevice final : public Device {
   CpuDevice(int threads, const DeviceLimits& lim)
       : lim_kv_(lim.kv_capacity), lim_head_dim_(lim.head_dim), lim_cols_(lim.max_cols), pool_(threads) {
     const auto act = static_cast<size_t>(lim.max_tokens * lim.max_cols);
-    scratch_.act_q.resize(act);
+    configure_tiles(lim);
+    // The tile kernels load whole tiles of kAmxTokens activation rows (the rows past a call's
+    // tokens are read, their sums ignored).
+    const int64_t q_rows =
+        scratch_.amx ? (lim.max_tokens + cpu::kAmxTokens - 1) / cpu::kAmxTokens * cpu::kAmxTokens : lim.max_tokens;
+    scratch_.act_q.resize(static_cast<size_t>(q_rows * lim.max_cols));
     scratch_.act_d.resize(act / 32 + 1);
     scratch_.act_s.resize(act / 32 + 1);
     scratch_.act_d8.resize(act / 32 + 1);
@@ -48,6 +53,44 @@ class CpuDevice final : public Device {
     scratch_.split_q.resize(heads * static_cast<size_t>(lim.head_dim));
     scratch_.split_qd.resize(heads * static_cast<size_t>(lim.head_dim / 32 + 1));
     scratch_.split_qs.resize(heads * static_cast<size_t>(lim.head_dim / 32 + 1));
+  }
+
+  // Resolves DeviceLimits::matmul_tiles (core/device.h) into the scratch's AMX settings. kAuto
+  // reads METALLIC_AMX: unset, "" or "1" choose by amx_status(), "0" the SIMD kernels, "emulate"
+  // the emulated tiles (tests of whole models).
+  void configure_tiles(const DeviceLimits& lim) {
+    const cpu::AmxStatus& amx = cpu::amx_status();
+    TileEngine engine = lim.matmul_tiles;
+    if (engine == TileEngine::kAuto) {
+      const char* env = std::getenv("METALLIC_AMX");
+      const std::string v = env != nullptr ? env : "";
+      check(v.empty() || v == "0" || v == "1" || v == "emulate", ErrorCode::kInvalidArgument, "cpu",
+            "METALLIC_AMX: expected 0, 1 or emulate, got '" + v + "'");
+      if (v == "0") engine = TileEngine::kSimd;
+      if (v == "emulate") engine = TileEngine::kAmxEmulated;
+    }
+    switch (engine) {
+      case TileEngine::kAuto:
+        if (!amx.usable) return;
+        scratch_.amx_min_tokens = cpu::kAmxMinTokens;
+        scratch_.amx_backend = cpu::AmxBackend::kHardware;
+        break;
+      case TileEngine::kSimd: return;
+      case TileEngine::kAmx:
+        check(amx.usable, ErrorCode::kDeviceUnavailable, "cpu", "matmul tiles 'amx' are not available: " + amx.reason);
+        scratch_.amx_min_tokens = 1;
+        scratch_.amx_backend = cpu::AmxBackend::kHardware;
+        break;
+      case TileEngine::kAmxEmulated:
+        check(cpu::x86::available(), ErrorCode::kDeviceUnavailable, "cpu",
+              "matmul tiles 'amx-emulated' need the AVX2 kernels, which this build does not have");
+        scratch_.amx_min_tokens = 1;
+        scratch_.amx_backend = cpu::AmxBackend::kEmulated;
+        break;
+    }
+    scratch_.amx = true;
+    scratch_.amx_stride = (cpu::amx_scratch_bytes(lim.max_cols) + 63) / 64 * 64;
+    scratch_.amx_scratch.resize(scratch_.amx_stride * static_cast<size_t>(pool_.size()) + 64);
   }
 
   ~CpuDevice() override {

@@ -143,22 +143,32 @@ static void matmul_interleaved(const OpCall& c, ThreadPool& pool, Scratch& s, co
   for (int i = 0; i < nw; ++i) base[i + 1] = base[i] + c.t[1 + i].rows / 8 + c.t[1 + i].rows % 8;
   const ActRows a{s.act_q.data(), s.act_d.data(), s.act_s.data(), nt};
   const bool acc = c.p.accumulate;
+  const AmxGroupsFn tiles = s.amx && nt >= s.amx_min_tokens ? amx_groups_fn(c.t[1].dtype, s.amx_backend) : nullptr;
   pool.parallel_for(
       base[nw],
-      [&](int64_t b, int64_t e, int) {
+      [&](int64_t b, int64_t e, int thread) {
         for (int wi = 0; wi < nw; ++wi) {
           const Tensor& w = c.t[1 + wi];
           const float* bias = c.t[4 + wi].valid() ? c.t[4 + wi].ptr<const float>() : nullptr;
           const Tensor& out = c.t[7 + wi];
           const int64_t groups = w.rows / 8;
-          const int64_t u0 = std::max(b, base[wi]) - base[wi];
+          int64_t u0 = std::max(b, base[wi]) - base[wi];
           const int64_t u1 = std::min(e, base[wi + 1]) - base[wi];
+          const char* w_groups = static_cast<const char*>(w.buf.host) + w.offset;
+          if (tiles != nullptr && u0 < std::min(u1, groups)) {  // this range's groups on the AMX tiles
+            const int64_t g1 = std::min(u1, groups);
+            tiles(cols, w_groups, w.group_stride, u0, g1, a, out.ptr<float>(), out.cols, acc,
+                  s.amx_thread_scratch(thread));
+            if (bias != nullptr)
+              for (int64_t t = 0; t < nt; ++t)
+                for (int64_t r = 8 * u0; r < 8 * g1; ++r) out.ptr<float>()[t * out.cols + r] += bias[r];
+            u0 = g1;
+          }
           for (int64_t u = u0; u < u1; ++u) {
             const int64_t r0 = u < groups ? 8 * u : 8 * groups + (u - groups);
             float* o = out.ptr<float>() + r0;
             if (u < groups) {
-              fn(cols, static_cast<const char*>(w.buf.host) + w.offset + static_cast<size_t>(u) * w.group_stride, a, o,
-                 out.cols, acc);
+              fn(cols, w_groups + static_cast<size_t>(u) * w.group_stride, a, o, out.cols, acc);
               if (bias != nullptr)
                 for (int64_t t = 0; t < nt; ++t)
                   for (int i = 0; i < 8; ++i) o[t * out.cols + i] += bias[r0 + i];

@@ -5,16 +5,18 @@
 // (matmul), by (token, head) pairs (attention, RoPE) or by tokens (norms).
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "core/device.h"
+#include "cpu/amx.h"
 #include "cpu/thread_pool.h"
 
 namespace metallic::cpu {
 
 // Per-device scratch reused across ops (grown at plan time, never in the token loop).
 struct Scratch {
-  std::vector<int8_t> act_q;   // (n_tokens, cols) quantized activations
+  std::vector<int8_t> act_q;   // (n_tokens, cols) quantized activations (AMX: round_up(n_tokens, 16) rows)
   std::vector<float> act_d;    // (n_tokens, cols/32) block scales
   std::vector<float> act_s;    // (n_tokens, cols/32) scale * sum(q)
   std::vector<float> act_d8;   // (n_tokens/8, cols/32, 8) act_d transposed per 8-token tile
@@ -33,6 +35,17 @@ struct Scratch {
   std::vector<float> split_scores;
   std::vector<int8_t> split_q;
   std::vector<float> split_qd, split_qs;
+  // AMX tiles (cpu/amx.h): the kernel backend when the device uses them, the fewest tokens of a
+  // call that runs on them, and each thread's scratch (amx_stride bytes, 64-byte aligned).
+  bool amx = false;
+  AmxBackend amx_backend = AmxBackend::kHardware;
+  int64_t amx_min_tokens = 0;
+  std::vector<uint8_t> amx_scratch;
+  size_t amx_stride = 0;
+  uint8_t* amx_thread_scratch(int thread) {
+    auto base = reinterpret_cast<uintptr_t>(amx_scratch.data());
+    return amx_scratch.data() + ((base + 63) / 64 * 64 - base) + amx_stride * static_cast<size_t>(thread);
+  }
 };
 
 void op_embed(const OpCall& c, ThreadPool& pool);

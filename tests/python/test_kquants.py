@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import dequantize as gg_dequantize
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import emu_harness
@@ -215,6 +215,42 @@ def test_shape_errors():
 # ----------------------------------------------------------------------------- quantizers
 
 
+# R: how many aimed steps t a group's farthest value lies from its zero point. Q6_K aims
+# t = max|x| / 31.5 (codes - 32 in -32..31); Q4_K / Q5_K t = (max x - lo) / L over codes 0..L,
+# lo = min(min x, 0), so max x + mn lies L t + (lo + mn) above code 0.
+REACH = {kq.Q4_K: 15, kq.Q5_K: 31, kq.Q6_K: 31.5}
+
+
+def check_kquant_np(dtype: int, x: np.ndarray) -> np.ndarray:
+    """Quantize x (rows, cols) with kquant_np: blocks gguf decodes as decode_parts does, and per
+    group |w - x| <= s/2 + R d/2 + dmin/2 (s the group's scale, d / dmin its super-block's fp16
+    units as stored, R = REACH). Returns the decoded values.
+
+    Derivation: the quantizer rounds s to the nearest multiple of d and the min mn = -off to the
+    nearest multiple of dmin, never clipping either (kquant_np._grid_scale picks d so the largest
+    int fits), so |s - t| <= d/2 and |mn + lo| <= dmin/2; the fp16 rounding of d and dmin
+    themselves (subnormal ones included) moves no bound, as d and dmin are read back. A code
+    rounded inside its range errs by <= s/2. Clipped codes: Q6_K at 31, x - 31 s <= 31.5 t - 31 s
+    = 31.5 (t - s) + s/2; at -32, |x| - 32 s <= 31.5 (t - s) - s/2; s = 0, |x| <= 31.5 t <= 31.5
+    d/2. Q4_K / Q5_K at L, x + mn - L s <= L t + lo + mn - L s = L (t - s) + (lo + mn); at 0,
+    -mn - x <= -(lo + mn); s = 0 (t <= d/2), both of those with s = 0. Each is within
+    s/2 + R d/2 + dmin/2. Slack 1e-12 relative: float64 evaluation of exact float32 inputs
+    (a few roundings of 2**-53)."""
+    rows, cols = x.shape
+    raw = kq.quantize(dtype, x)
+    p = kq.decode_parts(dtype, raw, rows, cols)
+    gg = np.asarray(gg_dequantize(raw.reshape(rows, -1), GT(dtype)), np.float64)
+    np.testing.assert_allclose(gg.reshape(rows, cols), p["w"], rtol=2 * U, atol=0)
+    xs = x.reshape(p["u"].shape).astype(np.float64)
+    bound = np.abs(p["scale"]) / 2 + REACH[dtype] * p["grid"] / 2 + p["grid_m"] / 2
+    err = np.abs(p["w"].reshape(xs.shape) - xs).max(-1)
+    bad = np.argwhere(err > bound * (1 + 1e-12))
+    assert bad.size == 0, (
+        f"group {tuple(bad[0])}: err {err[tuple(bad[0])]!r} > {bound[tuple(bad[0])]!r}"
+    )
+    return p["w"]
+
+
 @FAST
 @given(
     dtype=st.sampled_from(KTYPES),
@@ -222,30 +258,31 @@ def test_shape_errors():
     seed=st.integers(0, 2**32 - 1),
     spread=st.sampled_from([1e-3, 1.0, 1e3]),
 )
+# A super-block of ~1e-3 values: Q6_K's d = fp16(1.1457e-4 / 127) is subnormal and rounded to
+# 15 * 2**-24 (15.13 wanted); the largest group's int round(128.1) used to be clipped to 127.
+@example(dtype=kq.Q6_K, rows=3, seed=40, spread=1e-3)
 def test_kquant_np_quantizers(dtype, rows, seed, spread):
-    """Valid blocks (gguf decodes them as we do) that approximate the input: per group, the
-    error is at most half a step plus the rounding of the group's scale (and min) to the
-    super-block grid, times the largest code."""
+    """Valid blocks that approximate the input within check_kquant_np's bound (half a step plus
+    the rounding of the group's scale and min to the super-block grid, times the reach)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((rows, 512)) * rng.choice([spread, 1.0], (rows, 16)).repeat(32, 1)
     x = x.astype(np.float32)
-    raw = kq.quantize(dtype, x)
-    p = kq.decode_parts(dtype, raw, rows, 512)
-    gg = np.asarray(gg_dequantize(raw.reshape(rows, -1), GT(dtype)), np.float64)
-    np.testing.assert_allclose(gg.reshape(rows, 512), p["w"], rtol=2 * U, atol=0)
-    g = p["u"].shape[-1]
-    xs = x.reshape(rows, -1, g).astype(np.float64)
-    top = 31 if dtype == kq.Q6_K else (15 if dtype == kq.Q4_K else 31)
-    # the super-block grid units d (and dmin): the largest step / 63 (Q6_K: 127)
-    steps = np.abs(p["scale"]).reshape(rows, 2, -1).max(-1)
-    grid = np.repeat(steps / (127 if dtype == kq.Q6_K else 63), p["scale"].shape[1] // 2, 1)
-    mins = np.abs(p["off"]).reshape(rows, 2, -1).max(-1)
-    grid_m = np.repeat(mins / 63, p["scale"].shape[1] // 2, 1)
-    bound = np.abs(p["scale"]) / 2 + (top + 1) * grid * 0.51 + grid_m * 0.51
-    err = np.abs(p["w"].reshape(xs.shape) - xs).max(-1)
-    assert np.all(err <= bound * (1 + 1e-3) + 1e-30), float((err / bound).max())
-    rms = np.sqrt(np.mean((p["w"] - x) ** 2) / np.mean(x.astype(np.float64) ** 2))
+    w = check_kquant_np(dtype, x)
+    rms = np.sqrt(np.mean((w - x) ** 2) / np.mean(x.astype(np.float64) ** 2))
     assert spread != 1.0 or rms < {kq.Q4_K: 0.15, kq.Q5_K: 0.08, kq.Q6_K: 0.05}[dtype], rms
+
+
+@pytest.mark.parametrize("dtype", KTYPES, ids=_tid)
+@pytest.mark.parametrize("mag", [3e-2, 1e-3, 1e-5, 1e-7, 0.0])
+def test_kquant_np_tiny_superblocks(dtype, mag):
+    """Whole super-blocks of tiny values put d (and dmin) among the fp16 subnormals (spacing
+    2**-24), or below them (1e-5: Q6_K's d would round to 0 and zero every value); the bound
+    still holds, and values that d = 2**-24 can resolve (1e-5) come back, not zeros."""
+    rng = np.random.default_rng(int(dtype))
+    x = rng.standard_normal((4, 512)) * rng.choice([0.1, 1.0], (4, 16)).repeat(32, 1) * mag
+    x = x.astype(np.float32)
+    w = check_kquant_np(dtype, x)
+    assert mag != 1e-5 or np.abs(w).max() > 0
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -20,7 +20,7 @@
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define METALLIC_HAVE_AVX2 1
-#include "cpu/arch/x86_simd.h"
+#include "cpu/arch/x86_x8_codes.h"
 #endif
 
 namespace metallic::cpu {
@@ -70,13 +70,6 @@ METALLIC_SIMD_INLINE void store8(float* dst, __m256 v, bool accumulate) {
   _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), v) : v);
 }
 
-// Chunk c's fifth bits, 0x10 in each byte, from a Q5 block's bit planes (repack.h: bit c of byte
-// i). A 16-bit shift by at most 4 moves no byte's bit into the other byte's bit 4.
-METALLIC_SIMD_INLINE __m256i q5_plane(__m256i planes, int c) {
-  const __m256i v = c < 4 ? _mm256_slli_epi16(planes, 4 - c) : _mm256_srli_epi16(planes, c - 4);
-  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
-}
-
 // kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0 (Q4_0's nibbles plus the fifth bits: codes
 // 0..31, offset -16 d), 4 = Q5_1 (the same codes, Q4_1's min as the offset). T tokens against
 // one group of 8 rows. Chunk c of every format holds elements 4c..4c+3 of the 8 rows (Q4/Q5:
@@ -92,53 +85,12 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
   for (int64_t b = 0; b < nb; ++b) {
     __m256i w[8], sgn[8];  // unsigned codes; signed Q8_0: the weights whose signs move
     __m256 dv, ov;         // per-row scale and offset coefficient
-    if constexpr (kKind == 2) {
-      const auto& blk = static_cast<const BlockQ8_0x8*>(group)[b];
+    x8_block_codes<kKind>(group, b, w, dv, ov);
+    if constexpr (kSignedQ8) {
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
-        w[j] = load32(blk.qs + 32 * j);
-        if constexpr (kSignedQ8) {
-          sgn[j] = w[j];
-          w[j] = _mm256_abs_epi8(w[j]);
-        }
-      }
-      dv = f16x8(blk.d);
-      ov = _mm256_mul_ps(dv, _mm256_set1_ps(-static_cast<float>(kQ8x8Bias)));
-    } else {
-      const uint8_t* qs;
-      if constexpr (kKind == 3) {
-        const auto& blk = static_cast<const BlockQ5_0x8*>(group)[b];
-        qs = blk.qs;
-        dv = f16x8(blk.d);
-        ov = _mm256_mul_ps(dv, _mm256_set1_ps(-16.f));
-      } else if constexpr (kKind == 4) {
-        const auto& blk = static_cast<const BlockQ5_1x8*>(group)[b];
-        qs = blk.qs;
-        dv = f16x8(blk.d);
-        ov = f16x8(blk.m);
-      } else if constexpr (kKind == 1) {
-        const auto& blk = static_cast<const BlockQ4_1x8*>(group)[b];
-        qs = blk.qs;
-        dv = f16x8(blk.d);
-        ov = f16x8(blk.m);
-      } else {
-        const auto& blk = static_cast<const BlockQ4_0x8*>(group)[b];
-        qs = blk.qs;
-        dv = f16x8(blk.d);
-        ov = _mm256_mul_ps(dv, _mm256_set1_ps(-8.f));
-      }
-      const __m256i mask = _mm256_set1_epi8(0x0f);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        const __m256i raw = load32(qs + 32 * j);
-        w[j] = _mm256_and_si256(raw, mask);
-        w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-      }
-      if constexpr (kKind >= 3) {
-        using Blk = std::conditional_t<kKind == 3, BlockQ5_0x8, BlockQ5_1x8>;
-        const __m256i planes = load32(static_cast<const Blk*>(group)[b].qh);
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) w[c] = _mm256_or_si256(w[c], q5_plane(planes, c));
+        sgn[j] = w[j];
+        w[j] = _mm256_abs_epi8(w[j]);
       }
     }
 #pragma GCC unroll 8
@@ -166,18 +118,11 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
 // load and two nibble masks (Q5_K: plus the fifth bits) for one multiply-add per sub-block and
 // token; then per sub-block and token one convert and one FMA with the rows' d * sc (8 lanes)
 // times the activation scale, and the min term dmin * m * s_a as one FMA.
-METALLIC_SIMD_INLINE __m256 u8x8f(const uint8_t* p) {
-  int64_t v;
-  __builtin_memcpy(&v, p, 8);
-  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v)));
-}
-
 template <typename Blk, int T>
 void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                bool accumulate) {
   constexpr bool kQ5 = std::is_same_v<Blk, BlockQ5_Kx8>;
   const int64_t nsb = cols / kQK_K, nb = cols / kQK;
-  const __m256i mask = _mm256_set1_epi8(0x0f);
   __m256 acc[T], off[T];
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
@@ -194,13 +139,8 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
       }
       for (int c0 = 0; c0 < 8; c0 += kStep) {
         for (int c = c0; c < c0 + kStep; ++c) {
-          const __m256i raw = load32(blk.qs + 256 * p + 32 * c);
-          __m256i lo = _mm256_and_si256(raw, mask);
-          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-          if constexpr (kQ5) {  // the fifth bits: codes 0..31
-            lo = _mm256_or_si256(lo, q5_plane(planes_lo, c));
-            hi = _mm256_or_si256(hi, q5_plane(planes_hi, c));
-          }
+          __m256i lo, hi;
+          k45_chunk_codes(blk, p, c, planes_lo, planes_hi, lo, hi);
 #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
             const int8_t* aq = a.q + (t0 + t) * cols + sb * kQK_K + 64 * p + 4 * c;
@@ -239,7 +179,6 @@ template <int T>
 void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                bool accumulate) {
   const int64_t nsb = cols / kQK_K, nb = cols / kQK;
-  const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), c32 = _mm256_set1_epi8(32);
   __m256 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
@@ -251,13 +190,7 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
         ChunkDot<32> lo_dot[T], hi_dot[T];  // 4 chunks each: kFlush >= 4
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
-          const __m256i ql = load32(blk.ql[2 * h + k % 2] + 32 * c), qh = load32(blk.qh[h] + 32 * c);
-          const __m256i lo = k < 2 ? _mm256_and_si256(ql, m4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4);
-          const __m256i hb = k == 0   ? _mm256_slli_epi16(qh, 4)
-                             : k == 1 ? _mm256_slli_epi16(qh, 2)
-                             : k == 2 ? qh
-                                      : _mm256_srli_epi16(qh, 2);
-          const __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_and_si256(hb, m30)), c32);
+          const __m256i q = q6_chunk_codes(blk, h, k, c);
           const __m256i u = _mm256_abs_epi8(q);
 #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
@@ -276,11 +209,7 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
           hi_dot[t].flush();
         }
         const int g = 8 * h + 2 * k;  // 16-element groups g (chunks 0..3) and g + 1 (4..7)
-        const __m256 sc0 = _mm256_mul_ps(
-            dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.sc[g])))));
-        const __m256 sc1 = _mm256_mul_ps(
-            dv,
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk.sc[g + 1])))));
+        const __m256 sc0 = q6_group_scale(blk, dv, g), sc1 = q6_group_scale(blk, dv, g + 1);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
           const __m256 da = _mm256_set1_ps(a.d[(t0 + t) * nb + sb * 8 + 4 * h + k]);
