@@ -30,6 +30,7 @@ K = _core.kernels
 TYPES = [DType.Q4_1, DType.Q8_0, DType.Q5_0, DType.Q5_1, DType.Q4_K, DType.Q5_K, DType.Q6_K]
 # Byte offsets of the fp16 fields (scales and mins) inside each block.
 F16_FIELDS = {
+    DType.Q4_0: (0,),
     DType.Q4_1: (0, 2),
     DType.Q8_0: (0,),
     DType.Q5_0: (0,),

@@ -3,7 +3,7 @@ on repacked weights of real models' layer shapes, per token count and thread cou
 
 Each cell is the median of `--repeats` runs of one device matmul op after a warm-up
 (kernels.matmul_seconds), so the figures are the kernels' own, without a model around them.
-Weights are random blocks with finite scales: the kernels' speed does not depend on the values.
+Weights are kquant_bench.py's random blocks: the kernels' speed does not depend on the values.
 Where the AMX tiles are not usable (no AMX, or a build for another CPU) only the SIMD column is
 measured and the reason is printed.
 
@@ -18,21 +18,14 @@ import sys
 
 import numpy as np
 from bench_util import machine_info
+from kquant_bench import random_weights
 
 from metallic import _core
+from metallic.dtypes import DType
 
 K = _core.kernels
-Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 12, 13, 14
-BLOCKS = {  # (elements, bytes, fp16 field offsets) per block
-    Q4_0: (32, 18, (0,)),
-    Q4_1: (32, 20, (0, 2)),
-    Q5_0: (32, 22, (0,)),
-    Q5_1: (32, 24, (0, 2)),
-    Q8_0: (32, 34, (0,)),
-    Q4_K: (256, 144, (0, 2)),
-    Q5_K: (256, 176, (0, 2)),
-    Q6_K: (256, 210, (208,)),
-}
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = DType.Q4_0, DType.Q4_1, DType.Q5_0, DType.Q5_1, DType.Q8_0
+Q4_K, Q5_K, Q6_K = DType.Q4_K, DType.Q5_K, DType.Q6_K
 # (label, dtype, rows, cols): the layer shapes of the models users run, in their files' types.
 SHAPES = [
     ("smollm2-135m ffn_up Q4_1", Q4_1, 1536, 576),
@@ -47,16 +40,6 @@ SHAPES = [
     ("llama-1b attn_o Q4_0", Q4_0, 2048, 2048),
     ("llama-1b attn_o Q5_1", Q5_1, 2048, 2048),
 ]
-
-
-def random_weights(dtype: int, rows: int, cols: int, rng) -> np.ndarray:
-    elems, nbytes, f16 = BLOCKS[dtype]
-    b = rng.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
-    for off in f16:  # scales of magnitude 2**-10..2**-4: finite, normal
-        exp = rng.integers(5, 11, b.shape[:2]).astype(np.uint16)
-        h = (rng.integers(0, 1024, b.shape[:2]).astype(np.uint16)) | (exp << 10)
-        b[..., off : off + 2] = h[..., None].view(np.uint8).reshape(*b.shape[:2], 2)
-    return np.ascontiguousarray(b.reshape(-1))
 
 
 def main(argv: list[str] | None = None) -> int:

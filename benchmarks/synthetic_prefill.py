@@ -26,40 +26,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_util import machine_info  # noqa: E402
 from gguf import GGMLQuantizationType as GT  # noqa: E402
+from kquant_bench import random_weights  # noqa: E402
 
 import metallic  # noqa: E402
 import tiny_models as tm  # noqa: E402
 from metallic import _core  # noqa: E402
+from metallic.dtypes import DType  # noqa: E402
 
-# GGUF name part -> (storage, elements per block, bytes per block, fp16 field offsets)
+# GGUF name part -> storage (Q4_K_M-like), and SmolLM2's (every linear layer Q4_1).
 MIX = {
-    "attn_q": ("q4_k", 256, 144, (0, 2)),
-    "attn_k": ("q4_k", 256, 144, (0, 2)),
-    "attn_output": ("q4_k", 256, 144, (0, 2)),
-    "ffn_gate": ("q4_k", 256, 144, (0, 2)),
-    "ffn_up": ("q4_k", 256, 144, (0, 2)),
-    "attn_v": ("q6_k", 256, 210, (208,)),
-    "ffn_down": ("q6_k", 256, 210, (208,)),
-    "token_embd": ("q8_0", 32, 34, (0,)),
-    "output": ("q8_0", 32, 34, (0,)),
+    "attn_q": "q4_k",
+    "attn_k": "q4_k",
+    "attn_output": "q4_k",
+    "ffn_gate": "q4_k",
+    "ffn_up": "q4_k",
 }
-# SmolLM2's storage: every linear layer Q4_1, Q8_0 embedding and head.
-MIX_Q4_1 = {k: ("q4_1", 32, 20, (0, 2)) for k in MIX} | {
-    k: MIX[k] for k in ("token_embd", "output")
-}
-GGML = {"q4_k": GT.Q4_K, "q6_k": GT.Q6_K, "q8_0": GT.Q8_0, "q4_1": GT.Q4_1}
-
-
-def random_blocks(
-    rows: int, cols: int, elems: int, nbytes: int, f16: tuple[int, ...], rng
-) -> np.ndarray:
-    """Random codes; fp16 scales near 2**-10 / sqrt(cols / 256), so activations stay finite."""
-    b = rng.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
-    scale = np.float16(2.0**-10 / np.sqrt(cols / 256))
-    for off in f16:
-        h = np.full(b.shape[:2], scale, np.float16).view(np.uint16)
-        b[..., off : off + 2] = h[..., None].view(np.uint8).reshape(*b.shape[:2], 2)
-    return np.ascontiguousarray(b.reshape(rows, -1))
+MIX |= {"attn_v": "q6_k", "ffn_down": "q6_k", "token_embd": "q8_0", "output": "q8_0"}
+MIX_Q4_1 = {k: "q4_1" for k in MIX} | {k: MIX[k] for k in ("token_embd", "output")}
+DTYPES = {"q4_k": DType.Q4_K, "q6_k": DType.Q6_K, "q8_0": DType.Q8_0, "q4_1": DType.Q4_1}
 
 
 def write_model(
@@ -95,10 +79,11 @@ def write_model(
     stored["model.norm.weight"] = np.ones(hidden, np.float32).view(np.uint8)
     dtypes["model.norm.weight"] = "f32"
     for name, (rows, cols) in shapes.items():
-        dt, elems, nbytes, f16 = mix[tm.gguf_name(name).split(".")[-2]]
-        stored[name] = random_blocks(rows, cols, elems, nbytes, f16, rng)
+        dt = mix[tm.gguf_name(name).split(".")[-2]]
+        stored[name] = random_weights(DTYPES[dt], rows, cols, rng).reshape(rows, -1)
         dtypes[name] = dt
-    tm.STORAGE = tm.STORAGE | GGML  # the writer looks raw GGML types up here
+    # the writer looks raw GGML types up here
+    tm.STORAGE = tm.STORAGE | {k: GT(int(v)) for k, v in DTYPES.items()}
     tm._write_gguf(path, cfg, stored, dtypes, tm.trained_tokenizer_json("llama", vocab))
 
 
