@@ -16,10 +16,10 @@ import numpy as np
 from gguf import GGMLQuantizationType as GT
 from gguf.quants import quantize as gg_quantize
 
-Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 6, 7, 8, 12, 13, 14  # GGML type ids
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 12, 13, 14  # GGML type ids
 QK_K = 256
 BLOCK = {Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176)}
-BLOCK[Q6_K] = (256, 210)
+BLOCK |= {Q6_K: (256, 210), Q4_0: (32, 18), Q4_1: (32, 20)}
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -199,15 +199,23 @@ def decode_parts(dtype: int, raw: np.ndarray, rows: int, cols: int) -> dict[str,
 
 # Byte offsets of the fp16 scale / min fields in each block (random_blocks keeps them finite).
 F16_FIELDS = {Q5_0: (0,), Q5_1: (0, 2), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,)}
+F16_FIELDS |= {Q8_0: (0,), Q4_0: (0,), Q4_1: (0, 2)}
 
 
-def random_blocks(dtype: int, rows: int, cols: int, rng) -> np.ndarray:
+def random_blocks(
+    dtype: int, rows: int, cols: int, rng, scale_exp: tuple[int, int] | None = None
+) -> np.ndarray:
     """Arbitrary bytes (every code, subnormal and huge scales) with finite fp16 scales / mins:
-    (rows, row_bytes) uint8, C-contiguous."""
+    (rows, row_bytes) uint8, C-contiguous. scale_exp = (lo, hi): the fp16 fields' exponent
+    fields drawn from [lo, hi) instead (0 = subnormal, 30 = 2**15; capped at 30, finite)."""
     elems, nbytes = BLOCK[dtype]
     b = rng.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
     for off in F16_FIELDS[dtype]:
         h = b[..., off : off + 2].copy().view(np.uint16)
-        h[(h & 0x7C00) == 0x7C00] &= 0xBFFF  # inf/NaN -> finite
+        if scale_exp is None:
+            h[(h & 0x7C00) == 0x7C00] &= 0xBFFF  # inf/NaN -> finite
+        else:
+            exp = rng.integers(scale_exp[0], scale_exp[1], h.shape).astype(np.uint16)
+            h = (h & 0x83FF) | (np.minimum(exp, 30) << 10)
         b[..., off : off + 2] = h.view(np.uint8)
     return np.ascontiguousarray(b.reshape(rows, -1))

@@ -201,16 +201,15 @@ class Device {
 // plain call per run. Other ops are passed through.
 void decompose(const OpCall& call, void (*run)(void* ctx, const OpCall& op), void* ctx);
 
-// The largest op a plan will issue, so a device sizes its scratch once (never in the token loop).
 // cpu: which kernels run matmuls over repacked quantized weights. kAuto: AMX-INT8 tiles for calls
 // of cpu/amx.h's kAmxMinTokens tokens or more where the process can use them, else the SIMD
-// kernels (the environment variable METALLIC_AMX=0 forces kSimd, =emulate kAmxEmulated); kSimd:
-// always the SIMD kernels. kAmx
-// and kAmxEmulated run every such call on the tiles, whatever its tokens: kAmx on the hardware
-// (DeviceUnavailable where cpu::amx_status() says no), kAmxEmulated with the tile instructions
-// done in portable C++ (tests). Every choice gives bit-identical results.
+// kernels (the environment variable METALLIC_AMX=0 forces kSimd, =emulate kAmxEmulated). kSimd:
+// always the SIMD kernels. kAmx and kAmxEmulated run every such call on the tiles, whatever its
+// tokens: kAmx on the hardware (DeviceUnavailable where cpu::amx_status() says no), kAmxEmulated
+// with the tile instructions done in portable C++ (tests). Every choice gives bit-identical results.
 enum class TileEngine : int32_t { kAuto = 0, kSimd = 1, kAmx = 2, kAmxEmulated = 3 };
 
+// The largest op a plan will issue, so a device sizes its scratch once (never in the token loop).
 struct DeviceLimits {
   int64_t max_tokens = 1;   // rows of activations per op
   int64_t max_cols = 32;    // widest activation row fed to a matmul

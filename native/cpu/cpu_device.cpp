@@ -31,8 +31,9 @@ class CpuDevice final : public Device {
     configure_tiles(lim);
     // The tile kernels load whole tiles of kAmxTokens activation rows (the rows past a call's
     // tokens are read, their sums ignored).
-    const int64_t q_rows =
-        scratch_.amx ? (lim.max_tokens + cpu::kAmxTokens - 1) / cpu::kAmxTokens * cpu::kAmxTokens : lim.max_tokens;
+    const int64_t q_rows = scratch_.amx_min_tokens > 0
+                               ? (lim.max_tokens + cpu::kAmxTokens - 1) / cpu::kAmxTokens * cpu::kAmxTokens
+                               : lim.max_tokens;
     scratch_.act_q.resize(static_cast<size_t>(q_rows * lim.max_cols));
     scratch_.act_d.resize(act / 32 + 1);
     scratch_.act_s.resize(act / 32 + 1);
@@ -88,7 +89,6 @@ class CpuDevice final : public Device {
         scratch_.amx_backend = cpu::AmxBackend::kEmulated;
         break;
     }
-    scratch_.amx = true;
     scratch_.amx_stride = (cpu::amx_scratch_bytes(lim.max_cols) + 63) / 64 * 64;
     scratch_.amx_scratch.resize(scratch_.amx_stride * static_cast<size_t>(pool_.size()) + 64);
   }

@@ -143,7 +143,8 @@ static void matmul_interleaved(const OpCall& c, ThreadPool& pool, Scratch& s, co
   for (int i = 0; i < nw; ++i) base[i + 1] = base[i] + c.t[1 + i].rows / 8 + c.t[1 + i].rows % 8;
   const ActRows a{s.act_q.data(), s.act_d.data(), s.act_s.data(), nt};
   const bool acc = c.p.accumulate;
-  const AmxGroupsFn tiles = s.amx && nt >= s.amx_min_tokens ? amx_groups_fn(c.t[1].dtype, s.amx_backend) : nullptr;
+  const AmxGroupsFn tiles =
+      s.amx_min_tokens > 0 && nt >= s.amx_min_tokens ? amx_groups_fn(c.t[1].dtype, s.amx_backend) : nullptr;
   pool.parallel_for(
       base[nw],
       [&](int64_t b, int64_t e, int thread) {
@@ -155,13 +156,16 @@ static void matmul_interleaved(const OpCall& c, ThreadPool& pool, Scratch& s, co
           int64_t u0 = std::max(b, base[wi]) - base[wi];
           const int64_t u1 = std::min(e, base[wi + 1]) - base[wi];
           const char* w_groups = static_cast<const char*>(w.buf.host) + w.offset;
+          auto add_bias = [&](int64_t r0, int64_t r1) {  // rows [r0, r1) of every token, after the dot
+            if (bias != nullptr)
+              for (int64_t t = 0; t < nt; ++t)
+                for (int64_t r = r0; r < r1; ++r) out.ptr<float>()[t * out.cols + r] += bias[r];
+          };
           if (tiles != nullptr && u0 < std::min(u1, groups)) {  // this range's groups on the AMX tiles
             const int64_t g1 = std::min(u1, groups);
             tiles(cols, w_groups, w.group_stride, u0, g1, a, out.ptr<float>(), out.cols, acc,
                   s.amx_thread_scratch(thread));
-            if (bias != nullptr)
-              for (int64_t t = 0; t < nt; ++t)
-                for (int64_t r = 8 * u0; r < 8 * g1; ++r) out.ptr<float>()[t * out.cols + r] += bias[r];
+            add_bias(8 * u0, 8 * g1);
             u0 = g1;
           }
           for (int64_t u = u0; u < u1; ++u) {
@@ -169,9 +173,7 @@ static void matmul_interleaved(const OpCall& c, ThreadPool& pool, Scratch& s, co
             float* o = out.ptr<float>() + r0;
             if (u < groups) {
               fn(cols, w_groups + static_cast<size_t>(u) * w.group_stride, a, o, out.cols, acc);
-              if (bias != nullptr)
-                for (int64_t t = 0; t < nt; ++t)
-                  for (int i = 0; i < 8; ++i) o[t * out.cols + i] += bias[r0 + i];
+              add_bias(r0, r0 + 8);
               continue;
             }
             const void* row = interleaved_tail_row(w, r0);

@@ -35,11 +35,10 @@ struct Scratch {
   std::vector<float> split_scores;
   std::vector<int8_t> split_q;
   std::vector<float> split_qd, split_qs;
-  // AMX tiles (cpu/amx.h): the kernel backend when the device uses them, the fewest tokens of a
-  // call that runs on them, and each thread's scratch (amx_stride bytes, 64-byte aligned).
-  bool amx = false;
-  AmxBackend amx_backend = AmxBackend::kHardware;
+  // AMX tiles (cpu/amx.h): the fewest tokens of a call that runs on them (0: the device does not
+  // use them), their backend, and each thread's scratch (amx_stride bytes, 64-byte aligned).
   int64_t amx_min_tokens = 0;
+  AmxBackend amx_backend = AmxBackend::kHardware;
   std::vector<uint8_t> amx_scratch;
   size_t amx_stride = 0;
   uint8_t* amx_thread_scratch(int thread) {

@@ -15,27 +15,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_kquants import assert_within, reference
+from test_kquants import _tid, assert_within, reference
 
+import kquant_np as kq
 from metallic import _core, errors
 
 K = _core.kernels
 AMX_USABLE, AMX_REASON = K.amx_status()
-Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 12, 13, 14
-# (elements, bytes) per block and the byte offsets of the fp16 fields, per GGML type.
-BLOCKS = {
-    Q4_0: (32, 18, (0,)),
-    Q4_1: (32, 20, (0, 2)),
-    Q5_0: (32, 22, (0,)),
-    Q5_1: (32, 24, (0, 2)),
-    Q8_0: (32, 34, (0,)),
-    Q4_K: (256, 144, (0, 2)),
-    Q5_K: (256, 176, (0, 2)),
-    Q6_K: (256, 210, (208,)),
-}
-TYPES = list(BLOCKS)
-NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0"}
-NAMES |= {Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = kq.Q4_0, kq.Q4_1, kq.Q5_0, kq.Q5_1, kq.Q8_0
+Q4_K, Q5_K, Q6_K = kq.Q4_K, kq.Q5_K, kq.Q6_K
+TYPES = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K]  # every type the CPU device repacks
+NAMES = {t: _tid(t) for t in TYPES}
 # Engines with the tile path: emulated everywhere the SIMD kernels exist, hardware where usable.
 ENGINES = [
     "amx-emulated",
@@ -49,19 +39,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def random_blocks(dtype: int, rows: int, cols: int, rng, scale_exp: tuple[int, int] = (0, 31)):
-    """Arbitrary codes; fp16 scales with exponent fields in scale_exp (0 = subnormal, 30 = 2**15)."""
-    elems, nbytes, f16 = BLOCKS[dtype]
-    b = rng.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
-    for off in f16:
-        h = b[..., off : off + 2].copy().view(np.uint16)
-        exp = rng.integers(scale_exp[0], scale_exp[1], h.shape).astype(np.uint16)
-        h = (h & 0x83FF) | (np.minimum(exp, 30) << 10)  # finite: exponent field <= 30
-        b[..., off : off + 2] = h.view(np.uint8)
-    return np.ascontiguousarray(b.reshape(-1))
+    return kq.random_blocks(dtype, rows, cols, rng, scale_exp).reshape(-1)
 
 
 def cols_for(dtype: int, blocks: int) -> int:
-    return BLOCKS[dtype][0] * blocks
+    return kq.BLOCK[dtype][0] * blocks
 
 
 def run(dtype, raw, rows, cols, x, tiles, threads=2, **kw):
@@ -140,10 +122,15 @@ def test_amx_status_is_typed():
     assert usable == (reason == ""), reason
 
 
-@pytest.mark.skipif(AMX_USABLE, reason="this machine can use the AMX tiles")
-def test_amx_unavailable_is_a_typed_error():
+def test_amx_request_follows_status():
+    """tiles="amx" runs where amx_status() says usable, else a typed error carrying its reason."""
     raw = random_blocks(Q4_0, 8, 32, np.random.default_rng(0))
     x = np.ones((2, 32), np.float32)
+    if AMX_USABLE:
+        np.testing.assert_array_equal(
+            run(Q4_0, raw, 8, 32, x, "amx"), run(Q4_0, raw, 8, 32, x, "simd")
+        )
+        return
     with pytest.raises(errors.DeviceUnavailable, match=r"\[cpu\].*amx") as e:
         run(Q4_0, raw, 8, 32, x, "amx")
     assert AMX_REASON in str(e.value)

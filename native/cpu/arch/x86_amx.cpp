@@ -104,29 +104,27 @@ struct HwTiles {
   static void configure(const TileConfig& c) { _tile_loadconfig(&c); }
   static void release() { _tile_release(); }
   // Zeroes set S's sums and adds the activation tile at `a` (row stride `stride`) times the
-  // weight tile at `w`. The intrinsics take tile numbers as literal tokens.
+  // weight tile at `w`. The intrinsics take tile numbers as literal tokens, hence the macro.
+#define METALLIC_AMX_MULTIPLY(C, A, B) \
+  do {                                 \
+    _tile_zero(C);                     \
+    _tile_loadd(A, a, stride);         \
+    _tile_loadd(B, w, 4 * kCols);      \
+    if constexpr (kSignedW) {          \
+      _tile_dpbssd(C, A, B);           \
+    } else {                           \
+      _tile_dpbsud(C, A, B);           \
+    }                                  \
+  } while (0)
   template <int S, bool kSignedW>
   static void multiply(const int8_t* a, int64_t stride, const uint8_t* w) {
     if constexpr (S == 0) {
-      _tile_zero(0);
-      _tile_loadd(1, a, stride);
-      _tile_loadd(2, w, 4 * kCols);
-      if constexpr (kSignedW) {
-        _tile_dpbssd(0, 1, 2);
-      } else {
-        _tile_dpbsud(0, 1, 2);
-      }
+      METALLIC_AMX_MULTIPLY(0, 1, 2);
     } else {
-      _tile_zero(3);
-      _tile_loadd(4, a, stride);
-      _tile_loadd(5, w, 4 * kCols);
-      if constexpr (kSignedW) {
-        _tile_dpbssd(3, 4, 5);
-      } else {
-        _tile_dpbsud(3, 4, 5);
-      }
+      METALLIC_AMX_MULTIPLY(3, 4, 5);
     }
   }
+#undef METALLIC_AMX_MULTIPLY
   template <int S>
   static void store(int32_t* sums) {
     if constexpr (S == 0) {
