@@ -15,7 +15,9 @@ content chunks; a chunk may carry more than one token) and the median per-stream
 ((tokens - 1) / (last chunk - first chunk)). A level during which other processes used more than
 --busy of all CPUs is set aside and redone (kept under "discarded" in the JSON). Tables go to
 stdout, progress to stderr, every raw number to a JSON file. The server is stopped (SIGTERM, then
-SIGKILL) on every exit path, Ctrl-C and SIGTERM included.
+SIGKILL) on every exit path, Ctrl-C and SIGTERM included. The clients are sse_client.LeanClient
+(asyncio streams, a connection per request): it costs about half the CPU per streamed chunk of
+httpx's async client, CPU that on a small machine the measured server would otherwise have had.
 
 llama_cpp.server serialises requests behind one lock (one sequence at a time); it runs with
 --interrupt_requests False, without which every new request ends the stream in progress. It has
@@ -57,14 +59,7 @@ from serve_report import (  # noqa: E402, F401 - re-exported for the tests
     server_table,
     summarize,
 )
-
-try:
-    import httpx
-except ImportError:  # some environments ship the same client only under its new name
-    try:
-        import httpx2 as httpx
-    except ImportError:
-        httpx = None
+from sse_client import ClientError, LeanClient  # noqa: E402
 
 MODULES = {"metallic": "metallic.server", "llama-cpp": "llama_cpp.server"}
 HEALTH = {"metallic": "/health", "llama-cpp": "/v1/models"}  # llama_cpp.server has no /health
@@ -168,7 +163,7 @@ async def one_request(client, url: str, body: dict, endpoint: str, t_ref: float)
                     if text:
                         times.append(now)
                         rec["chars"] += len(text)
-    except (httpx.HTTPError, ValueError) as e:  # transport failures and malformed SSE
+    except (ClientError, ValueError) as e:  # transport failures and malformed SSE
         rec["error"] = f"{type(e).__name__}: {e}"
         return rec
     rec["end"] = time.perf_counter() - t_ref
@@ -214,8 +209,12 @@ async def count_prompt_tokens(client, base: str, model_id: str, levels: list[dic
         for r in lv["requests"]:
             if r["prompt_tokens"] is None and r["error"] is None and r["prompt"] not in counts:
                 body = {"model": model_id, "input": make_prompt(r["prompt"])}
-                resp = await client.post(base + "/extras/tokenize/count", json=body)
-                counts[r["prompt"]] = resp.json().get("count") if resp.status_code == 200 else None
+                try:
+                    resp = await client.request("POST", base + "/extras/tokenize/count", json=body)
+                    got = resp.json().get("count") if resp.status_code == 200 else None
+                except (ClientError, ValueError, AttributeError):  # not counted: left None
+                    got = None
+                counts[r["prompt"]] = got
             if r["prompt_tokens"] is None and r["error"] is None:
                 r["prompt_tokens"] = counts[r["prompt"]]
         lv["summary"].update(summarize(lv["requests"], lv["summary"]["wall_s"]))
@@ -239,41 +238,41 @@ class ForeignCpuBut(ForeignCpu):
 
 async def sweep(base: str, args, log, meter: ForeignCpu) -> dict:
     """The warm-up request, then every concurrency level, against one running server."""
-    limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
-    timeout = httpx.Timeout(args.request_timeout, connect=10.0)
     url = base + ("/v1/chat/completions" if args.endpoint == "chat" else "/v1/completions")
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        resp = await client.get(base + "/v1/models")
-        try:
-            model_id = resp.json()["data"][0]["id"]
-        except (ValueError, LookupError, TypeError) as e:
-            raise ServeBenchError(
-                f"[serve_bench] /v1/models: expected {{'data': [{{'id': ...}}]}}, "
-                f"got {resp.status_code} {resp.text[:200]!r}"
-            ) from e
-        warm = request_body(WARMUP, args.endpoint, model_id, 8)
-        warmup = await one_request(client, url, warm, args.endpoint, time.perf_counter())
-        if warmup["error"] is not None:
-            raise ServeBenchError(f"[serve_bench] warm-up request failed: {warmup['error']}")
-        levels, k = [], 0
-        for c in args.concurrency:
-            discarded = []
-            for attempt in range(args.busy_retries + 1):
-                meter.start()
-                lv = await run_level(client, url, args, model_id, c, k)
-                s = lv["summary"]
-                s["foreign_cpu"] = busy = meter.stop()  # other processes' share of all CPU time
-                k += c * args.requests_per_client  # a redo gets fresh prompts: no cached prefix
-                log(f"#   {c} streams: {_fmt(s['agg_tps'])} tok/s, TTFT p50 "
-                    f"{_fmt(s['ttft_ms_p50'])} ms, {s['errors']} errors, others' CPU "
-                    f"{_fmt(busy, '.0%')}")  # fmt: skip
-                if busy is None or busy <= args.busy or attempt == args.busy_retries:
-                    break
-                log(f"#   set aside (others' CPU > {args.busy:.0%}), again")
-                discarded.append(lv)
-            levels.append({**lv, "discarded": discarded})
-        if args.endpoint == "completions":
-            await count_prompt_tokens(client, base, model_id, levels)
+    client = LeanClient(timeout=args.request_timeout, connect_timeout=10.0)
+    try:
+        resp = await client.request("GET", base + "/v1/models")
+        model_id = resp.json()["data"][0]["id"]
+    except ClientError as e:
+        raise ServeBenchError(f"[serve_bench] /v1/models: {e}") from e
+    except (ValueError, LookupError, TypeError) as e:
+        raise ServeBenchError(
+            f"[serve_bench] /v1/models: expected {{'data': [{{'id': ...}}]}}, "
+            f"got {resp.status_code} {resp.text[:200]!r}"
+        ) from e
+    warm = request_body(WARMUP, args.endpoint, model_id, 8)
+    warmup = await one_request(client, url, warm, args.endpoint, time.perf_counter())
+    if warmup["error"] is not None:
+        raise ServeBenchError(f"[serve_bench] warm-up request failed: {warmup['error']}")
+    levels, k = [], 0
+    for c in args.concurrency:
+        discarded = []
+        for attempt in range(args.busy_retries + 1):
+            meter.start()
+            lv = await run_level(client, url, args, model_id, c, k)
+            s = lv["summary"]
+            s["foreign_cpu"] = busy = meter.stop()  # other processes' share of all CPU time
+            k += c * args.requests_per_client  # a redo gets fresh prompts: no cached prefix
+            log(f"#   {c} streams: {_fmt(s['agg_tps'])} tok/s, TTFT p50 "
+                f"{_fmt(s['ttft_ms_p50'])} ms, {s['errors']} errors, others' CPU "
+                f"{_fmt(busy, '.0%')}")  # fmt: skip
+            if busy is None or busy <= args.busy or attempt == args.busy_retries:
+                break
+            log(f"#   set aside (others' CPU > {args.busy:.0%}), again")
+            discarded.append(lv)
+        levels.append({**lv, "discarded": discarded})
+    if args.endpoint == "completions":
+        await count_prompt_tokens(client, base, model_id, levels)
     return {"model_id": model_id, "warmup": warmup, "levels": levels}
 
 
@@ -385,22 +384,27 @@ def bench_server(name: str, path: Path, args, ctx: int, log) -> dict:
 
 
 def stream_generate_baseline(path: Path, args, ctx: int) -> dict:
-    """One stream of the in-process API on the first benchmark prompt, after a warm-up."""
+    """The in-process API on the prompts of the 1-stream level (make_prompt(0 .. rpc - 1)), one
+    stream_generate each after a warm-up; medians, as that level's stream_tps_p50 is."""
     import metallic
 
+    runs = []
     with metallic.load(path, threads=args.threads, context_length=ctx) as model:
         for _ in model.stream_generate(WARMUP, max_tokens=8):
             pass
-        stamps, responses = [], []
-        for r in model.stream_generate(make_prompt(0), max_tokens=args.max_tokens):
-            stamps.append(time.perf_counter())
-            responses.append(r)
-    n, last = len(stamps), responses[-1]
-    return {
-        "generation_tps": last.generation_tps, "generation_tokens": last.generation_tokens,
-        "prompt_tokens": last.prompt_tokens,
-        "decode_tps": (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else None,
-    }  # fmt: skip
+        for k in range(args.requests_per_client):
+            stamps, responses = [], []
+            for r in model.stream_generate(make_prompt(k), max_tokens=args.max_tokens):
+                stamps.append(time.perf_counter())
+                responses.append(r)
+            n, last = len(stamps), responses[-1]
+            runs.append({
+                "generation_tps": last.generation_tps, "generation_tokens": last.generation_tokens,
+                "prompt_tokens": last.prompt_tokens,
+                "decode_tps": (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else None,
+            })  # fmt: skip
+    med = {key: percentile([r[key] for r in runs if r[key] is not None], 50) for key in runs[0]}
+    return {**med, "runs": runs}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -462,8 +466,6 @@ def check_args(args: argparse.Namespace) -> None:
     if args.context_length is not None and args.context_length < args.max_tokens + 128:
         raise bad("context-length", f">= --max-tokens + 128 = {args.max_tokens + 128}",
                   args.context_length)  # fmt: skip
-    if httpx is None:
-        raise InvalidArgument("[serve_bench] httpx: expected installed, got ImportError")
     for name in args.servers:
         if importlib.util.find_spec(MODULES[name].split(".")[0]) is None or (
             importlib.util.find_spec(MODULES[name]) is None

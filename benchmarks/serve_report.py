@@ -112,7 +112,8 @@ def report(result: dict) -> str:
         one = first[0]["summary"]["stream_tps_p50"] if first[0].get("concurrency") == 1 else None
         parts.append(
             f"stream_generate (in process): generation_tps {base['generation_tps']:.1f}, decode "
-            f"{_fmt(base['decode_tps'])} tok/s ({base['generation_tokens']} tokens); "
+            f"{_fmt(base['decode_tps'])} tok/s (median of {len(base.get('runs', [0]))} prompts, "
+            f"{base['generation_tokens']:.0f} tokens); "
             f"metallic-server 1 stream: decode {_fmt(one)} tok/s; server / in-process "
             f"{_fmt(ratio(one, base['decode_tps']), '.2f')} (goal >= 0.90)"
         )

@@ -93,6 +93,24 @@ def test_summarize_and_ratios():
     assert only[2]["metallic_tps"] is None and only[2]["llama-cpp_scaling"] is None
 
 
+def test_report_compares_one_stream_with_the_in_process_median():
+    level = {"concurrency": 1, "summary": sb.summarize([_rec(8, [0.01] * 7)], 1.0), "requests": []}
+    level["summary"]["stream_tps_p50"] = 95.0
+    runs = [{"generation_tps": g, "generation_tokens": 64, "prompt_tokens": 30, "decode_tps": g}
+            for g in (90.0, 110.0, 100.0)]  # fmt: skip
+    med = {k: sb.percentile([r[k] for r in runs], 50) for k in runs[0]}
+    result = {
+        "machine": {"cpu_model": "cpu", "metallic": "0", "llama_cpp_python": None},
+        "args": {"threads": 2, "parallel": 1, "max_tokens": 64, "endpoint": "completions"},
+        "model": {"name": "m.gguf"}, "servers": {"metallic": {"levels": [level]}},
+        "ratios": sb.ratios({"metallic": {"levels": [level]}}),
+        "baseline": {**med, "runs": runs},
+    }  # fmt: skip
+    text = sb.report(result)
+    assert "decode 100.0 tok/s (median of 3 prompts, 64 tokens)" in text
+    assert "metallic-server 1 stream: decode 95.0 tok/s; server / in-process 0.95" in text
+
+
 @pytest.mark.parametrize(
     "argv, flag",
     [
@@ -155,9 +173,9 @@ def test_one_request_against_stub():
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/completions"
 
     async def go():
-        async with sb.httpx.AsyncClient() as client:
-            body = sb.request_body("x", "completions", "m", 4)
-            return await sb.one_request(client, url, body, "completions", time.perf_counter())
+        client = sb.LeanClient(timeout=30.0)
+        body = sb.request_body("x", "completions", "m", 4)
+        return await sb.one_request(client, url, body, "completions", time.perf_counter())
 
     try:
         rec = asyncio.run(go())
