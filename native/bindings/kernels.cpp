@@ -1,5 +1,7 @@
 // Test entry points: each CPU kernel (reference and selected SIMD version) and each device op,
 // callable from numpy so tests/python/test_kernels.py can check them against numpy references.
+#include "cpu/kernels.h"
+
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -207,7 +209,7 @@ void init_kernels(nb::module_& m) {
       "f32_to_f16_bits",
       [](F32In x) {
         std::vector<uint16_t> out(x.size());
-        for (size_t i = 0; i < x.size(); ++i) out[i] = f32_to_fp16(x.data()[i]);
+        cpu::f32_row_to_f16(x.data(), static_cast<int64_t>(x.size()), out.data());  // as the KV cache stores
         return owned_array(std::move(out), {x.size()});
       },
       nb::arg("x"));

@@ -16,6 +16,15 @@
 
 namespace metallic::cpu {
 
+void f32_row_to_f16(const float* x, int64_t n, uint16_t* d) {
+  static const F32ToF16Fn simd = f32_to_f16_fn();
+  if (simd != nullptr) {
+    simd(x, n, d);
+  } else {
+    for (int64_t i = 0; i < n; ++i) d[i] = f32_to_fp16(x[i]);
+  }
+}
+
 namespace {
 
 inline float silu(float x) { return x / (1.f + std::exp(-x)); }
@@ -43,11 +52,7 @@ inline float sum_squares(const float* x, int64_t n) {
 void store_kv_row(DType dt, const float* x, int n, void* dst) {
   switch (dt) {
     case DType::kF32: std::memcpy(dst, x, static_cast<size_t>(n) * sizeof(float)); return;
-    case DType::kF16: {
-      auto* d = static_cast<uint16_t*>(dst);
-      for (int i = 0; i < n; ++i) d[i] = f32_to_fp16(x[i]);
-      return;
-    }
+    case DType::kF16: f32_row_to_f16(x, n, static_cast<uint16_t*>(dst)); return;
     case DType::kQ8_0:
     case DType::kQ4_0: quantize_row_f32(dt, x, n, dst); return;
     case DType::kBF16:

@@ -47,6 +47,10 @@ struct Scratch {
   }
 };
 
+// n floats to f16 bits, rounded to nearest even (cpu/arch/x86_attn.h's F16C kernel where built,
+// else core/dtype.h's f32_to_fp16): how a K or V row enters an f16 cache.
+void f32_row_to_f16(const float* x, int64_t n, uint16_t* d);
+
 void op_embed(const OpCall& c, ThreadPool& pool);
 void op_rms_norm(const OpCall& c, ThreadPool& pool);
 void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s);

@@ -169,15 +169,25 @@ void softmax(float* s, int64_t n, float scale, float softcap) {
   if (full < n) _mm256_maskstore_ps(s + full, tail, _mm256_mul_ps(_mm256_maskload_ps(s + full, tail), inv));
 }
 
+void f32_to_f16(const float* x, int64_t n, uint16_t* d) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) d[i] = f32_to_fp16(x[i]);
+}
+
 }  // namespace
 
 F16HeadsFns f16_heads_fns() { return {dot_f16_heads, pv_f16_heads}; }
 SoftmaxFn softmax_fn() { return softmax; }
+F32ToF16Fn f32_to_f16_fn() { return f32_to_f16; }
 
 #else
 
 F16HeadsFns f16_heads_fns() { return {}; }
 SoftmaxFn softmax_fn() { return nullptr; }
+F32ToF16Fn f32_to_f16_fn() { return nullptr; }
 
 #endif
 

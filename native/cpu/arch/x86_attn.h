@@ -58,6 +58,13 @@ struct QuantHeadsFns {
 using SoftmaxFn = void (*)(float* s, int64_t n, float scale, float softcap);
 SoftmaxFn softmax_fn();
 
+// A K or V row into an f16 cache: d[i] = x[i] rounded to nearest even, for i < n, eight at a time
+// with F16C (vcvtps2ph), the rest by core/dtype.h's f32_to_fp16: the same bits for every value but
+// a NaN, which stays a NaN of its sign (F16C keeps its payload's top bits, f32_to_fp16 makes it
+// 0x7e00). Null in builds without F16C (the caller loops over f32_to_fp16).
+using F32ToF16Fn = void (*)(const float* x, int64_t n, uint16_t* d);
+F32ToF16Fn f32_to_f16_fn();
+
 // The AVX2 kernels of a Q8_0 or Q4_0 cache, or null members (other dtypes, builds without AVX2):
 // the caller then runs cpu_traits(dtype).dot_q8 / axpy per row, the same arithmetic.
 QuantHeadsFns quant_heads_fns(DType t);
