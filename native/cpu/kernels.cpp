@@ -18,11 +18,7 @@ namespace metallic::cpu {
 
 void f32_row_to_f16(const float* x, int64_t n, uint16_t* d) {
   static const F32ToF16Fn simd = f32_to_f16_fn();
-  if (simd != nullptr) {
-    simd(x, n, d);
-  } else {
-    for (int64_t i = 0; i < n; ++i) d[i] = f32_to_fp16(x[i]);
-  }
+  for (int64_t i = simd != nullptr ? simd(x, n, d) : 0; i < n; ++i) d[i] = f32_to_fp16(x[i]);
 }
 
 namespace {

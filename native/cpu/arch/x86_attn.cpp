@@ -169,12 +169,12 @@ void softmax(float* s, int64_t n, float scale, float softcap) {
   if (full < n) _mm256_maskstore_ps(s + full, tail, _mm256_mul_ps(_mm256_maskload_ps(s + full, tail), inv));
 }
 
-void f32_to_f16(const float* x, int64_t n, uint16_t* d) {
+int64_t f32_to_f16(const float* x, int64_t n, uint16_t* d) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i),
                      _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-  for (; i < n; ++i) d[i] = f32_to_fp16(x[i]);
+  return i;
 }
 
 }  // namespace

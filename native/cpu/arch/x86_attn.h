@@ -1,6 +1,6 @@
 // Attention row kernels for several query heads that share one K/V cache row (grouped-query
 // attention): each cache row is loaded and converted once for all the heads of its group.
-// f16 caches (x86_attn.cpp) and Q8_0 / Q4_0 caches (x86_attn_q.cpp).
+// f16 caches (x86_attn.cpp, with the f16 cache's row store) and Q8_0 / Q4_0 caches (x86_attn_q.cpp).
 #pragma once
 
 #include <cstdint>
@@ -58,11 +58,12 @@ struct QuantHeadsFns {
 using SoftmaxFn = void (*)(float* s, int64_t n, float scale, float softcap);
 SoftmaxFn softmax_fn();
 
-// A K or V row into an f16 cache: d[i] = x[i] rounded to nearest even, for i < n, eight at a time
-// with F16C (vcvtps2ph), the rest by core/dtype.h's f32_to_fp16: the same bits for every value but
-// a NaN, which stays a NaN of its sign (F16C keeps its payload's top bits, f32_to_fp16 makes it
-// 0x7e00). Null in builds without F16C (the caller loops over f32_to_fp16).
-using F32ToF16Fn = void (*)(const float* x, int64_t n, uint16_t* d);
+// A K or V row into an f16 cache: d[i] = x[i] rounded to nearest even for i < n / 8 * 8, eight at
+// a time with F16C (vcvtps2ph); returns that count, and the caller (kernels.h f32_row_to_f16)
+// converts the rest with core/dtype.h's f32_to_fp16. The same bits for every value but a NaN,
+// which stays a NaN of its sign (F16C keeps its payload's top bits, f32_to_fp16 makes it 0x7e00).
+// Null in builds without F16C.
+using F32ToF16Fn = int64_t (*)(const float* x, int64_t n, uint16_t* d);
 F32ToF16Fn f32_to_f16_fn();
 
 // The AVX2 kernels of a Q8_0 or Q4_0 cache, or null members (other dtypes, builds without AVX2):
