@@ -222,10 +222,10 @@ def test_ring_wrap_softcap_and_scales(kv):
 
 
 @pytest.mark.parametrize("kv", ["f16", *QUANT_KV])
-@pytest.mark.parametrize("n_head, n_kv", [(8, 2), (6, 2), (5, 5)])
+@pytest.mark.parametrize("n_head, n_kv", [(8, 2), (6, 2), (5, 5), (4, 2), (14, 2)])
 def test_batch_and_thread_invariance(kv, n_head, n_kv):
-    """One prefill call, decode steps (one job per head: f16 dots four rows at a time), uneven
-    chunks and 1 or 2 threads: the same bits."""
+    """One prefill call, decode steps (one job per head: f16 dots eight rows at a time), uneven
+    chunks and 1 or 2 threads: the same bits. Groups of 4, 3, 1, 2 and 7 (4 + 3) query heads."""
     n, hd = 30, 64
     q, k, v = _qkv(n, n_head, n_kv, hd, seed=9)
     runs = [

@@ -1,9 +1,9 @@
 // AVX2 attention row kernels for grouped query heads (see x86_attn.h).
 //
-// dot: per head two 8-lane FMA chains (even and odd 8-element chunks), summed and reduced
-// horizontally at the end. Up to four heads per pass share each converted row chunk; one head
-// alone (decode: a job per head) takes four rows per pass instead, sharing each query chunk, so
-// either way eight independent chains hide the FMA latency and a row's dot is the same.
+// dot: per (row, head) one 8-lane FMA chain over the 8-element chunks in order, reduced by
+// hsum's tree. A pass takes R rows x H heads (up to four heads; R * H <= 16 chains): each
+// converted row chunk serves the H heads and each query chunk the R rows, and four dots share one
+// transposed reduction (hsum4). Neither R nor H changes a dot's steps.
 // pv: per element one FMA p[h] * row + acc, the positions in order, the accumulators of a slice
 // of up to 64 elements of up to four heads held in registers over a block of positions (one head:
 // 64 elements, eight chains). Rows are read in whole 16-byte chunks of a row of n % 16 == 0
@@ -27,48 +27,58 @@ namespace {
 
 using namespace x86::simd;
 
-template <int H>
-METALLIC_SIMD_INLINE void dot_heads(int64_t n, const uint16_t* r, const float* q, int64_t q_stride, float* out,
-                                    int64_t out_stride) {
-  __m256 a0[H], a1[H];
-  for (int h = 0; h < H; ++h) a0[h] = a1[h] = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __m256 w0 = f16x8(r + i), w1 = f16x8(r + i + 8);
-    for (int h = 0; h < H; ++h) {
-      a0[h] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(q + h * q_stride + i), a0[h]);
-      a1[h] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(q + h * q_stride + i + 8), a1[h]);
+// R rows x H heads: out[h * out_stride + r] = dot(row r, q + h * q_stride). Per dot one 8-lane
+// FMA chain over the 8-element chunks in order, then hsum's tree (hsum4 for four dots at once),
+// whatever R and H; each converted row chunk serves the H heads, each query chunk the R rows.
+template <int H, int R>
+METALLIC_SIMD_INLINE void dot_block(int64_t n, const char* rows, int64_t row_stride, const float* q, int64_t q_stride,
+                                    float* out, int64_t out_stride) {
+  constexpr int kDots = R * H, kPadded = (kDots + 3) / 4 * 4;
+  __m256 a[kPadded];  // dot k: row k / H, head k % H
+  for (int k = 0; k < kPadded; ++k) a[k] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    __m256 qv[H];
+#pragma GCC unroll 4
+    for (int h = 0; h < H; ++h) qv[h] = _mm256_loadu_ps(q + h * q_stride + i);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 w = f16x8(reinterpret_cast<const uint16_t*>(rows + r * row_stride) + i);
+#pragma GCC unroll 4
+      for (int h = 0; h < H; ++h) a[r * H + h] = _mm256_fmadd_ps(w, qv[h], a[r * H + h]);
     }
   }
-  for (int h = 0; h < H; ++h) out[h * out_stride] = hsum(_mm256_add_ps(a0[h], a1[h]));
+#pragma GCC unroll 4
+  for (int k = 0; k < kDots; k += 4) {
+    alignas(16) float s[4];
+    _mm_store_ps(s, hsum4(a[k], a[k + 1], a[k + 2], a[k + 3]));
+    for (int j = 0; j < 4 && k + j < kDots; ++j) out[(k + j) % H * out_stride + (k + j) / H] = s[j];
+  }
 }
 
-// One head, kRows rows: dot_heads<1>'s steps for each row.
-constexpr int kRows = 4;
-METALLIC_SIMD_INLINE void dot_rows(int64_t n, const char* rows, int64_t row_stride, const float* q, float* out) {
-  __m256 a0[kRows], a1[kRows];
-  for (int r = 0; r < kRows; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
-#pragma GCC unroll 4
-    for (int r = 0; r < kRows; ++r) {
-      const auto* w = reinterpret_cast<const uint16_t*>(rows + r * row_stride) + i;
-      a0[r] = _mm256_fmadd_ps(f16x8(w), q0, a0[r]);
-      a1[r] = _mm256_fmadd_ps(f16x8(w + 8), q1, a1[r]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) out[r] = hsum(_mm256_add_ps(a0[r], a1[r]));
-}
+// Rows per block for H heads: the R * H accumulators and H query chunks fit the 16 registers.
+template <int H>
+constexpr int kRowsFor = H == 1   ? 8
+                         : H == 2 ? 4
+                         : H == 3 ? 4
+                                  : 2;
+constexpr int64_t kRowBlock = 8;  // positions per pass: every head group takes them while in L1
 
 void dot_f16_heads(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, const float* q, int64_t q_stride,
                    int nh, float* out, int64_t out_stride) {
   const auto* base = static_cast<const char*>(rows);
-  int64_t j = 0;
-  if (nh == 1)
-    for (; j + kRows <= n_pos; j += kRows) dot_rows(n, base + j * row_stride, row_stride, q, out + j);
-  for (; j < n_pos; ++j) {
-    const auto* r = reinterpret_cast<const uint16_t*>(base + j * row_stride);
-    head_groups<false>(nh, [&](auto H, int h) {
-      dot_heads<H>(n, r, q + h * q_stride, q_stride, out + h * out_stride + j, out_stride);
+  for (int64_t j0 = 0; j0 < n_pos; j0 += kRowBlock) {
+    const int64_t j1 = j0 + kRowBlock < n_pos ? j0 + kRowBlock : n_pos;
+    head_groups<true>(nh, [&](auto H, int h) {
+      constexpr int R = kRowsFor<H>;
+      static_assert(kRowBlock % R == 0, "a full block is whole R-row passes");
+      int64_t j = j0;
+      if (j1 - j0 == kRowBlock)
+        for (; j < j1; j += R)
+          dot_block<H, R>(n, base + j * row_stride, row_stride, q + h * q_stride, q_stride, out + h * out_stride + j,
+                          out_stride);
+      for (; j < j1; ++j)
+        dot_block<H, 1>(n, base + j * row_stride, row_stride, q + h * q_stride, q_stride, out + h * out_stride + j,
+                        out_stride);
     });
   }
 }

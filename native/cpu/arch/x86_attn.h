@@ -12,8 +12,8 @@ namespace metallic::cpu {
 
 struct F16HeadsFns {
   // out[h * out_stride + j] = dot(row_j, q + h * q_stride) for positions j < n_pos (row_j = rows
-  // + j * row_stride bytes) and h < nh; n % 16 == 0. Per dot: two 8-lane FMA chains over the
-  // even and odd 8-element chunks, summed, then reduced horizontally, whatever nh and n_pos.
+  // + j * row_stride bytes) and h < nh; n % 16 == 0. Per dot: one 8-lane FMA chain over the
+  // 8-element chunks in order, then reduced horizontally (hsum's tree), whatever nh and n_pos.
   void (*dot)(int64_t n, int64_t n_pos, const void* rows, int64_t row_stride, const float* q, int64_t q_stride, int nh,
               float* out, int64_t out_stride) = nullptr;
   // For positions j < n_pos in order: acc[h * acc_stride + i] += p[h * p_stride + j] * row_j[i]

@@ -21,6 +21,18 @@ METALLIC_SIMD_INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+// hsum of four vectors at once: lane k of the result is hsum(v_k), bit for bit (the same tree,
+// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), taken across the four).
+METALLIC_SIMD_INLINE __m128 hsum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+  const __m256 t01 = _mm256_add_ps(_mm256_permute2f128_ps(v0, v1, 0x20), _mm256_permute2f128_ps(v0, v1, 0x31));
+  const __m256 t23 = _mm256_add_ps(_mm256_permute2f128_ps(v2, v3, 0x20), _mm256_permute2f128_ps(v2, v3, 0x31));
+  // [z0a, z0b, z2a, z2b | z1a, z1b, z3a, z3b]: z_a = l0 + l4 + (l2 + l6), z_b = the odd lanes'
+  const __m256 z = _mm256_add_ps(_mm256_shuffle_ps(t01, t23, 0x44), _mm256_shuffle_ps(t01, t23, 0xee));
+  const __m128 lo = _mm256_castps256_ps128(z), hi = _mm256_extractf128_ps(z, 1);
+  const __m128 r = _mm_add_ps(_mm_shuffle_ps(lo, hi, 0x88), _mm_shuffle_ps(lo, hi, 0xdd));  // [h0, h2, h1, h3]
+  return _mm_shuffle_ps(r, r, 0xd8);
+}
+
 // Sums groups of four u8*s8 products into eight int32 lanes.
 METALLIC_SIMD_INLINE __m256i dot_u8s8(__m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
