@@ -121,6 +121,9 @@ class Scheduler:
             for every request, verified in the same batched step; the output is the same token
             for token (metallic.speculative).
         num_draft_tokens: drafted tokens per request and step at most.
+
+    ``on_step``: None or a callable the stepping thread calls after each step, once the step's
+    events are emitted (the server's relay hands them to its event loop then).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class Scheduler:
         num_draft_tokens: int = _spec.DEFAULT_DRAFT_TOKENS,
     ):
         self._model = model
+        self.on_step: Callable[[], None] | None = None
         self._engine = model._live("batch")
         self._tok = model.tokenizer
         self._n_vocab = int(self._engine.n_vocab)
@@ -248,6 +252,13 @@ class Scheduler:
     def step(self) -> bool:
         """One batch: drops cancelled requests, admits waiting ones, runs one forward_batch and
         emits a response for each sequence that got logits. False when there was nothing to do."""
+        try:
+            return self._step()
+        finally:
+            if self.on_step is not None:
+                self.on_step()
+
+    def _step(self) -> bool:
         self._reap()
         self._admit()
         if not self._running:

@@ -239,6 +239,17 @@ def test_background_thread_and_drain(tiny):
     _same(got, _alone(tiny, _ids(tiny, 5, seed=3), max_tokens=6))
 
 
+def test_on_step_follows_every_step_and_its_events(tiny):
+    """The server's relay hook: called once after each step, the step's events already out."""
+    tiny.reset_cache()
+    sched = tiny.scheduler()
+    log = []
+    sched.on_step = lambda: log.append("step")
+    sched.submit(tiny._request(_ids(tiny, 5, seed=4), max_tokens=3), lambda ev: log.append("ev"))
+    sched.run_until_idle()
+    assert log == ["ev", "step"] * 3 + ["step"]  # the last: the step that found nothing to do
+
+
 def test_per_request_errors_do_not_stop_the_batch(tiny):
     """A constraint that leaves no token ends its own request with a typed error."""
     good = _ids(tiny, 6, seed=1)

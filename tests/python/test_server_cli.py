@@ -35,10 +35,13 @@ def test_defaults_and_bad_arguments(capsys):
         4,
         4096,
     )
-    assert args.kv_cache_dtype == "f16"
+    assert args.kv_cache_dtype == "f16" and args.stream_interval_ms == 16.0
+    assert build_parser().parse_args(["--stream-interval-ms", "0"]).stream_interval_ms == 0.0
     for kv in ("f32", "q8_0", "q4_0"):
         assert build_parser().parse_args(["--kv-cache-dtype", kv]).kv_cache_dtype == kv
     bad_args = (["--port", "70000"], ["--parallel", "0"], ["--max-queue", "-1"], ["--nope"])
+    bad_args += (["--stream-interval-ms", "-1"], ["--stream-interval-ms", "nan"])
+    bad_args += (["--stream-interval-ms", "1001"],)
     for bad in (*bad_args, ["--kv-cache-dtype", "q8"]):
         assert main(bad) == 2
         assert capsys.readouterr().err.startswith("metallic-server: error:")

@@ -111,6 +111,9 @@ def test_fixed_replicas_and_actor_options():
         ({"draft": 3}, "draft"),
         ({"draft": ""}, "draft"),
         ({"draft": "prompt-lookup", "num_draft_tokens": 0}, "num_draft_tokens"),
+        ({"stream_interval_ms": -1}, "stream_interval_ms"),
+        ({"stream_interval_ms": float("nan")}, "stream_interval_ms"),
+        ({"stream_interval_ms": "16"}, "stream_interval_ms"),
     ],
 )
 def test_bad_arguments_are_named(kw, name):
@@ -131,6 +134,9 @@ def test_draft_settings(tmp_path):
     assert deployment_plan("m.gguf", draft=small)[0].draft == str(small.resolve())
     kw = parse_builder_args({"draft": "smollm2", "num_draft_tokens": "3"})
     assert kw["draft"] == "smollm2" and kw["num_draft_tokens"] == 3
+    assert engine.stream_interval_ms == 16.0
+    assert deployment_plan("m.gguf", stream_interval_ms=0)[0].stream_interval_ms == 0.0
+    assert parse_builder_args({"stream_interval_ms": "8"})["stream_interval_ms"] == 8.0
 
 
 def test_bad_model_is_named():

@@ -5,8 +5,11 @@ with SSE streaming), ``GET /health``, ``GET /metrics`` (Prometheus text) and a c
 ``/``. Request bodies are parsed and validated by :mod:`.protocol` (every error in OpenAI's
 ``{"error": {...}}`` shape naming the parameter); each choice of a request becomes one
 ``metallic.batch.Request`` on the scheduler, whose events come back to the event loop through
-``call_soon_threadsafe``. A client that goes away (streaming or not, during the prompt too) has its
-requests cancelled, which frees their slots at the scheduler's next step.
+the server's :class:`.relay.EventRelay` (one loop wake-up per step at most, and per
+``stream_interval`` seconds for the tokens of fast streams; a choice's first text and its end are
+not delayed), and a request's events already there go out in one write. A client that goes away
+(streaming or not, during the prompt too) has its requests cancelled, which frees their slots at
+the scheduler's next step.
 
 Used by ``metallic-server`` (:mod:`.cli`) and the Ray Serve deployment (:mod:`.ray`).
 """
@@ -40,6 +43,7 @@ from .protocol import (
     parse_completion,
     parse_json_body,
 )
+from .relay import DEFAULT_INTERVAL_S, EventRelay
 
 MAX_BODY_BYTES = 16 << 20  # a request body larger than this is a 413
 LEGACY_MAX_TOKENS = 16  # OpenAI's default max_tokens of /v1/completions
@@ -61,6 +65,10 @@ class ServerState:
     # is built lazily, so request preparation is serialized.
     prep_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     draft_model: object = None  # a draft Model the scheduler drafts with, closed with the model
+    relay: EventRelay = dataclasses.field(default_factory=lambda: EventRelay(DEFAULT_INTERVAL_S))
+
+    def __post_init__(self) -> None:
+        self.scheduler.on_step = self.relay.step_end  # the relay writes at each step's end
 
     def close(self) -> None:
         """Frees the model and the draft model (the scheduler must have stopped)."""
@@ -89,12 +97,16 @@ def open_state(
     model_id: str | None = None,
     api_key: str | None = None,
     progress: bool = False,
+    stream_interval: float = DEFAULT_INTERVAL_S,
 ) -> ServerState:
     """Loads ``model_ref`` with ``metallic.load(**load)`` and, when ``draft`` names a model
     rather than ``"prompt-lookup"``, the draft model with the same settings (same slots); then
     the Scheduler (not started) and metrics. What metallic-server and a Ray replica serve.
-    ``model_id`` defaults to the file name. On failure nothing stays open."""
+    ``model_id`` defaults to the file name; ``stream_interval``: relay.py. On failure nothing
+    stays open."""
     import metallic
+
+    relay = EventRelay(stream_interval)  # checks it before anything loads
 
     model = metallic.load(model_ref, progress=progress, **load)
     draft_model = None
@@ -111,7 +123,9 @@ def open_state(
             draft_model.close()
         raise
     alias = model_id or os.path.basename(str(model.source)).removesuffix(".gguf")
-    return ServerState(model, scheduler, metrics, alias, api_key=api_key, draft_model=draft_model)
+    return ServerState(
+        model, scheduler, metrics, alias, api_key=api_key, draft_model=draft_model, relay=relay
+    )
 
 
 def create_app(state: ServerState, *, cors_origins: tuple[str, ...] = ()) -> FastAPI:
@@ -227,14 +241,19 @@ async def _complete(state: ServerState, request: Request, kind: str) -> Response
         reqs = await run_in_threadpool(_prepare, state, parsed)
     except errors.MetallicError as exc:
         raise api_error_from(exc) from exc
-    loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
+    relay = state.relay
+    relay.bind(asyncio.get_running_loop())
+    texted = [False] * len(reqs)  # in the scheduler's thread: has choice i sent text yet
     handles = []
     try:
         for i, r in enumerate(reqs):
 
             def on_event(ev, i=i):
-                loop.call_soon_threadsafe(queue.put_nowait, (i, ev))
+                final = isinstance(ev, BaseException) or ev.finish_reason is not None
+                first = not texted[i] and not final and bool(ev.text)
+                texted[i] = texted[i] or first
+                relay.push(queue, (i, ev), urgent=final or first)
 
             handles.append(state.scheduler.submit(r, on_event))
             state.metrics.on_request_start()
@@ -249,7 +268,7 @@ async def _complete(state: ServerState, request: Request, kind: str) -> Response
     run = _Run(state, parsed, handles, queue)
     if parsed.stream:
         return StreamingResponse(
-            run.stream(),
+            run.writes(),
             media_type=shapes.SSE_CONTENT_TYPE,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -310,6 +329,21 @@ class _Run:
                 self.last[i] = ev
                 open_ -= 1
             yield i, ev
+
+    async def writes(self) -> AsyncIterator[bytes]:
+        """stream()'s SSE chunks, those of the events already queued joined into one write."""
+        chunks = self.stream()
+        try:
+            pending = []
+            async for chunk in chunks:
+                pending.append(chunk)
+                if self.queue.empty():
+                    yield b"".join(pending)
+                    pending = []
+            if pending:
+                yield b"".join(pending)
+        finally:
+            await chunks.aclose()
 
     async def stream(self) -> AsyncIterator[bytes]:
         p, sid, model = self.parsed, self.id, self.state.model_id

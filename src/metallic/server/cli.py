@@ -16,7 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..cli import DEVICES, KV_CACHE_DTYPES, UsageError, _int_in, _Parser
+from ..cli import DEVICES, KV_CACHE_DTYPES, UsageError, _float_in, _int_in, _Parser
+from .relay import DEFAULT_INTERVAL_S
 
 PROG = "metallic-server"
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -93,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-draft-tokens", type=_int_in(1, 32), default=6, help="drafted tokens per step (6)"
     )
+    p.add_argument(
+        "--stream-interval-ms",
+        type=_float_in(0.0, 1000.0),
+        default=1000.0 * DEFAULT_INTERVAL_S,
+        help="a stream faster than 2 tokens per interval gets its tokens written in groups, "
+        "at most this often; its first and last token are never held (16; 0: every step)",
+    )
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
     return p
 
@@ -115,6 +123,7 @@ def serve(args: argparse.Namespace) -> int:
             model_id=args.model_alias,
             api_key=args.api_key,
             progress=sys.stderr.isatty(),
+            stream_interval=args.stream_interval_ms / 1000.0,
         )
     except MetallicError as exc:
         print(f"{PROG}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ from typing import Any
 
 from ..cli import DEVICES, KV_CACHE_DTYPES
 from ..errors import Closed, InvalidArgument, NotImplementedFeature
+from .relay import DEFAULT_INTERVAL_S
 
 _KV_DTYPES = KV_CACHE_DTYPES
 _STOP_TIMEOUT_S = 5.0  # what the scheduler thread gets to end after Ray's graceful shutdown
@@ -64,6 +65,7 @@ class EngineSettings:
     cors_origins: tuple[str, ...]
     draft: str | None = None  # "prompt-lookup", a draft model (path or name), or None
     num_draft_tokens: int = 6
+    stream_interval_ms: float = 1000.0 * DEFAULT_INTERVAL_S  # relay.py
 
 
 class MetallicReplica:
@@ -83,6 +85,7 @@ class MetallicReplica:
             max_queue=settings.max_queue,
             model_id=settings.model_id,
             api_key=settings.api_key,
+            stream_interval=settings.stream_interval_ms / 1000.0,
         )
         try:
             self.asgi_app = create_app(self.state, cors_origins=settings.cors_origins)
@@ -192,6 +195,7 @@ def metallic_app(
     cors_origins: tuple[str, ...] | list[str] = (),
     draft: str | os.PathLike | None = None,
     num_draft_tokens: int = 6,
+    stream_interval_ms: float = 1000.0 * DEFAULT_INTERVAL_S,
     num_replicas: int | str = "auto",
     min_replicas: int | None = None,
     max_replicas: int | None = None,
@@ -212,7 +216,8 @@ def metallic_app(
     beyond), ``model_id`` (what ``/v1/models`` reports; default the file name), ``api_key``
     (``Authorization: Bearer`` required on ``/v1/*`` and ``/metrics``), ``cors_origins``,
     ``draft`` (speculative decoding for every request: ``"prompt-lookup"`` or a smaller model
-    sharing the vocabulary, loaded in each replica with the same slots) and ``num_draft_tokens``.
+    sharing the vocabulary, loaded in each replica with the same slots), ``num_draft_tokens`` and
+    ``stream_interval_ms`` (metallic-server's ``--stream-interval-ms``, 0 .. 1000).
 
     Placement: ``threads`` CPU threads per replica, which is also the ``num_cpus`` Ray reserves
     for it (None: ``ray_actor_options["num_cpus"]``, default 1). ``resources``: custom Ray
@@ -272,6 +277,7 @@ def deployment_plan(model=None, **kw) -> tuple[EngineSettings, dict[str, Any]]:
         cors_origins=_origins(w, kw["cors_origins"]),
         draft=_draft(w, kw["draft"]),
         num_draft_tokens=_int(w, "num_draft_tokens", kw["num_draft_tokens"], 1, 32),
+        stream_interval_ms=_in_range(w, "stream_interval_ms", kw["stream_interval_ms"], 0, 1000),
     )
     actor.update(num_cpus=actor.get("num_cpus", threads))
     res = _resources(w, kw["resources"])
@@ -331,6 +337,13 @@ def _int(w: str, name: str, v: object, lo: int, hi: int, also: str = "") -> int:
 
 def _opt_int(w: str, name: str, v: object, default: int, lo: int = 1) -> int:
     return default if v is None else _int(w, name, v, lo, 1 << 20)
+
+
+def _in_range(w: str, name: str, v: object, lo: float, hi: float) -> float:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi  # not nan
+    if not ok:
+        raise InvalidArgument(f"{w} {name}: expected a number in [{lo}, {hi}], got {v!r}")
+    return float(v)
 
 
 def _positive(w: str, name: str, v: object) -> float:
@@ -457,7 +470,7 @@ _INT_ARGS = {
     "max_ongoing_requests",
     "num_draft_tokens",
 }
-_FLOAT_ARGS = {"target_ongoing_requests", "drain_timeout"}
+_FLOAT_ARGS = {"target_ongoing_requests", "drain_timeout", "stream_interval_ms"}
 _JSON_ARGS = {"resources", "ray_actor_options", "autoscaling_config"}
 
 
