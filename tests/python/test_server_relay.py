@@ -107,6 +107,14 @@ def test_a_closed_loop_and_a_second_loop(clock, loop):
     r.step_end()  # the server is gone: dropped, no error in the scheduler's thread
     r.push(q, 2, urgent=True)
     r.step_end()
+    again = asyncio.new_event_loop()  # the app served again on a new loop
+    try:
+        r.bind(again)
+        r.push(q, 3, urgent=True)
+        r.step_end()
+        assert _taken(again, q) == [3]
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize("bad", [-0.001, 1.5, math.nan, math.inf])

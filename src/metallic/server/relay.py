@@ -48,8 +48,9 @@ class EventRelay:
         self._last_wake = self._last_step = -math.inf
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The loop every queue belongs to; called in it before the first request submits."""
-        if self._loop is None:
+        """The loop every queue belongs to; called in it before a request submits. A server
+        restarted on a new loop (the old one closed) rebinds."""
+        if self._loop is None or self._loop.is_closed():
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("[server] event relay: every request must run on one event loop")
@@ -77,6 +78,7 @@ class EventRelay:
         except RuntimeError:  # the loop is closed (the server is gone): nobody is listening
             with self._lock:
                 self._pending.clear()
+                self._wake_queued = False
 
     def _drain(self) -> None:
         with self._lock:
