@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metallic.errors import InvalidArgument
 from metallic.server import relay as relay_mod
 from metallic.server.relay import EventRelay
 
@@ -119,8 +120,11 @@ def test_a_closed_loop_and_a_second_loop(clock, loop):
 
 @pytest.mark.parametrize("bad", [-0.001, 1.5, math.nan, math.inf])
 def test_interval_is_checked(bad):
-    with pytest.raises(ValueError, match=r"\[server\] stream interval: expected 0 .. 1 s"):
+    with pytest.raises(
+        InvalidArgument, match=r"\[server\] stream interval: expected 0 .. 1 s"
+    ) as e:
         EventRelay(bad)
+    assert isinstance(e.value, ValueError)
 
 
 def test_unbound_relay_holds_events(clock, loop):

@@ -1,9 +1,10 @@
 // AVX2 attention row kernels for grouped query heads (see x86_attn.h).
 //
 // dot: per (row, head) one 8-lane FMA chain over the 8-element chunks in order, reduced by
-// hsum's tree. A pass takes R rows x H heads (up to four heads; R * H <= 16 chains): each
-// converted row chunk serves the H heads and each query chunk the R rows, and four dots share one
-// transposed reduction (hsum4). Neither R nor H changes a dot's steps.
+// hsum's tree. A pass takes R rows x H heads (up to four heads; the R * H chains and H query
+// chunks within the 16 registers): each converted row chunk serves the H heads and each query
+// chunk the R rows, and four dots share one transposed reduction (hsum4). Neither R nor H
+// changes a dot's steps.
 // pv: per element one FMA p[h] * row + acc, the positions in order, the accumulators of a slice
 // of up to 64 elements of up to four heads held in registers over a block of positions (one head:
 // 64 elements, eight chains). Rows are read in whole 16-byte chunks of a row of n % 16 == 0

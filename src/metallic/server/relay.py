@@ -30,6 +30,8 @@ import math
 import threading
 import time
 
+from ..errors import InvalidArgument
+
 DEFAULT_INTERVAL_S = 0.016  # one frame at 60 Hz: a grouped write is not seen as a stutter
 
 
@@ -38,7 +40,7 @@ class EventRelay:
 
     def __init__(self, interval: float):
         if not 0.0 <= interval <= 1.0:  # also rejects nan
-            raise ValueError(f"[server] stream interval: expected 0 .. 1 s, got {interval}")
+            raise InvalidArgument(f"[server] stream interval: expected 0 .. 1 s, got {interval}")
         self.interval = interval
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
