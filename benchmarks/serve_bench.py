@@ -383,6 +383,17 @@ def bench_server(name: str, path: Path, args, ctx: int, log) -> dict:
     return {"command": cmd, "startup_s": ready, "exit_code": server.proc.returncode, **result}
 
 
+def stream_in_process(model, prompt: str, max_tokens: int):
+    """One greedy ``stream_generate``: its decode rate, (tokens - 1) / (last - first token) timed
+    as each is yielded (None under two tokens), and its last response."""
+    stamps, last = [], None
+    for r in model.stream_generate(prompt, max_tokens=max_tokens):
+        stamps.append(time.perf_counter())
+        last = r
+    n = len(stamps)
+    return ((n - 1) / (stamps[-1] - stamps[0]) if n > 1 else None), last
+
+
 def stream_generate_baseline(path: Path, args, ctx: int) -> dict:
     """The in-process API on the prompts of the 1-stream level (make_prompt(0 .. rpc - 1)), one
     stream_generate each after a warm-up; medians, as that level's stream_tps_p50 is."""
@@ -393,15 +404,10 @@ def stream_generate_baseline(path: Path, args, ctx: int) -> dict:
         for _ in model.stream_generate(WARMUP, max_tokens=8):
             pass
         for k in range(args.requests_per_client):
-            stamps, responses = [], []
-            for r in model.stream_generate(make_prompt(k), max_tokens=args.max_tokens):
-                stamps.append(time.perf_counter())
-                responses.append(r)
-            n, last = len(stamps), responses[-1]
+            decode_tps, last = stream_in_process(model, make_prompt(k), args.max_tokens)
             runs.append({
                 "generation_tps": last.generation_tps, "generation_tokens": last.generation_tokens,
-                "prompt_tokens": last.prompt_tokens,
-                "decode_tps": (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else None,
+                "prompt_tokens": last.prompt_tokens, "decode_tps": decode_tps,
             })  # fmt: skip
     med = {key: percentile([r[key] for r in runs if r[key] is not None], 50) for key in runs[0]}
     return {**med, "runs": runs}

@@ -44,17 +44,9 @@ from serve_bench import (  # noqa: E402
     percentile,
     request_body,
     server_command,
+    stream_in_process,
 )
 from sse_client import LeanClient  # noqa: E402
-
-
-def api_decode_tps(model, prompt: str, max_tokens: int) -> tuple[float | None, int]:
-    """The in-process stream's decode rate, timed at each yielded token, and its tokens."""
-    stamps = []
-    for _ in model.stream_generate(prompt, max_tokens=max_tokens, temperature=0):
-        stamps.append(time.perf_counter())
-    n = len(stamps)
-    return ((n - 1) / (stamps[-1] - stamps[0]) if n > 1 else None), n
 
 
 def summarize_rounds(rounds: list[dict]) -> dict:
@@ -84,6 +76,31 @@ async def _server_round(client, url: str, model_id: str, prompt: str, max_tokens
     return rec
 
 
+async def alternate(base: str, model, args, log) -> list[dict]:
+    """The rounds: prompt k through ``model`` in this process and through the server at
+    ``base``, the server first on odd k."""
+    client = LeanClient(timeout=600.0, connect_timeout=10.0)
+    url = base + "/v1/completions"
+    model_id = (await client.request("GET", base + "/v1/models")).json()["data"][0]["id"]
+    await _server_round(client, url, model_id, WARMUP, 8)
+    rounds = []
+    for k in range(args.rounds):
+        prompt, server_first = make_prompt(k), k % 2 == 1
+        if server_first:
+            rec = await _server_round(client, url, model_id, prompt, args.max_tokens)
+        api_tps, last = stream_in_process(model, prompt, args.max_tokens)
+        if not server_first:
+            rec = await _server_round(client, url, model_id, prompt, args.max_tokens)
+        rounds.append({
+            "prompt": k, "server_first": server_first, "api_tps": api_tps,
+            "api_tokens": last.generation_tokens, "server_tps": rec["decode_tps"],
+            "server_tokens": rec["completion_tokens"],
+        })  # fmt: skip
+        log(f"#   prompt {k}: in-process {api_tps or 0:.1f}, server "
+            f"{rec['decode_tps'] or 0:.1f} tok/s")  # fmt: skip
+    return rounds
+
+
 def run(args: argparse.Namespace, log) -> dict:
     """Starts the server, loads the model here, alternates the rounds; every raw number."""
     import metallic
@@ -96,36 +113,11 @@ def run(args: argparse.Namespace, log) -> dict:
     )
     cmd = server_command("metallic", path, port, sargs, ctx)
     base = f"http://127.0.0.1:{port}"
-    rounds = []
     with ServerProcess("metallic", cmd, 15.0) as server:
         server.wait_ready(base + HEALTH["metallic"], 300.0)
         with metallic.load(path, threads=args.threads, context_length=ctx) as model:
-            api_decode_tps(model, WARMUP, 8)
-
-            async def serve_all() -> None:
-                client = LeanClient(timeout=600.0, connect_timeout=10.0)
-                url = base + "/v1/completions"
-                model_id = (await client.request("GET", base + "/v1/models")).json()["data"][0][
-                    "id"
-                ]
-                await _server_round(client, url, model_id, WARMUP, 8)
-                for k in range(args.rounds):
-                    prompt = make_prompt(k)
-                    server_first = k % 2 == 1
-                    if server_first:
-                        rec = await _server_round(client, url, model_id, prompt, args.max_tokens)
-                    api_tps, api_n = api_decode_tps(model, prompt, args.max_tokens)
-                    if not server_first:
-                        rec = await _server_round(client, url, model_id, prompt, args.max_tokens)
-                    rounds.append({
-                        "prompt": k, "server_first": server_first, "api_tps": api_tps,
-                        "api_tokens": api_n, "server_tps": rec["decode_tps"],
-                        "server_tokens": rec["completion_tokens"],
-                    })  # fmt: skip
-                    log(f"#   prompt {k}: in-process {api_tps or 0:.1f}, server "
-                        f"{rec['decode_tps'] or 0:.1f} tok/s")  # fmt: skip
-
-            asyncio.run(serve_all())
+            stream_in_process(model, WARMUP, 8)
+            rounds = asyncio.run(alternate(base, model, args, log))
     return {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "model": {"path": str(path), "name": path.name},
