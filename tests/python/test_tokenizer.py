@@ -117,8 +117,13 @@ def reference(trained, pre: str, tmp_path: pathlib.Path) -> HFTokenizer:
 
 
 FAMILIES = ["smollm", "llama-bpe", "qwen2", "gpt-2"]
+# Valid Unicode text: this hypothesis (6.155) draws lone surrogates from st.characters() now and
+# then, which both tokenizers refuse (ours with InvalidArgument: test_encode_decode_errors).
 _TEXT = st.text(
-    st.one_of(st.characters(), st.sampled_from(list("0123456789 \t\n'sdmlvert.,;🎉中П"))),
+    st.one_of(
+        st.characters(exclude_categories=("Cs",)),
+        st.sampled_from(list("0123456789 \t\n'sdmlvert.,;🎉中П")),
+    ),
     max_size=40,
 )
 
