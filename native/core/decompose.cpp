@@ -2,6 +2,7 @@
 // device that runs a fused op (or part of one) as plain ops.
 #include <array>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "core/device.h"
@@ -103,15 +104,16 @@ void for_each_run(const OpCall& c, const char* where,
     f(ctx, 0, p.n_tokens, 0, p.pos0);
     return;
   }
-  const std::string op = c.op == OpCode::kRopeKv ? "rope_kv" : "attention";
+  // Called for every ragged rope / attention op: messages are built only when a check fails.
+  const std::string_view op = c.op == OpCode::kRopeKv ? "rope_kv" : "attention";
+  auto bad = [&](const std::string& what) { fail(ErrorCode::kInvalidArgument, where, std::string(op) + ": " + what); };
   const Tensor& tab = c.t[c.op == OpCode::kRopeKv ? 6 : 4];
-  check(p.n_seqs >= 1 && p.n_seqs <= kMaxRaggedSeqs && p.n_tokens >= 1, ErrorCode::kInvalidArgument, where,
-        op + ": ragged call of " + std::to_string(p.n_tokens) + " tokens over " + std::to_string(p.n_seqs) +
-            " slots: expected 1.." + std::to_string(kMaxRaggedSeqs) + " slots and >= 1 token");
-  check(tab.valid() && tab.cols == 2 && tab.row_stride == 2 * sizeof(int32_t) && tab.rows >= p.n_tokens &&
-            tab.offset + static_cast<size_t>(p.n_tokens) * tab.row_stride <= tab.buf.nbytes,
-        ErrorCode::kInvalidArgument, where,
-        op + ": token table: expected (" + std::to_string(p.n_tokens) + ", 2) int32");
+  if (!(p.n_seqs >= 1 && p.n_seqs <= kMaxRaggedSeqs && p.n_tokens >= 1))
+    bad("ragged call of " + std::to_string(p.n_tokens) + " tokens over " + std::to_string(p.n_seqs) +
+        " slots: expected 1.." + std::to_string(kMaxRaggedSeqs) + " slots and >= 1 token");
+  if (!(tab.valid() && tab.cols == 2 && tab.row_stride == 2 * sizeof(int32_t) && tab.rows >= p.n_tokens &&
+        tab.offset + static_cast<size_t>(p.n_tokens) * tab.row_stride <= tab.buf.nbytes))
+    bad("token table: expected (" + std::to_string(p.n_tokens) + ", 2) int32");
   const auto [kc, vc] = caches(c);
   const auto* t = tab.ptr<const int32_t>();
   std::array<bool, kMaxRaggedSeqs> seen{};
@@ -120,27 +122,27 @@ void for_each_run(const OpCall& c, const char* where,
     const int64_t pos0 = t[2 * i + 1];
     int64_t n = 1;
     while (i + n < p.n_tokens && t[2 * (i + n)] == slot) {
-      check(t[2 * (i + n) + 1] == pos0 + n, ErrorCode::kInvalidArgument, where,
-            op + ": token " + std::to_string(i + n) + " of slot " + std::to_string(slot) + ": expected position " +
-                std::to_string(pos0 + n) + ", got " + std::to_string(t[2 * (i + n) + 1]));
+      if (t[2 * (i + n) + 1] != pos0 + n)
+        bad("token " + std::to_string(i + n) + " of slot " + std::to_string(slot) + ": expected position " +
+            std::to_string(pos0 + n) + ", got " + std::to_string(t[2 * (i + n) + 1]));
       ++n;
     }
-    check(slot >= 0 && slot < p.n_seqs && !seen[static_cast<size_t>(slot)], ErrorCode::kInvalidArgument, where,
-          op + ": token " + std::to_string(i) + ": slot " + std::to_string(slot) + " out of range 0.." +
-              std::to_string(p.n_seqs - 1) + " or not one run of consecutive tokens");
+    if (!(slot >= 0 && slot < p.n_seqs && !seen[static_cast<size_t>(slot)]))
+      bad("token " + std::to_string(i) + ": slot " + std::to_string(slot) + " out of range 0.." +
+          std::to_string(p.n_seqs - 1) + " or not one run of consecutive tokens");
     seen[static_cast<size_t>(slot)] = true;
     const size_t off = static_cast<size_t>(slot) * p.kv_seq_stride;
     for (const Tensor* cache : {kc, vc})
-      check(cache->valid() &&
-                cache->offset + off + static_cast<size_t>(cache->rows) * cache->row_stride <= cache->buf.nbytes,
-            ErrorCode::kInvalidArgument, where, op + ": slot " + std::to_string(slot) + ": cache outside its buffer");
+      if (!(cache->valid() &&
+            cache->offset + off + static_cast<size_t>(cache->rows) * cache->row_stride <= cache->buf.nbytes))
+        bad("slot " + std::to_string(slot) + ": cache outside its buffer");
     OpParams run = p;
     run.pos0 = pos0;
     run.n_tokens = n;
-    check(kv_positions_ok(run), ErrorCode::kInvalidArgument, where,
-          op + ": slot " + std::to_string(slot) + ": positions " + std::to_string(pos0) + "+" + std::to_string(n) +
-              " do not fit a KV cache of " + std::to_string(p.kv_capacity) + " rows (window " +
-              std::to_string(p.window) + ")");
+    if (!kv_positions_ok(run))
+      bad("slot " + std::to_string(slot) + ": positions " + std::to_string(pos0) + "+" + std::to_string(n) +
+          " do not fit a KV cache of " + std::to_string(p.kv_capacity) + " rows (window " + std::to_string(p.window) +
+          ")");
     f(ctx, i, n, slot, pos0);
     i += n;
   }
@@ -149,8 +151,9 @@ void for_each_run(const OpCall& c, const char* where,
 void decompose(const OpCall& c, void (*run)(void* ctx, const OpCall& op), void* ctx) {
   switch (c.op) {
     case OpCode::kNormMatMul: {
-      check(c.p.n_weights >= 1 && c.p.n_weights <= 3, ErrorCode::kInvalidArgument, "decompose",
-            "norm_matmul: n_weights: expected 1..3, got " + std::to_string(c.p.n_weights));
+      if (c.p.n_weights < 1 || c.p.n_weights > 3)
+        fail(ErrorCode::kInvalidArgument, "decompose",
+             "norm_matmul: n_weights: expected 1..3, got " + std::to_string(c.p.n_weights));
       check(c.t[10].valid() && c.t[11].valid(), ErrorCode::kInvalidArgument, "decompose",
             "norm_matmul: expected the xn scratch and the norm weight");
       norm_into_scratch(c, run, ctx);

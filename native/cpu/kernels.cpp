@@ -482,8 +482,9 @@ void op_attention(const OpCall& c, ThreadPool& pool, Scratch& s) {
   const DotQ8Fn kdot_q8 = ktr.act_q8 ? ktr.dot_q8 : nullptr;
   const QuantizeActFn quant_q = quantize_act_fn();
   const AxpyFn vaxpy = cpu_traits(vc.dtype).axpy;
-  check((kdot != nullptr || kdot_q8 != nullptr) && vaxpy != nullptr, ErrorCode::kUnsupportedDType, "attention",
-        std::string("KV cache ") + dtype_name(kc.dtype) + "/" + dtype_name(vc.dtype) + ": no CPU attention kernels");
+  if ((kdot == nullptr && kdot_q8 == nullptr) || vaxpy == nullptr)
+    fail(ErrorCode::kUnsupportedDType, "attention",
+         std::string("KV cache ") + dtype_name(kc.dtype) + "/" + dtype_name(vc.dtype) + ": no CPU attention kernels");
   const F16HeadsFns hf =
       kc.dtype == DType::kF16 && vc.dtype == DType::kF16 && hd % 16 == 0 ? f16_heads_fns() : F16HeadsFns{};
   const QuantHeadsFns qf = kc.dtype == vc.dtype ? quant_heads_fns(kc.dtype) : QuantHeadsFns{};

@@ -67,7 +67,7 @@ void ThreadPool::worker(int index) {
   }
 }
 
-void ThreadPool::parallel_for(int64_t n, const Fn& fn, int64_t grain) {
+void ThreadPool::parallel_for(int64_t n, Fn fn, int64_t grain) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
   if (n_threads_ == 1 || n <= grain) {

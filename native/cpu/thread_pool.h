@@ -10,17 +10,38 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace metallic::cpu {
 
+// A non-owning reference to a callable fn(begin, end, thread_index). parallel_for returns only
+// after every chunk has run, so the callable outlives every use; unlike std::function (whose
+// captures past two pointers go to the heap), building one allocates nothing in the token loop.
+class ChunkFn {
+ public:
+  template <typename F, typename = std::enable_if_t<!std::is_same_v<std::decay_t<F>, ChunkFn>>>
+  ChunkFn(F&& f) noexcept  // NOLINT(google-explicit-constructor): any lambda passes as is
+      : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_(&invoke<std::remove_reference_t<F>>) {}
+  void operator()(int64_t begin, int64_t end, int thread) const { call_(obj_, begin, end, thread); }
+
+ private:
+  template <typename F>
+  static void invoke(void* obj, int64_t begin, int64_t end, int thread) {
+    (*static_cast<F*>(obj))(begin, end, thread);
+  }
+  void* obj_;
+  void (*call_)(void*, int64_t, int64_t, int);
+};
+
 class ThreadPool {
  public:
   // fn(begin, end, thread_index) processes items [begin, end).
-  using Fn = std::function<void(int64_t, int64_t, int)>;
+  using Fn = ChunkFn;
 
   explicit ThreadPool(int n_threads);
   ~ThreadPool();
@@ -31,7 +52,7 @@ class ThreadPool {
 
   // Runs fn over [0, n) split into size() chunks aligned to `grain` items. Exceptions thrown by
   // fn are caught in workers and rethrown here (first one wins).
-  void parallel_for(int64_t n, const Fn& fn, int64_t grain = 1);
+  void parallel_for(int64_t n, Fn fn, int64_t grain = 1);
 
  private:
   void worker(int index);

@@ -22,22 +22,22 @@ int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Seg
   int64_t want_rows = 0;
   for (int64_t i = 0; i < n_segs; ++i) {
     const Segment& s = segs[i];
-    const std::string seg = "segment " + std::to_string(i);
+    auto seg = [i] { return "segment " + std::to_string(i); };  // built only for a message
     check_slot(s.slot, where);
     for (int64_t j = 0; j < i; ++j)
       if (segs[j].slot == s.slot)
         fail(ErrorCode::kInvalidArgument, where,
-             seg + ": slot " + std::to_string(s.slot) + " already has segment " + std::to_string(j));
-    if (s.n < 1) fail(ErrorCode::kInvalidArgument, where, seg + ": n: expected >= 1, got " + std::to_string(s.n));
+             seg() + ": slot " + std::to_string(s.slot) + " already has segment " + std::to_string(j));
+    if (s.n < 1) fail(ErrorCode::kInvalidArgument, where, seg() + ": n: expected >= 1, got " + std::to_string(s.n));
     if (s.logits < 0 || s.logits > s.n)
       fail(ErrorCode::kInvalidArgument, where,
-           seg + ": logits: expected 0.." + std::to_string(s.n) + " rows, got " + std::to_string(s.logits));
+           seg() + ": logits: expected 0.." + std::to_string(s.n) + " rows, got " + std::to_string(s.logits));
     want_rows += s.logits;
     if (s.pos0 < 0)
-      fail(ErrorCode::kInvalidArgument, where, seg + ": pos0: expected >= 0, got " + std::to_string(s.pos0));
+      fail(ErrorCode::kInvalidArgument, where, seg() + ": pos0: expected >= 0, got " + std::to_string(s.pos0));
     if (s.pos0 + s.n > ctx_)
       fail(ErrorCode::kContextOverflow, where,
-           seg + ": context overflow: " + std::to_string(s.pos0) + " cached + " + std::to_string(s.n) +
+           seg() + ": context overflow: " + std::to_string(s.pos0) + " cached + " + std::to_string(s.n) +
                " new tokens exceed context_length " + std::to_string(ctx_));
     total += s.n;
   }
