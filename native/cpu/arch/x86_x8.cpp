@@ -108,10 +108,13 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
       const __m256 sums = _mm256_cvtepi32_ps(dot.s32);
       const int64_t ab = tok * nb + b;
       acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dv, _mm256_set1_ps(a.d[ab])), acc[t]);
-      off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(a.s[ab]), off[t]);
+      // Signed Q8_0 has no offset term (ov = 0): skipping its chain leaves every sum bit-identical
+      // (adding +0 changes no value; acc is never -0, as it starts at +0).
+      if constexpr (!kSignedQ8) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(a.s[ab]), off[t]);
     }
   }
-  for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_add_ps(acc[t], off[t]), accumulate);
+  for (int t = 0; t < T; ++t)
+    store8(out + (t0 + t) * out_stride, kSignedQ8 ? acc[t] : _mm256_add_ps(acc[t], off[t]), accumulate);
 }
 
 // Q4_K / Q5_K: T tokens against one group of 8 rows. Per pair of sub-blocks: 8 chunks, each one
