@@ -68,6 +68,7 @@ Sampler::Sampler(int64_t n_vocab, const SamplerParams& p) : n_vocab_(n_vocab), p
   work_.resize(static_cast<size_t>(n_vocab));
   if (p.top_k > 0 && p.top_k < n_vocab) heap_.reserve(static_cast<size_t>(p.top_k));
   idx_.resize(static_cast<size_t>(n_vocab));
+  block_sums_.resize(static_cast<size_t>((n_vocab + kDrawBlock - 1) / kDrawBlock));
   seen_.assign(static_cast<size_t>(n_vocab), 0);
   counts_.assign(static_cast<size_t>(n_vocab), 0);
   history_.assign(static_cast<size_t>(p.repetition_window), 0);
@@ -145,35 +146,42 @@ void Sampler::logprobs(const float* logits, int32_t chosen) {
 int32_t Sampler::draw(const float* logits, double uniform) {
   const int64_t n = n_vocab_;
   float* w = work_.data();
-  std::copy(logits, logits + n, w);
-  for (const auto& [id, bias] : p_.logit_bias) w[id] += bias;
-  if (mask_on_) {
-    const int64_t words = static_cast<int64_t>(mask_.size());
-    for (int64_t wi = 0; wi < words; ++wi) {
-      const uint32_t m = mask_[static_cast<size_t>(wi)];
-      if (m == 0xffffffffu) continue;
-      const int64_t base = wi * 32;
-      const int64_t end = std::min<int64_t>(32, n - base);
-      for (int64_t b = 0; b < end; ++b)
-        if (!((m >> b) & 1u)) w[base + b] = -INFINITY;
+  // The adjusted logits: a copy in w when bias, mask, suppression or penalties change them, else
+  // the input itself (no pass over the vocabulary: 1 MB a token at Gemma 3's 262k ids).
+  const float* adj = logits;
+  if (adjusts()) {
+    std::copy(logits, logits + n, w);
+    adj = w;
+    for (const auto& [id, bias] : p_.logit_bias) w[id] += bias;
+    if (mask_on_) {
+      const int64_t words = static_cast<int64_t>(mask_.size());
+      for (int64_t wi = 0; wi < words; ++wi) {
+        const uint32_t m = mask_[static_cast<size_t>(wi)];
+        if (m == 0xffffffffu) continue;
+        const int64_t base = wi * 32;
+        const int64_t end = std::min<int64_t>(32, n - base);
+        for (int64_t b = 0; b < end; ++b)
+          if (!((m >> b) & 1u)) w[base + b] = -INFINITY;
+      }
     }
-  }
-  if (drawn_ < p_.min_tokens)
-    for (int32_t id : p_.suppress_ids) w[id] = -INFINITY;
-  if (penalties_) {
-    // Each distinct token of the window once: repetition (llama.cpp rule: logit > 0 → /p, else
-    // *p), then presence and frequency (OpenAI: - presence - frequency * count).
-    for (int64_t i = 0; i < hist_len_; ++i) {
-      const auto t = static_cast<size_t>(history_[static_cast<size_t>(i)]);
-      if (seen_[t]) continue;
-      seen_[t] = 1;
-      if (p_.repetition_penalty != 1.f) w[t] = w[t] > 0.f ? w[t] / p_.repetition_penalty : w[t] * p_.repetition_penalty;
-      w[t] -= p_.presence_penalty + p_.frequency_penalty * static_cast<float>(counts_[t]);
+    if (drawn_ < p_.min_tokens)
+      for (int32_t id : p_.suppress_ids) w[id] = -INFINITY;
+    if (penalties_) {
+      // Each distinct token of the window once: repetition (llama.cpp rule: logit > 0 → /p, else
+      // *p), then presence and frequency (OpenAI: - presence - frequency * count).
+      for (int64_t i = 0; i < hist_len_; ++i) {
+        const auto t = static_cast<size_t>(history_[static_cast<size_t>(i)]);
+        if (seen_[t]) continue;
+        seen_[t] = 1;
+        if (p_.repetition_penalty != 1.f)
+          w[t] = w[t] > 0.f ? w[t] / p_.repetition_penalty : w[t] * p_.repetition_penalty;
+        w[t] -= p_.presence_penalty + p_.frequency_penalty * static_cast<float>(counts_[t]);
+      }
+      for (int64_t i = 0; i < hist_len_; ++i) seen_[static_cast<size_t>(history_[static_cast<size_t>(i)])] = 0;
     }
-    for (int64_t i = 0; i < hist_len_; ++i) seen_[static_cast<size_t>(history_[static_cast<size_t>(i)])] = 0;
   }
   if (p_.temperature <= 0.f) {  // greedy: first index of the maximum
-    const int64_t best = first_argmax(w, n);
+    const int64_t best = first_argmax(adj, n);
     check(best >= 0, ErrorCode::kInvalidArgument, "sampler",
           "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
     return static_cast<int32_t>(best);
@@ -182,9 +190,12 @@ int32_t Sampler::draw(const float* logits, double uniform) {
   // that the draw order (below) is specified: the Metal sampler (shaders/sample.h) walks the same
   // order and picks the same token for the same uniform. The top_k come from one scan that keeps
   // the best k in a heap (worst on top): most logits fail the first comparison.
+  if ((p_.top_k == 0 || p_.top_k >= n) && p_.top_p >= 1.f && p_.min_p <= 0.f) return draw_all(adj, uniform);
   int32_t* idx = idx_.data();
   int64_t m = n;
-  // Draw order over w: larger value first, ties by lower id (logits here, probabilities below).
+  // Draw order: larger value first, ties by lower id (of the adjusted logits here, of the
+  // probabilities in w below).
+  auto by_logit = [adj](int32_t a, int32_t b) { return before(adj[a], a, adj[b], b); };
   auto by_value = [w](int32_t a, int32_t b) { return before(w[a], a, w[b], b); };
   if (p_.top_k > 0 && p_.top_k < n) {
     const auto k = static_cast<size_t>(p_.top_k);
@@ -193,7 +204,7 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     };
     heap_.clear();
     for (int64_t i = 0; i < n; ++i) {
-      const float x = w[i];
+      const float x = adj[i];
       if (heap_.size() < k) {
         heap_.emplace_back(x, static_cast<int32_t>(i));
         std::push_heap(heap_.begin(), heap_.end(), worse_on_top);
@@ -204,19 +215,19 @@ int32_t Sampler::draw(const float* logits, double uniform) {
       }
     }
     for (size_t j = 0; j < k; ++j) idx[j] = heap_[j].second;
-    std::sort(idx, idx + k, by_value);
+    std::sort(idx, idx + k, by_logit);
     m = p_.top_k;
   } else {
     for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<int32_t>(i);
   }
   float mx = -INFINITY;
-  for (int64_t i = 0; i < m; ++i) mx = std::max(mx, w[idx[i]]);
+  for (int64_t i = 0; i < m; ++i) mx = std::max(mx, adj[idx[i]]);
   check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
         "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
   const float inv_t = 1.f / p_.temperature;
   double total = 0.0;
   for (int64_t i = 0; i < m; ++i) {
-    const float pr = std::exp((w[idx[i]] - mx) * inv_t);
+    const float pr = std::exp((adj[idx[i]] - mx) * inv_t);
     w[idx[i]] = pr;  // w now holds unnormalised probabilities of the candidates
     total += pr;
   }
@@ -279,6 +290,60 @@ int32_t Sampler::draw(const float* logits, double uniform) {
   for (int64_t i = m - 1; i > 0; --i)
     if (w[idx[i]] > 0.f) return idx[i];
   return idx[0];
+}
+
+// Every id a candidate, in id order (no top_k, top_p or min_p; OpenAI's defaults): the same
+// probabilities and walk as draw's general path, without its index array, with the total summed
+// in four interleaved float64 chains (one chain waits ~4 cycles an id) and the walk skipping
+// whole blocks of ids by their sums. Sums differ from one chain's only by rounding, so a draw can
+// differ only for a uniform within rounding of a CDF boundary (as between devices).
+int32_t Sampler::draw_all(const float* adj, double uniform) {
+  const int64_t n = n_vocab_;
+  float* w = work_.data();
+  double* blk = block_sums_.data();
+  float lane[8];
+  std::fill(lane, lane + 8, -INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] = adj[i + j] > lane[j] ? adj[i + j] : lane[j];
+  float mx = -INFINITY;
+  for (; i < n; ++i) mx = adj[i] > mx ? adj[i] : mx;
+  for (float v : lane) mx = v > mx ? v : mx;
+  check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
+        "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
+  const float inv_t = 1.f / p_.temperature;
+  const int64_t blocks = (n + kDrawBlock - 1) / kDrawBlock;
+  double total = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t i1 = std::min(n, (b + 1) * kDrawBlock);
+    auto p = [&](int64_t k) { return w[k] = std::exp((adj[k] - mx) * inv_t); };  // draw's expression
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    for (i = b * kDrawBlock; i + 4 <= i1; i += 4) {
+      s0 += p(i);
+      s1 += p(i + 1);
+      s2 += p(i + 2);
+      s3 += p(i + 3);
+    }
+    for (; i < i1; ++i) s0 += p(i);
+    blk[b] = (s0 + s1) + (s2 + s3);
+    total += blk[b];
+  }
+  const double u = uniform * total;
+  double c = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (c + blk[b] <= u) {
+      c += blk[b];
+      continue;
+    }
+    const int64_t i1 = std::min(n, (b + 1) * kDrawBlock);
+    for (i = b * kDrawBlock; i < i1; ++i) {
+      c += w[i];
+      if (u < c) return static_cast<int32_t>(i);
+    }
+  }
+  for (i = n - 1; i > 0; --i)  // rounding left u at or past the sum: the last id with p > 0
+    if (w[i] > 0.f) return static_cast<int32_t>(i);
+  return 0;
 }
 
 }  // namespace metallic

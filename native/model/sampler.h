@@ -69,12 +69,15 @@ class Sampler {
  private:
   // No logit bias, mask, penalties, active min_tokens suppression or logprobs: a draw from the raw
   // logits.
-  bool nothing_to_apply() const {
-    return p_.logit_bias.empty() && !mask_on_ && !penalties_ && lp_val_.empty() &&
-           (drawn_ >= p_.min_tokens || p_.suppress_ids.empty());
+  bool nothing_to_apply() const { return !adjusts() && lp_val_.empty(); }
+  // Bias, mask, suppression or penalties change the logits before the draw.
+  bool adjusts() const {
+    return !p_.logit_bias.empty() || mask_on_ || penalties_ || (drawn_ < p_.min_tokens && !p_.suppress_ids.empty());
   }
-  double next_uniform();                        // [0, 1)
-  int32_t draw(const float* logits, double u);  // u: the uniform in [0, 1) of a temperature draw
+  double next_uniform();                         // [0, 1)
+  int32_t draw(const float* logits, double u);   // u: the uniform in [0, 1) of a temperature draw
+  int32_t draw_all(const float* adj, double u);  // draw over every id (no truncation)
+  static constexpr int64_t kDrawBlock = 256;     // ids per block sum in draw_all
   void logprobs(const float* logits, int32_t chosen);
 
   int64_t n_vocab_;
@@ -82,6 +85,7 @@ class Sampler {
   uint64_t state_;
   std::vector<float> work_;                      // (n_vocab,) adjusted logits, then probabilities
   std::vector<int32_t> idx_;                     // (n_vocab,) candidate ids
+  std::vector<double> block_sums_;               // (n_vocab / kDrawBlock,) draw_all's block sums
   std::vector<std::pair<float, int32_t>> heap_;  // (top_k,) the best logits so far, worst on top
   std::vector<int32_t> history_;                 // ring of the last `repetition_window` tokens
   std::vector<int32_t> counts_;                  // (n_vocab,) occurrences of each token in the ring

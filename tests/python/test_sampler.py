@@ -215,6 +215,34 @@ def test_draws_follow_splitmix64_inverse_cdf():
 @given(
     logits=hnp.arrays(
         np.float32,
+        st.integers(1, 1300),  # up to 6 of draw_all's 256-id blocks, a partial last one
+        elements=st.one_of(st.floats(-12, 12, width=32), st.sampled_from([0.0, -np.inf])),
+    ),
+    t=st.sampled_from([0.3, 1.0, 2.5]),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_untruncated_draws_follow_the_id_order_cdf(logits, t, seed):
+    """No top_k / top_p / min_p (OpenAI's defaults): the draw walks every id in id order, its
+    probabilities exp((x - max) / t) in float32 and their sums in float64 (per-block sums, so a
+    uniform within rounding of a boundary may go either way); a -inf logit is never drawn."""
+    if not np.isfinite(logits).any():
+        logits[0] = 0.0
+    x = logits.astype(np.float32)
+    p = np.exp((x - x.max()) * np.float32(1 / np.float32(t)), dtype=np.float32).astype(np.float64)
+    cdf = np.cumsum(p)
+    got = draws(Sampler(len(x), t, seed=seed), x, 30)
+    for k, u in enumerate(splitmix64_uniforms(seed, 30)):
+        assert np.isfinite(x[got[k]])
+        target = u * cdf[-1]
+        if np.min(np.abs(cdf - target)) < MARGIN * cdf[-1]:
+            continue  # within rounding of a boundary: either neighbour is right
+        assert got[k] == int(np.searchsorted(cdf, target, side="right")), k
+
+
+@FAST
+@given(
+    logits=hnp.arrays(
+        np.float32,
         st.integers(2, 400),
         elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, 0.5, -np.inf]),
     ),
