@@ -12,8 +12,10 @@
 
 #include <array>
 #include <climits>
+#include <exception>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "bindings/bindings.h"
 #include "bindings/sigint.h"
@@ -27,6 +29,7 @@ namespace {
 using Bytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Tokens = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Logits2D = nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Logits2DIn = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using Segments = nb::ndarray<const int64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 struct PyWeight {
@@ -192,6 +195,49 @@ void init_engine(nb::module_& m) {
           },
           nb::rv_policy::reference_internal,
           "View (n_seq, n_vocab) of forward_batch's logits rows (valid until the next call).")
+      .def(
+          "sample_rows",
+          [](PyEngine& self, const std::vector<Sampler*>& samplers, Logits2DIn logits,
+             const std::vector<int64_t>& rows) {
+            Engine& e = self.get("engine.sample_rows");
+            const auto k = static_cast<int64_t>(samplers.size());
+            if (static_cast<int64_t>(rows.size()) != k || k > Engine::kMaxSeq)
+              fail(ErrorCode::kInvalidArgument, "engine.sample_rows",
+                   "rows: expected one per sampler (at most " + std::to_string(Engine::kMaxSeq) + "), got " +
+                       std::to_string(rows.size()) + " for " + std::to_string(k));
+            if (static_cast<int64_t>(logits.shape(1)) != e.n_vocab())
+              fail(ErrorCode::kShapeMismatch, "engine.sample_rows",
+                   "logits: expected rows x " + std::to_string(e.n_vocab()) + ", got " +
+                       std::to_string(logits.shape(0)) + "x" + std::to_string(logits.shape(1)));
+            std::array<int32_t, Engine::kMaxSeq> out{};
+            std::array<std::exception_ptr, Engine::kMaxSeq> errs{};
+            {
+              nb::gil_scoped_release release;
+              e.sample_rows(samplers.data(), logits.data(), static_cast<int64_t>(logits.shape(0)), rows.data(), k,
+                            out.data(), errs.data());
+            }
+            nb::list result;  // a token id, or the error (not raised) of a draw that failed
+            for (int64_t i = 0; i < k; ++i) {
+              if (!errs[static_cast<size_t>(i)]) {
+                result.append(out[static_cast<size_t>(i)]);
+                continue;
+              }
+              ErrorCode code = ErrorCode::kOutOfMemory;
+              std::string what = "[native] out of memory";
+              try {
+                std::rethrow_exception(errs[static_cast<size_t>(i)]);
+              } catch (const Error& err) {
+                code = err.code();
+                what = err.what();
+              } catch (...) {
+              }
+              result.append(nb::module_::import_("metallic.errors").attr("from_code")(static_cast<int>(code), what));
+            }
+            return result;
+          },
+          nb::arg("samplers"), nb::arg("logits"), nb::arg("rows"),
+          "Draws with samplers[i] from logits[rows[i]] for every i, in parallel on the device's host threads; "
+          "returns a list of token ids, with the MetallicError (not raised) where a draw failed.")
       .def(
           "copy_seq",
           [](PyEngine& self, int32_t src, int32_t dst, int64_t n) {

@@ -193,6 +193,12 @@ class Device {
   // 32-bit words of kArgmax / kSample scratch for a row of n_vocab logits (the Metal plan's
   // partial results; 0 for a device that needs none). The engine allocates it once at load.
   virtual int64_t draw_scratch_words(int64_t /*n_vocab*/) const { return 0; }
+  // Runs fn(ctx, i) for every i in [0, n) on the device's host threads (the CPU device's pool;
+  // the calling thread alone elsewhere): host work between passes, such as each sequence's draw.
+  // fn must not throw.
+  virtual void host_parallel(int64_t n, void (*fn)(void* ctx, int64_t i), void* ctx) {
+    for (int64_t i = 0; i < n; ++i) fn(ctx, i);
+  }
 };
 
 // The unfused meaning of a fused op as the plain ops it stands for, each handed to `run` (a device

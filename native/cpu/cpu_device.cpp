@@ -241,6 +241,12 @@ class CpuDevice final : public Device {
 
   void synchronize() override {}  // ops run synchronously
 
+  void host_parallel(int64_t n, void (*fn)(void*, int64_t), void* ctx) override {
+    pool_.parallel_for(n, [&](int64_t b, int64_t e, int) {
+      for (int64_t i = b; i < e; ++i) fn(ctx, i);
+    });
+  }
+
   // First index of the largest logit; NaN never wins; -1 when no logit is > -inf.
   static void argmax(const OpCall& c) {
     const float* x = c.t[0].ptr<const float>();

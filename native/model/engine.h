@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,6 +70,13 @@ class Engine {
   };
   int64_t forward_batch(const int32_t* tokens, int64_t n_tokens, const Segment* segs, int64_t n_segs,
                         float* logits_out = nullptr, int64_t logits_rows = 0);
+  // Draws token i from row rows[i] of `logits` (n_rows x n_vocab) with samplers[i], for i in
+  // [0, k), in parallel on the device's host threads (each sampler draws as its sample() alone
+  // would: its own RNG, history and mask). out[i] is the token, or -1 with errors[i] set when
+  // sampler i failed (a mask that allows no token); the other draws are unaffected. The samplers
+  // must be distinct (k <= kMaxSeq).
+  void sample_rows(Sampler* const* samplers, const float* logits, int64_t n_rows, const int64_t* rows, int64_t k,
+                   int32_t* out, std::exception_ptr* errors);
   const float* batch_logits() const { return batch_logits_.data(); }
   int64_t n_seq() const { return n_seq_; }
   int64_t batch_size() const { return max_batch_; }

@@ -97,4 +97,48 @@ int64_t Engine::forward_batch(const int32_t* tokens, int64_t n_tokens, const Seg
   return rows;
 }
 
+void Engine::sample_rows(Sampler* const* samplers, const float* logits, int64_t n_rows, const int64_t* rows, int64_t k,
+                         int32_t* out, std::exception_ptr* errors) {
+  const char* where = "engine.sample_rows";
+  check_open(where);
+  BusyGuard guard(busy_);  // the device's host threads are the forward's
+  if (k < 0 || k > kMaxSeq)
+    fail(ErrorCode::kInvalidArgument, where,
+         "samplers: expected 0.." + std::to_string(kMaxSeq) + ", got " + std::to_string(k));
+  for (int64_t i = 0; i < k; ++i) {
+    if (samplers[i] == nullptr || samplers[i]->n_vocab() != cfg_.n_vocab)
+      fail(ErrorCode::kShapeMismatch, where,
+           "sampler " + std::to_string(i) + ": expected one for n_vocab " + std::to_string(cfg_.n_vocab));
+    if (rows[i] < 0 || rows[i] >= n_rows)
+      fail(ErrorCode::kInvalidArgument, where,
+           "rows[" + std::to_string(i) + "]: expected 0.." + std::to_string(n_rows - 1) + ", got " +
+               std::to_string(rows[i]));
+    for (int64_t j = 0; j < i; ++j)
+      if (samplers[j] == samplers[i])
+        fail(ErrorCode::kInvalidArgument, where,
+             "sampler " + std::to_string(i) + " is also sampler " + std::to_string(j) + ": each draw needs its own");
+  }
+  struct Draws {
+    Sampler* const* samplers;
+    const float* logits;
+    const int64_t* rows;
+    int64_t n_vocab;
+    int32_t* out;
+    std::exception_ptr* errors;
+  } d{samplers, logits, rows, cfg_.n_vocab, out, errors};
+  device_->host_parallel(
+      k,
+      [](void* ctx, int64_t i) {
+        auto& x = *static_cast<Draws*>(ctx);
+        try {
+          x.out[i] = x.samplers[i]->sample(x.logits + x.rows[i] * x.n_vocab);
+          x.errors[i] = nullptr;
+        } catch (...) {
+          x.out[i] = -1;
+          x.errors[i] = std::current_exception();
+        }
+      },
+      &d);
+}
+
 }  // namespace metallic

@@ -282,11 +282,21 @@ class Scheduler:
             if s.prefilling:
                 s.done_prompt += n
         logits = self._engine.batch_logits() if self._rows is None else self._rows
-        row = 0
+        # Each sequence readied (its responder, or the token just fed into its history), then
+        # every first draw in one native call, in parallel on the device's host threads: with a
+        # temperature each draw is a pass over the vocabulary.
+        now = time.perf_counter()
+        ready, row = [], 0
         for s in sampled:
-            n_rows = 1 + len(s.drafts)
-            self._sample(s, logits[row : row + n_rows])
-            row += n_rows
+            if self._ready(s):
+                ready.append((s, row))
+            row += 1 + len(s.drafts)
+        if ready:
+            firsts = self._engine.sample_rows(
+                [s.sampler for s, _ in ready], logits, [r for _, r in ready]
+            )
+            for (s, r), first in zip(ready, firsts, strict=True):
+                self._sample(s, logits[r : r + 1 + len(s.drafts)], first, now)
         self._report()
         return True
 
@@ -441,13 +451,11 @@ class Scheduler:
         for s, d in zip(seqs, self._drafter.draft(wants), strict=True):
             s.drafts = s.drafter.choose(d)
 
-    def _sample(self, s: _Seq, rows: np.ndarray) -> None:
-        """Draws the next token from rows[0]; with drafts fed after it, keeps drawing from the
-        next row while the draw equals the draft (generate.stream's verification)."""
-        now = time.perf_counter()
-        first = s.responder is None
+    def _ready(self, s: _Seq) -> bool:
+        """Readies s for its draw: its responder at the first token (the prompt's last logits),
+        else the token just fed joins the sampler's history. False when s ended with an error."""
         try:
-            if first:  # the prompt's last logits: the first token
+            if s.responder is None:
                 s.responder = Responder(
                     self._tok,
                     s.sampler,
@@ -465,9 +473,24 @@ class Scheduler:
                 s.sampler.accept(s.token)  # the token just fed joins the penalty history
                 s.pos += 1
             s.responder.drafted += len(s.drafts)
+        except MetallicError as exc:
+            self._finish(s, exc)
+            return False
+        return True
+
+    def _sample(self, s: _Seq, rows: np.ndarray, first: int | MetallicError, now: float) -> None:
+        """Takes `first`, the token drawn from rows[0] (or the error of that draw); with drafts
+        fed after it, keeps drawing from the next row while the draw equals the draft
+        (generate.stream's verification)."""
+        try:
             j = 0
             while True:
-                token = int(s.sampler.sample(rows[j]))
+                if j > 0:
+                    token = int(s.sampler.sample(rows[j]))
+                elif isinstance(first, MetallicError):
+                    raise first
+                else:
+                    token = first
                 accepted = j < len(s.drafts) and token == s.drafts[j]
                 if s.responder.count == 0:
                     s.responder.prompt_done(now - s.t0)

@@ -25,7 +25,7 @@ import metallic  # noqa: E402
 import reference as ref  # noqa: E402
 import tiny_families as tf  # noqa: E402
 import tiny_models as tm  # noqa: E402
-from metallic import errors  # noqa: E402
+from metallic import _core, errors  # noqa: E402
 
 TOL_F32 = 2e-5  # as test_sliding_ring.py: f32 weights and cache, measured worst 4.5e-7
 CONTEXT = 64
@@ -241,3 +241,73 @@ def test_slots_cost_memory_only_when_used(models_dir) -> None:
     with _load(m, parallel=1) as one, _load(m, parallel=5) as five:
         assert five._engine.kv_cache_bytes == 5 * one._engine.kv_cache_bytes
         assert five._engine.n_seq == 5 and one._engine.n_seq == 1
+
+
+def _samplers(n_vocab: int) -> list:
+    """Greedy, plain temperature, truncated with logprobs and penalties, and one whose mask
+    allows no token (its draw fails)."""
+    out = [
+        _core.Sampler(n_vocab, 0.0),
+        _core.Sampler(n_vocab, 0.9, seed=3),
+        _core.Sampler(n_vocab, 0.7, 5, 0.9, 0.05, 1.2, 8, 5, top_logprobs=3),
+        _core.Sampler(n_vocab, 1.0, seed=9),
+    ]
+    out[3].mask_enabled = True
+    out[3].mask[:] = 0
+    for t in (1, 2, 2):
+        out[2].accept(t)
+    return out
+
+
+def _check_sample_rows(models_dir, device: str) -> None:
+    """engine.sample_rows (the scheduler's parallel first draws): every token, logprob and RNG
+    state as the same sampler's own sample() of its row gives; a failed draw comes back as its
+    typed error without touching the others."""
+    m = _model(models_dir, "llama")
+    with _load(m, device=device) as model:
+        e = model._engine
+        n = int(e.n_vocab)
+        logits = (np.random.default_rng(1).standard_normal((5, n)) * 3).astype(np.float32)
+        rows = [4, 0, 2, 1]
+        for _ in range(3):  # three draws in a row: the RNG streams stay in step
+            alone, batched = _samplers(n), _samplers(n)
+            want = []
+            for s, r in zip(alone, rows, strict=True):
+                try:
+                    want.append(s.sample(logits[r]))
+                except errors.InvalidArgument as exc:
+                    want.append(exc)
+            got = e.sample_rows(batched, logits, rows)
+            assert got[:3] == want[:3]
+            assert isinstance(got[3], errors.InvalidArgument) and str(got[3]) == str(want[3])
+            np.testing.assert_array_equal(batched[2].logprob_values, alone[2].logprob_values)
+            assert e.sample_rows([], logits, []) == []
+
+
+def test_sample_rows_draws_as_each_sampler_alone(models_dir) -> None:
+    _check_sample_rows(models_dir, "cpu")
+
+
+@emu_harness.NEEDS_EMULATOR
+def test_sample_rows_on_the_metal_plan(models_dir) -> None:
+    _check_sample_rows(models_dir, "metal-emulated")  # draws one after another there
+
+
+def test_sample_rows_checks_its_arguments(models_dir) -> None:
+    m = _model(models_dir, "llama")
+    with _load(m) as model:
+        e = model._engine
+        n = int(e.n_vocab)
+        logits = np.zeros((2, n), np.float32)
+        s = _core.Sampler(n, 0.0)
+        with pytest.raises(errors.InvalidArgument, match="each draw needs its own"):
+            e.sample_rows([s, s], logits, [0, 1])
+        with pytest.raises(errors.InvalidArgument, match=r"rows\[0\]: expected 0..1, got 2"):
+            e.sample_rows([s], logits, [2])
+        with pytest.raises(errors.InvalidArgument, match="one per sampler"):
+            e.sample_rows([s], logits, [0, 1])
+        with pytest.raises(errors.ShapeMismatch, match=f"expected one for n_vocab {n}"):
+            e.sample_rows([_core.Sampler(n + 1, 0.0)], logits, [0])
+        with pytest.raises(errors.ShapeMismatch, match=f"rows x {n}"):
+            e.sample_rows([s], np.zeros((2, n - 1), np.float32), [0])
+        assert e.sample_rows([s], logits, [1]) == [0]  # the engine is still usable
