@@ -186,18 +186,23 @@ int32_t Sampler::draw(const float* logits, double uniform) {
           "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
     return static_cast<int32_t>(best);
   }
-  // Candidates: all ids, or the top_k by logit, sorted (larger logit first, ties by lower id) so
-  // that the draw order (below) is specified: the Metal sampler (shaders/sample.h) walks the same
-  // order and picks the same token for the same uniform. The top_k come from one scan that keeps
-  // the best k in a heap (worst on top): most logits fail the first comparison.
-  if ((p_.top_k == 0 || p_.top_k >= n) && p_.top_p >= 1.f && p_.min_p <= 0.f) return draw_all(adj, uniform);
+  // Candidates: all ids (in id order), or the top_k by logit, sorted (larger logit first, ties by
+  // lower id) so that the draw order (below) is specified: the Metal sampler (shaders/sample.h)
+  // walks the same order and picks the same token for the same uniform. The top_k come from one
+  // scan that keeps the best k in a heap (worst on top): most logits fail the first comparison.
   int32_t* idx = idx_.data();
+  const bool all = p_.top_k == 0 || p_.top_k >= n;
+  bool listed = !all;  // idx[0, m) holds the candidates (all ids are implied until a cut lists them)
   int64_t m = n;
+  double total = 0.0;
   // Draw order: larger value first, ties by lower id (of the adjusted logits here, of the
   // probabilities in w below).
   auto by_logit = [adj](int32_t a, int32_t b) { return before(adj[a], a, adj[b], b); };
   auto by_value = [w](int32_t a, int32_t b) { return before(w[a], a, w[b], b); };
-  if (p_.top_k > 0 && p_.top_k < n) {
+  if (all) {
+    total = all_probs(adj);
+    if (p_.top_p >= 1.f && p_.min_p <= 0.f) return walk_all(uniform * total);
+  } else {
     const auto k = static_cast<size_t>(p_.top_k);
     auto worse_on_top = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
       return before(a.first, a.second, b.first, b.second);
@@ -217,19 +222,16 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     for (size_t j = 0; j < k; ++j) idx[j] = heap_[j].second;
     std::sort(idx, idx + k, by_logit);
     m = p_.top_k;
-  } else {
-    for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<int32_t>(i);
-  }
-  float mx = -INFINITY;
-  for (int64_t i = 0; i < m; ++i) mx = std::max(mx, adj[idx[i]]);
-  check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
-        "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
-  const float inv_t = 1.f / p_.temperature;
-  double total = 0.0;
-  for (int64_t i = 0; i < m; ++i) {
-    const float pr = std::exp((adj[idx[i]] - mx) * inv_t);
-    w[idx[i]] = pr;  // w now holds unnormalised probabilities of the candidates
-    total += pr;
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < m; ++i) mx = std::max(mx, adj[idx[i]]);
+    check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
+          "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
+    const float inv_t = 1.f / p_.temperature;
+    for (int64_t i = 0; i < m; ++i) {
+      const float pr = std::exp((adj[idx[i]] - mx) * inv_t);
+      w[idx[i]] = pr;  // w now holds unnormalised probabilities of the candidates
+      total += pr;
+    }
   }
   // top_p: the smallest prefix of the sorted candidates whose mass reaches top_p. Only the
   // candidates above a probability threshold are sorted; the threshold drops until they hold
@@ -241,12 +243,20 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     for (;;) {
       k = 0;
       double mass = 0.0;
-      for (int64_t i = 0; i < m; ++i)
-        if (w[idx[i]] >= thr) {
-          std::swap(idx[k], idx[i]);
-          mass += w[idx[k]];
-          ++k;
-        }
+      if (listed) {
+        for (int64_t i = 0; i < m; ++i)
+          if (w[idx[i]] >= thr) {
+            std::swap(idx[k], idx[i]);
+            mass += w[idx[k]];
+            ++k;
+          }
+      } else {  // every id: the ones above thr listed in id order (the set is what counts)
+        for (int64_t i = 0; i < n; ++i)
+          if (w[i] >= thr) {
+            idx[k++] = static_cast<int32_t>(i);
+            mass += w[i];
+          }
+      }
       if (mass >= target || thr == 0.f) break;
       thr = thr > 1e-30f ? thr * 1e-3f : 0.f;
     }
@@ -266,19 +276,24 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     std::copy(idx + (k - cut), idx + k, idx);
     m = cut;
     total = mass;
+    listed = true;
   }
   // min_p: drop candidates below min_p * p_max (p_max = 1 after the shift by mx).
   if (p_.min_p > 0.f) {
     int64_t k = 0;
     double kept = 0.0;
-    for (int64_t i = 0; i < m; ++i)
-      if (w[idx[i]] >= p_.min_p) {
-        idx[k++] = idx[i];
-        kept += w[idx[i]];
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t id = listed ? idx[i] : static_cast<int32_t>(i);
+      if (w[id] >= p_.min_p) {
+        idx[k++] = id;
+        kept += w[id];
       }
+    }
     m = k;
     total = kept;
+    listed = true;
   }
+  if (!listed) return walk_all(uniform * total);  // top_p cut nothing (m == 1)
   const double u = uniform * total;
   double c = 0.0;
   for (int64_t i = 0; i < m; ++i) {
@@ -292,12 +307,12 @@ int32_t Sampler::draw(const float* logits, double uniform) {
   return idx[0];
 }
 
-// Every id a candidate, in id order (no top_k, top_p or min_p; OpenAI's defaults): the same
-// probabilities and walk as draw's general path, without its index array, with the total summed
-// in four interleaved float64 chains (one chain waits ~4 cycles an id) and the walk skipping
-// whole blocks of ids by their sums. Sums differ from one chain's only by rounding, so a draw can
-// differ only for a uniform within rounding of a CDF boundary (as between devices).
-int32_t Sampler::draw_all(const float* adj, double uniform) {
+// Every id a candidate, in id order (no top_k): the probabilities of draw's other path (the same
+// float expression) straight into w, without its index array; their total in four interleaved
+// float64 chains (one chain waits ~4 cycles an id) and per block of kDrawBlock ids for walk_all.
+// Sums differ from one chain's only by rounding, so a draw can differ only for a uniform within
+// rounding of a CDF boundary (as between devices). Returns the total.
+double Sampler::all_probs(const float* adj) {
   const int64_t n = n_vocab_;
   float* w = work_.data();
   double* blk = block_sums_.data();
@@ -316,7 +331,7 @@ int32_t Sampler::draw_all(const float* adj, double uniform) {
   double total = 0.0;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i1 = std::min(n, (b + 1) * kDrawBlock);
-    auto p = [&](int64_t k) { return w[k] = std::exp((adj[k] - mx) * inv_t); };  // draw's expression
+    auto p = [&](int64_t k) { return w[k] = std::exp((adj[k] - mx) * inv_t); };
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
     for (i = b * kDrawBlock; i + 4 <= i1; i += 4) {
       s0 += p(i);
@@ -328,7 +343,15 @@ int32_t Sampler::draw_all(const float* adj, double uniform) {
     blk[b] = (s0 + s1) + (s2 + s3);
     total += blk[b];
   }
-  const double u = uniform * total;
+  return total;
+}
+
+// The first id whose running sum of w exceeds u, skipping whole blocks by all_probs' sums.
+int32_t Sampler::walk_all(double u) const {
+  const int64_t n = n_vocab_;
+  const float* w = work_.data();
+  const double* blk = block_sums_.data();
+  const int64_t blocks = (n + kDrawBlock - 1) / kDrawBlock;
   double c = 0.0;
   for (int64_t b = 0; b < blocks; ++b) {
     if (c + blk[b] <= u) {
@@ -336,12 +359,12 @@ int32_t Sampler::draw_all(const float* adj, double uniform) {
       continue;
     }
     const int64_t i1 = std::min(n, (b + 1) * kDrawBlock);
-    for (i = b * kDrawBlock; i < i1; ++i) {
+    for (int64_t i = b * kDrawBlock; i < i1; ++i) {
       c += w[i];
       if (u < c) return static_cast<int32_t>(i);
     }
   }
-  for (i = n - 1; i > 0; --i)  // rounding left u at or past the sum: the last id with p > 0
+  for (int64_t i = n - 1; i > 0; --i)  // rounding left u at or past the sum: the last id with p > 0
     if (w[i] > 0.f) return static_cast<int32_t>(i);
   return 0;
 }

@@ -74,10 +74,11 @@ class Sampler {
   bool adjusts() const {
     return !p_.logit_bias.empty() || mask_on_ || penalties_ || (drawn_ < p_.min_tokens && !p_.suppress_ids.empty());
   }
-  double next_uniform();                         // [0, 1)
-  int32_t draw(const float* logits, double u);   // u: the uniform in [0, 1) of a temperature draw
-  int32_t draw_all(const float* adj, double u);  // draw over every id (no truncation)
-  static constexpr int64_t kDrawBlock = 256;     // ids per block sum in draw_all
+  double next_uniform();                        // [0, 1)
+  int32_t draw(const float* logits, double u);  // u: the uniform in [0, 1) of a temperature draw
+  double all_probs(const float* adj);           // every id's probability into work_; the total
+  int32_t walk_all(double u) const;             // the id where work_'s running sum passes u
+  static constexpr int64_t kDrawBlock = 256;    // ids per block sum (all_probs, walk_all)
   void logprobs(const float* logits, int32_t chosen);
 
   int64_t n_vocab_;
@@ -85,7 +86,7 @@ class Sampler {
   uint64_t state_;
   std::vector<float> work_;                      // (n_vocab,) adjusted logits, then probabilities
   std::vector<int32_t> idx_;                     // (n_vocab,) candidate ids
-  std::vector<double> block_sums_;               // (n_vocab / kDrawBlock,) draw_all's block sums
+  std::vector<double> block_sums_;               // (n_vocab / kDrawBlock,) all_probs' block sums
   std::vector<std::pair<float, int32_t>> heap_;  // (top_k,) the best logits so far, worst on top
   std::vector<int32_t> history_;                 // ring of the last `repetition_window` tokens
   std::vector<int32_t> counts_;                  // (n_vocab,) occurrences of each token in the ring
