@@ -188,8 +188,7 @@ int32_t Sampler::draw(const float* logits, double uniform) {
   }
   // Candidates: all ids (in id order), or the top_k by logit, sorted (larger logit first, ties by
   // lower id) so that the draw order (below) is specified: the Metal sampler (shaders/sample.h)
-  // walks the same order and picks the same token for the same uniform. The top_k come from one
-  // scan that keeps the best k in a heap (worst on top): most logits fail the first comparison.
+  // walks the same order and picks the same token for the same uniform (top_k: top_k_ids).
   int32_t* idx = idx_.data();
   const bool all = p_.top_k == 0 || p_.top_k >= n;
   bool listed = !all;  // idx[0, m) holds the candidates (all ids are implied until a cut lists them)
@@ -203,24 +202,8 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     total = all_probs(adj);
     if (p_.top_p >= 1.f && p_.min_p <= 0.f) return walk_all(uniform * total);
   } else {
-    const auto k = static_cast<size_t>(p_.top_k);
-    auto worse_on_top = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-      return before(a.first, a.second, b.first, b.second);
-    };
-    heap_.clear();
-    for (int64_t i = 0; i < n; ++i) {
-      const float x = adj[i];
-      if (heap_.size() < k) {
-        heap_.emplace_back(x, static_cast<int32_t>(i));
-        std::push_heap(heap_.begin(), heap_.end(), worse_on_top);
-      } else if (x > heap_.front().first) {  // equal values come later, so they rank lower
-        std::pop_heap(heap_.begin(), heap_.end(), worse_on_top);
-        heap_.back() = {x, static_cast<int32_t>(i)};
-        std::push_heap(heap_.begin(), heap_.end(), worse_on_top);
-      }
-    }
-    for (size_t j = 0; j < k; ++j) idx[j] = heap_[j].second;
-    std::sort(idx, idx + k, by_logit);
+    top_k_ids(adj, idx);
+    std::sort(idx, idx + p_.top_k, by_logit);
     m = p_.top_k;
     float mx = -INFINITY;
     for (int64_t i = 0; i < m; ++i) mx = std::max(mx, adj[idx[i]]);
@@ -305,6 +288,38 @@ int32_t Sampler::draw(const float* logits, double uniform) {
   for (int64_t i = m - 1; i > 0; --i)
     if (w[idx[i]] > 0.f) return idx[i];
   return idx[0];
+}
+
+// The top_k ids by adjusted logit into idx (in heap order): one scan that keeps the best k in a
+// heap (worst on top); most logits fail the first comparison.
+void Sampler::top_k_ids(const float* adj, int32_t* idx) {
+  const auto k = static_cast<size_t>(p_.top_k);
+  auto worse_on_top = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return before(a.first, a.second, b.first, b.second);
+  };
+  heap_.clear();
+  int64_t i = 0;
+  for (; i < n_vocab_ && heap_.size() < k; ++i) {
+    heap_.emplace_back(adj[i], static_cast<int32_t>(i));
+    std::push_heap(heap_.begin(), heap_.end(), worse_on_top);
+  }
+  float worst = heap_.front().first;  // k >= 1 here (top_k < n_vocab)
+  auto offer = [&](int64_t j) {
+    if (adj[j] > worst) {  // equal values come later, so they rank lower
+      std::pop_heap(heap_.begin(), heap_.end(), worse_on_top);
+      heap_.back() = {adj[j], static_cast<int32_t>(j)};
+      std::push_heap(heap_.begin(), heap_.end(), worse_on_top);
+      worst = heap_.front().first;
+    }
+  };
+  for (; i + 8 <= n_vocab_; i += 8) {  // eight at a time past the ones that cannot enter
+    bool any = false;
+    for (int j = 0; j < 8; ++j) any |= adj[i + j] > worst;
+    if (any)
+      for (int j = 0; j < 8; ++j) offer(i + j);
+  }
+  for (; i < n_vocab_; ++i) offer(i);
+  for (size_t j = 0; j < k; ++j) idx[j] = heap_[j].second;
 }
 
 // Every id a candidate, in id order (no top_k): the probabilities of draw's other path (the same

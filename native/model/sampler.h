@@ -74,11 +74,12 @@ class Sampler {
   bool adjusts() const {
     return !p_.logit_bias.empty() || mask_on_ || penalties_ || (drawn_ < p_.min_tokens && !p_.suppress_ids.empty());
   }
-  double next_uniform();                        // [0, 1)
-  int32_t draw(const float* logits, double u);  // u: the uniform in [0, 1) of a temperature draw
-  double all_probs(const float* adj);           // every id's probability into work_; the total
-  int32_t walk_all(double u) const;             // the id where work_'s running sum passes u
-  static constexpr int64_t kDrawBlock = 256;    // ids per block sum (all_probs, walk_all)
+  double next_uniform();                           // [0, 1)
+  int32_t draw(const float* logits, double u);     // u: the uniform in [0, 1) of a temperature draw
+  void top_k_ids(const float* adj, int32_t* idx);  // the top_k ids (heap order) into idx
+  double all_probs(const float* adj);              // every id's probability into work_; the total
+  int32_t walk_all(double u) const;                // the id where work_'s running sum passes u
+  static constexpr int64_t kDrawBlock = 256;       // ids per block sum (all_probs, walk_all)
   void logprobs(const float* logits, int32_t chosen);
 
   int64_t n_vocab_;
