@@ -32,6 +32,7 @@ import asyncio
 import datetime
 import importlib.util
 import json
+import math
 import os
 import shlex
 import signal
@@ -119,9 +120,13 @@ def make_prompt(k: int) -> str:
     return topic + frame + (f" (edition {lap + 1})" if lap else "")
 
 
-def request_body(prompt: str, endpoint: str, model_id: str, max_tokens: int) -> dict:
-    """A streaming greedy request that asks for usage in the final chunk."""
-    body = {"model": model_id, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+def request_body(
+    prompt: str, endpoint: str, model_id: str, max_tokens: int, temperature: float = 0.0
+) -> dict:
+    """A streaming request (greedy unless `temperature` > 0; no top_k / top_p: OpenAI's
+    defaults) that asks for usage in the final chunk."""
+    body = {"model": model_id, "max_tokens": max_tokens, "temperature": temperature}
+    body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     if endpoint == "chat":
         body["messages"] = [{"role": "user", "content": f"Write a long essay. {prompt}"}]
@@ -189,7 +194,9 @@ async def run_level(client, url: str, args, model_id: str, c: int, first_prompt:
         out = []
         for j in range(rpc):
             k = first_prompt + i * rpc + j
-            body = request_body(make_prompt(k), args.endpoint, model_id, args.max_tokens)
+            body = request_body(
+                make_prompt(k), args.endpoint, model_id, args.max_tokens, args.temperature
+            )
             rec = await one_request(client, url, body, args.endpoint, t0)
             out.append({"client": i, "index": j, "prompt": k, **rec})
         return out
@@ -428,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="streams per level")
     a("--requests-per-client", type=int, default=2, help="requests per stream and level (2)")
     a("--max-tokens", type=int, default=64, help="max_tokens of each request (64)")
+    a("--temperature", type=float, default=0.0, help="of each request (0: greedy)")
     a("-t", "--threads", type=int, default=2, help="threads of either server (2)")
     a("--parallel", type=int, default=None, help="metallic slots (default: max concurrency)")
     a("--context-length", type=int, default=None, help="both servers' context (auto)")
@@ -463,6 +471,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("startup_timeout", "stop_timeout", "request_timeout"):
         if not getattr(args, name) > 0:  # also rejects nan
             raise bad(name.replace("_", "-"), "seconds > 0", getattr(args, name))
+    if not (math.isfinite(args.temperature) and 0.0 <= args.temperature <= 2.0):
+        raise bad("temperature", "0..2 (OpenAI's range)", args.temperature)
     if not 0.0 <= args.busy <= 1.0:
         raise bad("busy", "a share 0..1", args.busy)
     if args.busy_retries < 0:

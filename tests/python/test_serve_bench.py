@@ -60,6 +60,7 @@ def test_choice_text_and_prompts():
     body = sb.request_body("hi", "chat", "m", 5)
     assert body["messages"][0]["content"].endswith("hi") and body["stream"]
     assert body["stream_options"] == {"include_usage": True} and body["temperature"] == 0.0
+    assert sb.request_body("hi", "completions", "m", 5, 1.0)["temperature"] == 1.0
 
 
 def _rec(tokens, gaps, ttft=0.1, error=None, prompt_tokens=10):
@@ -122,6 +123,8 @@ def test_report_compares_one_stream_with_the_in_process_median():
         (["--startup-timeout", "nan"], "--startup-timeout"),
         (["--port", "70000"], "--port"),
         (["--busy", "1.5"], "--busy"),
+        (["--temperature", "2.5"], "--temperature"),
+        (["--temperature", "nan"], "--temperature"),
         (["--max-tokens", "64", "--context-length", "100"], "--context-length"),
     ],
 )
