@@ -100,3 +100,18 @@ def test_run_bench_on_tiny_model(tiny_q4_1, tmp_path, capsys):
     assert table.startswith("| model | test | metallic tok/s | llama.cpp tok/s | ratio |")
     assert "pp8 tok/s" in table and "tg4 tok/s" in table
     assert bench_report.detailed(result).count("±") >= 8
+
+
+def test_batch_step_on_tiny_model(tiny_q4_1, tmp_path, capsys):
+    import batch_step
+
+    out = tmp_path / "s.json"
+    argv = ["-m", str(tiny_q4_1.path), "-t", "1", "--streams", "1", "3", "--prompt", "4"]
+    assert batch_step.main([*argv, "--steps", "3", "--repeats", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["streams"] for r in result["results"]] == [1, 3]
+    assert all(len(r["step_s"]) == 2 and r["tok_s"] > 0 for r in result["results"])
+    table = capsys.readouterr().out
+    assert table.startswith("| streams | step ms (min) |") and "| 3 |" in table
+    with pytest.raises(ValueError, match=r"\[batch_step\] --steps: expected"):  # InvalidArgument
+        batch_step.main([*argv, "--steps", "0"])
