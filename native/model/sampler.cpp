@@ -17,9 +17,9 @@ uint64_t splitmix64(uint64_t& s) {
   return z ^ (z >> 31);
 }
 
-// First index of the largest value (NaN never wins), or -1 when all are -inf or NaN. Eight
-// independent lanes keep the max pass vectorizable; the index pass stops at the first hit.
-int64_t first_argmax(const float* w, int64_t n) {
+// The largest value (NaN never wins; -inf when all are -inf or NaN). Eight independent lanes
+// keep the pass vectorizable.
+float max_value(const float* w, int64_t n) {
   float lane[8];
   std::fill(lane, lane + 8, -INFINITY);
   int64_t i = 0;
@@ -27,12 +27,22 @@ int64_t first_argmax(const float* w, int64_t n) {
     for (int j = 0; j < 8; ++j) lane[j] = w[i + j] > lane[j] ? w[i + j] : lane[j];
   float mx = -INFINITY;
   for (; i < n; ++i) mx = w[i] > mx ? w[i] : mx;
-  for (int j = 0; j < 8; ++j) mx = lane[j] > mx ? lane[j] : mx;
+  for (float v : lane) mx = v > mx ? v : mx;
+  return mx;
+}
+
+// First index of the largest value (NaN never wins), or -1 when all are -inf or NaN; the index
+// pass stops at the first hit.
+int64_t first_argmax(const float* w, int64_t n) {
+  const float mx = max_value(w, n);
   if (!(mx > -INFINITY)) return -1;
-  for (i = 0; i < n; ++i)
+  for (int64_t i = 0; i < n; ++i)
     if (w[i] == mx) return i;
   return -1;
 }
+
+constexpr const char* kNoTokenAllowed =
+    "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)";
 
 // A before B in draw order: larger value first, equal values by lower id.
 bool before(float va, int32_t a, float vb, int32_t b) { return va > vb || (va == vb && a < b); }
@@ -182,8 +192,7 @@ int32_t Sampler::draw(const float* logits, double uniform) {
   }
   if (p_.temperature <= 0.f) {  // greedy: first index of the maximum
     const int64_t best = first_argmax(adj, n);
-    check(best >= 0, ErrorCode::kInvalidArgument, "sampler",
-          "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
+    check(best >= 0, ErrorCode::kInvalidArgument, "sampler", kNoTokenAllowed);
     return static_cast<int32_t>(best);
   }
   // Candidates: all ids (in id order), or the top_k by logit, sorted (larger logit first, ties by
@@ -207,8 +216,7 @@ int32_t Sampler::draw(const float* logits, double uniform) {
     m = p_.top_k;
     float mx = -INFINITY;
     for (int64_t i = 0; i < m; ++i) mx = std::max(mx, adj[idx[i]]);
-    check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
-          "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
+    check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler", kNoTokenAllowed);
     const float inv_t = 1.f / p_.temperature;
     for (int64_t i = 0; i < m; ++i) {
       const float pr = std::exp((adj[idx[i]] - mx) * inv_t);
@@ -331,16 +339,8 @@ double Sampler::all_probs(const float* adj) {
   const int64_t n = n_vocab_;
   float* w = work_.data();
   double* blk = block_sums_.data();
-  float lane[8];
-  std::fill(lane, lane + 8, -INFINITY);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) lane[j] = adj[i + j] > lane[j] ? adj[i + j] : lane[j];
-  float mx = -INFINITY;
-  for (; i < n; ++i) mx = adj[i] > mx ? adj[i] : mx;
-  for (float v : lane) mx = v > mx ? v : mx;
-  check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler",
-        "mask: expected at least one allowed token, got none (token mask and min_tokens exclude all)");
+  const float mx = max_value(adj, n);
+  check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler", kNoTokenAllowed);
   const float inv_t = 1.f / p_.temperature;
   const int64_t blocks = (n + kDrawBlock - 1) / kDrawBlock;
   double total = 0.0;
@@ -348,7 +348,8 @@ double Sampler::all_probs(const float* adj) {
     const int64_t i1 = std::min(n, (b + 1) * kDrawBlock);
     auto p = [&](int64_t k) { return w[k] = std::exp((adj[k] - mx) * inv_t); };
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-    for (i = b * kDrawBlock; i + 4 <= i1; i += 4) {
+    int64_t i = b * kDrawBlock;
+    for (; i + 4 <= i1; i += 4) {
       s0 += p(i);
       s1 += p(i + 1);
       s2 += p(i + 2);
