@@ -5,8 +5,9 @@ builds one ``Engine.forward_batch``: one decode token for every running sequence
 chunks of newly admitted ones under the token budget (``batch_size``), so a long prompt never
 stalls the running streams for more than one chunk. Weights are read once per step for all of
 them; RoPE and attention run per sequence on its own slot. Every sequence samples with its own
-native ``Sampler`` (parameters, seed, penalties, grammar mask, log-probabilities), so a seed never
-turns batching off, and its responses are the ``GenerationResponse`` objects of
+native ``Sampler`` (parameters, seed, penalties, grammar mask, log-probabilities; a step's draws
+in one ``Engine.sample_rows`` call on the engine's threads), so a seed never turns batching off,
+and its responses are the ``GenerationResponse`` objects of
 ``stream_generate``: the kernels are batch-invariant, so a greedy sequence gives the same tokens
 batched as alone.
 
