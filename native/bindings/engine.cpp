@@ -217,21 +217,12 @@ void init_engine(nb::module_& m) {
                             out.data(), errs.data());
             }
             nb::list result;  // a token id, or the error (not raised) of a draw that failed
-            for (int64_t i = 0; i < k; ++i) {
-              if (!errs[static_cast<size_t>(i)]) {
-                result.append(out[static_cast<size_t>(i)]);
-                continue;
+            for (size_t i = 0; i < static_cast<size_t>(k); ++i) {
+              if (errs[i]) {
+                result.append(typed_error(errs[i]));
+              } else {
+                result.append(out[i]);
               }
-              ErrorCode code = ErrorCode::kOutOfMemory;
-              std::string what = "[native] out of memory";
-              try {
-                std::rethrow_exception(errs[static_cast<size_t>(i)]);
-              } catch (const Error& err) {
-                code = err.code();
-                what = err.what();
-              } catch (...) {
-              }
-              result.append(nb::module_::import_("metallic.errors").attr("from_code")(static_cast<int>(code), what));
             }
             return result;
           },

@@ -11,32 +11,31 @@ namespace nb = nanobind;
 
 namespace metallic::bindings {
 
-namespace {
-
-void raise_typed(ErrorCode code, const char* message) {
-  // metallic.errors is pure Python and imported lazily (it is importable whenever _core is).
-  // Building the exception runs Python code, where a pending signal (Ctrl-C that also cancelled
-  // the native call) may raise first: then that exception (KeyboardInterrupt) is the one to
-  // surface, never a RuntimeError wrapping it.
+nb::object typed_error(const std::exception_ptr& p) {
+  ErrorCode code = ErrorCode::kOutOfMemory;
+  std::string message = "[native] out of memory";
   try {
-    nb::object errors = nb::module_::import_("metallic.errors");
-    nb::object exc = errors.attr("from_code")(static_cast<int>(code), message);
-    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
-  } catch (nb::python_error& e) {
-    e.restore();
+    std::rethrow_exception(p);
+  } catch (const Error& e) {
+    code = e.code();
+    message = e.what();
+  } catch (const std::bad_alloc&) {
   }
+  // metallic.errors is pure Python and imported lazily (it is importable whenever _core is).
+  return nb::module_::import_("metallic.errors").attr("from_code")(static_cast<int>(code), message);
 }
-
-}  // namespace
 
 void init_errors(nb::module_& m) {
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    // Building the exception runs Python code, where a pending signal (Ctrl-C that also cancelled
+    // the native call) may raise first: then that exception (KeyboardInterrupt) is the one to
+    // surface, never a RuntimeError wrapping it. Exceptions other than Error and bad_alloc
+    // propagate to the next translator.
     try {
-      std::rethrow_exception(p);
-    } catch (const Error& e) {
-      raise_typed(e.code(), e.what());
-    } catch (const std::bad_alloc&) {
-      raise_typed(ErrorCode::kOutOfMemory, "[native] out of memory");
+      nb::object exc = typed_error(p);
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    } catch (nb::python_error& e) {
+      e.restore();
     }
   });
   nb::dict codes;

@@ -342,7 +342,7 @@ double Sampler::all_probs(const float* adj) {
   const float mx = max_value(adj, n);
   check(mx > -INFINITY, ErrorCode::kInvalidArgument, "sampler", kNoTokenAllowed);
   const float inv_t = 1.f / p_.temperature;
-  const int64_t blocks = (n + kDrawBlock - 1) / kDrawBlock;
+  const auto blocks = static_cast<int64_t>(block_sums_.size());
   double total = 0.0;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i1 = std::min(n, (b + 1) * kDrawBlock);
@@ -367,7 +367,7 @@ int32_t Sampler::walk_all(double u) const {
   const int64_t n = n_vocab_;
   const float* w = work_.data();
   const double* blk = block_sums_.data();
-  const int64_t blocks = (n + kDrawBlock - 1) / kDrawBlock;
+  const auto blocks = static_cast<int64_t>(block_sums_.size());
   double c = 0.0;
   for (int64_t b = 0; b < blocks; ++b) {
     if (c + blk[b] <= u) {

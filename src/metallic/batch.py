@@ -483,15 +483,12 @@ class Scheduler:
         """Takes `first`, the token drawn from rows[0] (or the error of that draw); with drafts
         fed after it, keeps drawing from the next row while the draw equals the draft
         (generate.stream's verification)."""
+        if isinstance(first, MetallicError):  # e.g. the mask leaves no token: this request only
+            self._finish(s, first)
+            return
+        token, j = first, 0
         try:
-            j = 0
             while True:
-                if j > 0:
-                    token = int(s.sampler.sample(rows[j]))
-                elif isinstance(first, MetallicError):
-                    raise first
-                else:
-                    token = first
                 accepted = j < len(s.drafts) and token == s.drafts[j]
                 if s.responder.count == 0:
                     s.responder.prompt_done(now - s.t0)
@@ -510,7 +507,8 @@ class Scheduler:
                 s.sampler.accept(token)  # a draft the sampler drew: already fed at s.pos
                 s.pos += 1
                 j += 1
-        except MetallicError as exc:  # e.g. the mask leaves no token: this request only
+                token = int(s.sampler.sample(rows[j]))
+        except MetallicError as exc:  # a later draw's or the responder's: this request only
             self._finish(s, exc)
             return
         if s.drafts:  # rows of rejected drafts are not the sequence's: forget them
