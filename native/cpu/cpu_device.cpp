@@ -14,6 +14,7 @@
 #include "cpu/kernels.h"
 #include "cpu/quants.h"
 #include "cpu/repack.h"
+#include "cpu/tile.h"
 
 namespace metallic {
 
@@ -37,8 +38,11 @@ class CpuDevice final : public Device {
     scratch_.act_q.resize(static_cast<size_t>(q_rows * lim.max_cols));
     scratch_.act_d.resize(act / 32 + 1);
     scratch_.act_s.resize(act / 32 + 1);
-    scratch_.act_d8.resize(act / 32 + 1);
-    scratch_.act_s8.resize(act / 32 + 1);
+    // The tile layout (cpu/repack.h ActRows) gives a last partial tile all kTile token slots.
+    const auto tiled = static_cast<size_t>((lim.max_tokens + cpu::kTile - 1) / cpu::kTile * cpu::kTile * lim.max_cols);
+    scratch_.act_qt.resize(tiled);
+    scratch_.act_dt.resize(tiled / 32 + 1);
+    scratch_.act_st.resize(tiled / 32 + 1);
     scratch_.max_group = std::max(1, lim.max_group);
     scratch_.scores_stride = scratch_.max_group * (lim.kv_capacity + lim.head_dim);
     scratch_.scores.resize(static_cast<size_t>(pool_.size()) * static_cast<size_t>(scratch_.scores_stride));

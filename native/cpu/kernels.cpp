@@ -142,7 +142,12 @@ static void matmul_interleaved(const OpCall& c, ThreadPool& pool, Scratch& s, co
   const DotX8Fn fn = dot_x8_fn(c.t[1].dtype);
   int64_t base[4] = {0, 0, 0, 0};  // unit = one group of 8 rows or one tail row
   for (int i = 0; i < nw; ++i) base[i + 1] = base[i] + c.t[1 + i].rows / 8 + c.t[1 + i].rows % 8;
-  const ActRows a{s.act_q.data(), s.act_d.data(), s.act_s.data(), nt};
+  ActRows a{s.act_q.data(), s.act_d.data(), s.act_s.data(), nt, nullptr, nullptr, nullptr};
+  if (x8_uses_tiles(c.t[1].dtype)) {  // filled by op_matmul; one token's tile is its row
+    a.qt = nt > 1 ? s.act_qt.data() : a.q;
+    a.dt = nt > 1 ? s.act_dt.data() : a.d;
+    a.st = nt > 1 ? s.act_st.data() : a.s;
+  }
   const bool acc = c.p.accumulate;
   const AmxGroupsFn tiles =
       s.amx_min_tokens > 0 && nt >= s.amx_min_tokens ? amx_groups_fn(c.t[1].dtype, s.amx_backend) : nullptr;
@@ -207,9 +212,14 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
     int8_t* q = s.act_q.data();
     float* d = s.act_d.data();
     float* sm = s.act_s.data();
+    // Multi-token calls also get the tile layout (ActRows): the scales for the tile kernels and
+    // the interleaved ones, the bytes for the interleaved kernels that read them.
+    int8_t* qt = c.t[1].layout == Layout::kInterleaved8 && x8_uses_tiles(c.t[1].dtype) ? s.act_qt.data() : nullptr;
     auto qbody = [&](int64_t b, int64_t e, int) {
-      for (int64_t t = b; t < e; ++t)
+      for (int64_t t = b; t < e; ++t) {
         quant(x.ptr<const float>() + t * cols, cols, q + t * cols, d + t * nb, sm + t * nb);
+        if (nt > 1) tile_token(t, cols, q + t * cols, d + t * nb, sm + t * nb, qt, s.act_dt.data(), s.act_st.data());
+      }
     };
     if (nt < 8) {
       qbody(0, nt, 0);
@@ -221,15 +231,9 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
     matmul_interleaved(c, pool, s, tr);
     return;
   }
-  // Prefill: transpose the activation scales per 8-token tile for the tile kernels.
+  // Prefill: the tile kernels read the tiled scales (full tiles: [block][token] per 8 tokens).
   const DotQ8x8Fn tile_fn = tr.act_q8 && nt >= kTile ? dot_q8_x8_fn(c.t[1].dtype) : nullptr;
   const int64_t n_tiles = tile_fn != nullptr ? nt / kTile : 0;
-  for (int64_t i = 0; i < n_tiles; ++i)
-    for (int64_t b = 0; b < nb; ++b)
-      for (int j = 0; j < kTile; ++j) {
-        s.act_d8[(i * nb + b) * kTile + j] = s.act_d[(i * kTile + j) * nb + b];
-        s.act_s8[(i * nb + b) * kTile + j] = s.act_s[(i * kTile + j) * nb + b];
-      }
   const bool acc = c.p.accumulate;
   if (nt == 1 && tr.act_q8) {  // decode: a tight loop per weight over this thread's rows
     const ActQ8 a{s.act_q.data(), s.act_d.data(), s.act_s.data()};
@@ -275,8 +279,8 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
             const float* d = s.act_d.data();
             const float* sm = s.act_s.data();
             for (int64_t i = 0; i < n_tiles; ++i, t += kTile) {  // prefill: 8 tokens per row pass
-              const ActTile8 tile{q + t * cols, cols, s.act_d8.data() + i * nb * kTile,
-                                  s.act_s8.data() + i * nb * kTile};
+              const ActTile8 tile{q + t * cols, cols, s.act_dt.data() + i * nb * kTile,
+                                  s.act_st.data() + i * nb * kTile};
               float v8[kTile];
               tile_fn(cols, wrow, tile, v8);
               for (int j = 0; j < kTile; ++j) store(t + j, v8[j]);

@@ -16,11 +16,14 @@ namespace metallic::cpu {
 
 // Per-device scratch reused across ops (grown at plan time, never in the token loop).
 struct Scratch {
-  std::vector<int8_t> act_q;   // (n_tokens, cols) quantized activations (AMX: round_up(n_tokens, 16) rows)
-  std::vector<float> act_d;    // (n_tokens, cols/32) block scales
-  std::vector<float> act_s;    // (n_tokens, cols/32) scale * sum(q)
-  std::vector<float> act_d8;   // (n_tokens/8, cols/32, 8) act_d transposed per 8-token tile
-  std::vector<float> act_s8;   // (n_tokens/8, cols/32, 8) act_s transposed per 8-token tile
+  std::vector<int8_t> act_q;  // (n_tokens, cols) quantized activations (AMX: round_up(n_tokens, 16) rows)
+  std::vector<float> act_d;   // (n_tokens, cols/32) block scales
+  std::vector<float> act_s;   // (n_tokens, cols/32) scale * sum(q)
+  // The activations per 8-token tile (cpu/repack.h ActRows: block-major within a tile): the
+  // scales for every multi-token call, the bytes for the interleaved kernels that read them.
+  std::vector<int8_t> act_qt;  // (round_up(n_tokens, 8), cols)
+  std::vector<float> act_dt;   // (round_up(n_tokens, 8), cols/32)
+  std::vector<float> act_st;   // (round_up(n_tokens, 8), cols/32)
   std::vector<float> scores;   // (threads, scores_stride) attention scores and accumulators
   int64_t scores_stride = 0;   // max_group * (kv_capacity + head_dim) floats per thread
   int32_t max_group = 1;       // query heads per KV head the scores are sized for

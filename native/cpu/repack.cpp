@@ -5,6 +5,7 @@
 
 #include "core/quant_blocks.h"
 #include "cpu/quants.h"
+#include "cpu/tile.h"
 
 namespace metallic::cpu {
 
@@ -23,6 +24,33 @@ size_t interleaved_block_bytes(DType t) {
     case DType::kBF16: return 0;
   }
   return 0;
+}
+
+bool x8_uses_tiles(DType t) {
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ8_0: return true;
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16: return false;
+  }
+  return false;
+}
+
+void tile_token(int64_t t, int64_t cols, const int8_t* q, const float* d, const float* s, int8_t* qt, float* dt,
+                float* st) {
+  const int64_t nb = cols / kQK, t0 = t / kTile * kTile, j = t - t0;
+  for (int64_t b = 0; b < nb; ++b) {
+    if (qt != nullptr) std::memcpy(qt + t0 * cols + (b * kTile + j) * kQK, q + b * kQK, kQK);
+    dt[t0 * nb + b * kTile + j] = d[b];
+    st[t0 * nb + b * kTile + j] = s[b];
+  }
 }
 
 namespace {

@@ -126,12 +126,31 @@ const void* interleaved_tail_row(const Tensor& t, int64_t r);
 // Kernels (cpu/arch/x86_x8.cpp): out[t * out_stride + i] (+)= dot(row 8g+i, activation t) for
 // i < 8 and the nt tokens of `a` (q rows of `cols`, per-32 scales d and s). Null when the build
 // has no AVX2 (then weights are never repacked).
+//
+// qt, dt, st: the same values per tile of kTile tokens (cpu/tile.h), for the kernels of the
+// 32-wide formats (x8_uses_tiles): block b of token 8i + j (tile i) at qt + 8i * cols +
+// (8b + j) * 32 and dt / st + 8i * nb + 8b + j (nb = cols / 32); a last tile of fewer than 8
+// tokens leaves its missing tokens' slots unset. A kernel then addresses a tile's tokens from
+// one base pointer per array with constant offsets, where the row layout needs a pointer per
+// token and array (more than x86 has registers for). With nt == 1 the tile is the row (q, d, s:
+// one slot per block).
 struct ActRows {
   const int8_t* q;  // (nt, cols)
   const float* d;   // (nt, cols / 32)
   const float* s;   // (nt, cols / 32)
   int64_t nt;
+  const int8_t* qt;  // tiled q, d and s (above); null where x8_uses_tiles is false
+  const float* dt;
+  const float* st;
 };
+
+// Whether dot_x8_fn(t) reads the tiled activations (ActRows::qt, dt, st) instead of the rows.
+bool x8_uses_tiles(DType t);
+
+// Copies token t's quantized blocks (q: its row of cols, d, s: its nb scales) to the tiled
+// layout of ActRows. qt may be null (scales only).
+void tile_token(int64_t t, int64_t cols, const int8_t* q, const float* d, const float* s, int8_t* qt, float* dt,
+                float* st);
 using DotX8Fn = void (*)(int64_t cols, const void* group, const ActRows& a, float* out, int64_t out_stride,
                          bool accumulate);
 DotX8Fn dot_x8_fn(DType t);

@@ -6,9 +6,11 @@
 // times the activation scale, one FMA; the offset term (Q4_1 m, Q4_0 -8d, Q8_0 -128d) is one FMA
 // against the activation's s.
 //
-// Prefill: each weight block is unpacked once for a tile of tokens (kTile32 / kTileK; its codes
-// stay in registers while the tokens' activation bytes are broadcast against them). Integer sums: see
-// ChunkDot (int16 partial sums where they cannot overflow). Batch invariance: a token's integer
+// Prefill and batches: each weight block is unpacked once for a tile of tokens (kTile32 / kTileK;
+// its codes stay in registers while the tokens' activation bytes are broadcast against them). The
+// 32-wide formats read the activations in ActRows's tile layout (one base pointer per tile) and,
+// from four tokens on, add the offset terms in a second pass. Integer sums: see ChunkDot and
+// block_sums (int16 partial sums where they cannot overflow). Batch invariance: a token's integer
 // sums are exact and its float steps (convert, scale, FMA chains in block order) are the same
 // whatever the tile size, so its result does not depend on the batch it ran in.
 // Q8_0 without VNNI stores signed q (repack.h kQ8x8Bias = 0), and Q6_K is unpacked to signed
@@ -17,6 +19,7 @@
 
 #include "core/quant_blocks.h"
 #include "cpu/repack.h"
+#include "cpu/tile.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define METALLIC_HAVE_AVX2 1
@@ -34,6 +37,7 @@ using namespace x86::simd;
 // Tokens per unpacked weight block in prefill, the fastest measured on Zen 4 (AVX2): eight for
 // the 32-element formats, four for the K-quants (whose per-token sums fill the registers).
 constexpr int kTile32 = 8, kTileK = 4;
+static_assert(kTile32 == kTile, "group_tokens reads ActRows's tiles of kTile tokens, one per tile");
 
 // Exact int32 sums (8 lanes) of u8*s8 chunk dots: u holds unsigned codes <= kMaxU, s activation
 // bytes with |s| <= 127 (the activation quantizer's range). add(u, s) per chunk, flush() at
@@ -60,6 +64,49 @@ struct ChunkDot {
 #endif
 };
 
+// Sum of m[0..N) (N a power of two) as a balanced tree of add(x, y). The adds of a tree's level
+// are independent, where a chain's wait on each other; the empty asm keeps each subtree's sum
+// as written (the compiler would otherwise re-associate integer adds back into a chain).
+template <int N, typename Add>
+METALLIC_SIMD_INLINE __m256i tree_sum(const __m256i* m, Add add) {
+  if constexpr (N == 1) {
+    return m[0];
+  } else {
+    __m256i lo = tree_sum<N / 2>(m, add), hi = tree_sum<N / 2>(m + N / 2, add);
+    __asm__("" : "+x"(lo), "+x"(hi));
+    return add(lo, hi);
+  }
+}
+
+// The exact int32 sums (8 lanes) of one block's eight chunk dots u[c] * s[c] (ChunkDot's
+// operands and bounds). VNNI: one vpdpbusd chain. AVX2: the vpmaddubsw pair sums of each run of
+// kRun chunks (at most kFlush: they cannot overflow int16) added as a tree, widened by one
+// vpmaddwd per run, and the runs' sums added as a tree.
+template <int kMaxU>
+METALLIC_SIMD_INLINE __m256i block_sums(const __m256i u[8], const __m256i s[8]) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  ChunkDot<kMaxU> dot;
+#pragma GCC unroll 8
+  for (int c = 0; c < 8; ++c) dot.add(u[c], s[c]);
+  return dot.s32;
+#else
+  constexpr int kFlush = ChunkDot<kMaxU>::kFlush;
+  constexpr int kRun = kFlush >= 8 ? 8 : kFlush >= 4 ? 4 : kFlush >= 2 ? 2 : 1;
+  const auto add16 = [](__m256i x, __m256i y) { return _mm256_add_epi16(x, y); };
+  const auto add32 = [](__m256i x, __m256i y) { return _mm256_add_epi32(x, y); };
+  __m256i m[8], runs[8 / kRun];
+#pragma GCC unroll 8
+  for (int c = 0; c < 8; ++c) m[c] = _mm256_maddubs_epi16(u[c], s[c]);
+#pragma GCC unroll 8
+  for (int r = 0; r < 8 / kRun; ++r)
+    runs[r] = _mm256_madd_epi16(tree_sum<kRun>(m + kRun * r, add16), _mm256_set1_epi16(1));
+  return tree_sum<8 / kRun>(runs, add32);
+#endif
+}
+
+// Token slots per block in ActRows's tile layout: kTile, or 1 for a single token (its row).
+METALLIC_SIMD_INLINE int64_t tile_slots(const ActRows& a) { return a.nt > 1 ? kTile : 1; }
+
 METALLIC_SIMD_INLINE __m256i bcast4(const int8_t* p) {
   int32_t v;
   __builtin_memcpy(&v, p, 4);
@@ -71,50 +118,96 @@ METALLIC_SIMD_INLINE void store8(float* dst, __m256 v, bool accumulate) {
 }
 
 // kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0 (Q4_0's nibbles plus the fifth bits: codes
-// 0..31, offset -16 d), 4 = Q5_1 (the same codes, Q4_1's min as the offset). T tokens against
-// one group of 8 rows. Chunk c of every format holds elements 4c..4c+3 of the 8 rows (Q4/Q5:
-// the low nibbles of qs chunk c for c < 4, the high nibbles of qs chunk c - 4 after).
+// 0..31, offset -16 d), 4 = Q5_1 (the same codes, Q4_1's min as the offset). T tokens (the
+// first T of ActRows's activation tile that starts at token t0) against one group of 8 rows. Chunk c of every format
+// holds elements 4c..4c+3 of the 8 rows (Q4/Q5: the low nibbles of qs chunk c for c < 4, the high nibbles of qs chunk c
+// - 4 after).
+//
+// From four tokens on, the scaled sums' and the offset terms' accumulators (2T) and the block's
+// codes (8) outnumber the 16 registers; the offset terms then run in a second pass over the
+// blocks' scales (the same FMAs in the same block order, so the same sums as in the first pass).
 template <int kKind, int T>
 void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                   bool accumulate) {
-  constexpr bool kSignedQ8 = kKind == 2 && kQ8x8Bias == 0;
-  constexpr int kMaxU = kKind == 2 ? 128 : kKind >= 3 ? 31 : 15;
+  static_assert(kKind != 2 || kQ8x8Bias != 0, "signed Q8_0 runs in group_q8s");
+  constexpr int kMaxU = kKind == 2 ? 255 : kKind >= 3 ? 31 : 15;
+  constexpr bool kOffsetPass = T >= 4;
   const int64_t nb = cols / kQK;
+  // Block b of the tile's token t: q at aq + (b * ts + t) * 32, scales at ad / as + b * ts + t.
+  const int64_t ts = tile_slots(a);
+  const int8_t* aq = a.qt + t0 * cols;
+  const float* ad = a.dt + t0 * nb;
+  const float* as = a.st + t0 * nb;
   __m256 acc[T], off[T];
+  // Unrolled: as a loop, GCC turns the zeroing of the (spilled) arrays into memset calls, one
+  // pair per group and tile (3 % of an 8-token step). The same in the kernels below.
+#pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    __m256i w[8], sgn[8];  // unsigned codes; signed Q8_0: the weights whose signs move
-    __m256 dv, ov;         // per-row scale and offset coefficient
+    __m256i w[8];   // unsigned codes
+    __m256 dv, ov;  // per-row scale and offset coefficient
     x8_block_codes<kKind>(group, b, w, dv, ov);
-    if constexpr (kSignedQ8) {
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) {
-        sgn[j] = w[j];
-        w[j] = _mm256_abs_epi8(w[j]);
-      }
-    }
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      const int64_t tok = t0 + t;
-      const int8_t* aq = a.q + tok * cols + b * kQK;
-      ChunkDot<kMaxU> dot;
+      const int8_t* q = aq + (b * ts + t) * kQK;
+      __m256i s[8];
 #pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        __m256i s = bcast4(aq + 4 * c);
-        if constexpr (kSignedQ8) s = _mm256_sign_epi8(s, sgn[c]);
-        dot.add(w[c], s);
-        if ((c + 1) % ChunkDot<kMaxU>::kFlush == 0 || c == 7) dot.flush();
-      }
-      const __m256 sums = _mm256_cvtepi32_ps(dot.s32);
-      const int64_t ab = tok * nb + b;
-      acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dv, _mm256_set1_ps(a.d[ab])), acc[t]);
-      // Signed Q8_0 has no offset term (ov = 0): skipping its chain leaves every sum bit-identical
-      // (adding +0 changes no value; acc is never -0, as it starts at +0).
-      if constexpr (!kSignedQ8) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(a.s[ab]), off[t]);
+      for (int c = 0; c < 8; ++c) s[c] = bcast4(q + 4 * c);
+      const __m256 sums = _mm256_cvtepi32_ps(block_sums<kMaxU>(w, s));
+      acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dv, _mm256_set1_ps(ad[b * ts + t])), acc[t]);
+      if constexpr (!kOffsetPass) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(as[b * ts + t]), off[t]);
     }
   }
-  for (int t = 0; t < T; ++t)
-    store8(out + (t0 + t) * out_stride, kSignedQ8 ? acc[t] : _mm256_add_ps(acc[t], off[t]), accumulate);
+  if constexpr (kOffsetPass) {
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 dv, ov;
+      x8_block_scales<kKind>(group, b, dv, ov);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(as[b * ts + t]), off[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_add_ps(acc[t], off[t]), accumulate);
+}
+
+// Signed Q8_0 (kQ8x8Bias == 0: builds without VNNI), T tokens of a tile (as group_tokens)
+// against one group of 8 rows, chunk by chunk: a chunk's |q| and signs are taken once for all T
+// tokens (|q| is the unsigned operand, the sign moves onto the broadcast activation bytes) and
+// each token's int32 sums stay in a register, T + 3 live vectors where a whole block's codes and
+// signs (16) spilled. A vpmaddubsw pair sum (<= 2 * 128 * 127) fits int16, two may not: one
+// vpmaddwd per chunk. No offset term (ov = 0), so no offset chain: bit-identical sums (adding +0
+// changes no value; acc is never -0, as it starts at +0).
+template <int T>
+void group_q8s(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
+               bool accumulate) {
+  const int64_t nb = cols / kQK, ts = tile_slots(a);
+  const int8_t* aq = a.qt + t0 * cols;
+  const float* ad = a.dt + t0 * nb;
+  __m256 acc[T];
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto& blk = static_cast<const BlockQ8_0x8*>(group)[b];
+    __m256i s32[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) s32[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) {
+      const __m256i q = load32(blk.qs + 32 * c), u = _mm256_abs_epi8(q);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const __m256i s = _mm256_sign_epi8(bcast4(aq + (b * ts + t) * kQK + 4 * c), q);
+        s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+        // Keeps the running sum in its register: GCC would otherwise re-associate the block's 8T
+        // adds and park every product on the stack first (15 % slower at 8 tokens).
+        __asm__("" : "+x"(s32[t]));
+      }
+    }
+    const __m256 dv = f16x8(blk.d);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dv, _mm256_set1_ps(ad[b * ts + t])), acc[t]);
+  }
+  for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, acc[t], accumulate);
 }
 
 // Q4_K / Q5_K: T tokens against one group of 8 rows. Per pair of sub-blocks: 8 chunks, each one
@@ -127,6 +220,7 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   constexpr bool kQ5 = std::is_same_v<Blk, BlockQ5_Kx8>;
   const int64_t nsb = cols / kQK_K, nb = cols / kQK;
   __m256 acc[T], off[T];
+#pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const auto& blk = static_cast<const Blk*>(group)[sb];
@@ -183,6 +277,7 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
                bool accumulate) {
   const int64_t nsb = cols / kQK_K, nb = cols / kQK;
   __m256 acc[T];
+#pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const auto& blk = static_cast<const BlockQ6_Kx8*>(group)[sb];
@@ -250,7 +345,11 @@ void token_tiles(int64_t nt, Group group) {
 
 template <int kKind>
 void dot_x8(int64_t cols, const void* g, const ActRows& a, float* out, int64_t os, bool acc) {
-  token_tiles<kTile32>(a.nt, [&](auto T, int64_t t0) { group_tokens<kKind, T>(cols, g, a, t0, out, os, acc); });
+  if constexpr (kKind == 2 && kQ8x8Bias == 0) {
+    token_tiles<kTile32>(a.nt, [&](auto T, int64_t t0) { group_q8s<T>(cols, g, a, t0, out, os, acc); });
+  } else {
+    token_tiles<kTile32>(a.nt, [&](auto T, int64_t t0) { group_tokens<kKind, T>(cols, g, a, t0, out, os, acc); });
+  }
 }
 
 template <typename Blk>

@@ -19,39 +19,49 @@ METALLIC_SIMD_INLINE __m256i q5_plane(__m256i planes, int c) {
 }
 
 // Block b of a group of a 32-wide format. kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0, 4 = Q5_1.
-// w[c]: chunk c's codes, unsigned (Q4: 0..15, Q5: 0..31, Q8_0: q + kQ8x8Bias), except Q8_0 when
-// kQ8x8Bias == 0 (the stored signed q). dv: the rows' scales; ov: the coefficient of the
-// activation's s in the block's term (Q4_0 -8d, Q5_0 -16d, Q4_1 / Q5_1 m, Q8_0 -kQ8x8Bias d).
+// dv: the rows' scales; ov: the coefficient of the activation's s in the block's term (Q4_0 -8d,
+// Q5_0 -16d, Q4_1 / Q5_1 m, Q8_0 -kQ8x8Bias d).
+template <int kKind>
+METALLIC_SIMD_INLINE void x8_block_scales(const void* group, int64_t b, __m256& dv, __m256& ov) {
+  if constexpr (kKind == 2) {
+    dv = f16x8(static_cast<const BlockQ8_0x8*>(group)[b].d);
+    ov = _mm256_mul_ps(dv, _mm256_set1_ps(-static_cast<float>(kQ8x8Bias)));
+  } else if constexpr (kKind == 3) {
+    dv = f16x8(static_cast<const BlockQ5_0x8*>(group)[b].d);
+    ov = _mm256_mul_ps(dv, _mm256_set1_ps(-16.f));
+  } else if constexpr (kKind == 4) {
+    const auto& blk = static_cast<const BlockQ5_1x8*>(group)[b];
+    dv = f16x8(blk.d);
+    ov = f16x8(blk.m);
+  } else if constexpr (kKind == 1) {
+    const auto& blk = static_cast<const BlockQ4_1x8*>(group)[b];
+    dv = f16x8(blk.d);
+    ov = f16x8(blk.m);
+  } else {
+    dv = f16x8(static_cast<const BlockQ4_0x8*>(group)[b].d);
+    ov = _mm256_mul_ps(dv, _mm256_set1_ps(-8.f));
+  }
+}
+
+// The same block's codes: w[c], chunk c's codes, unsigned (Q4: 0..15, Q5: 0..31, Q8_0: q +
+// kQ8x8Bias), except Q8_0 when kQ8x8Bias == 0 (the stored signed q); and its scales (above).
 template <int kKind>
 METALLIC_SIMD_INLINE void x8_block_codes(const void* group, int64_t b, __m256i w[8], __m256& dv, __m256& ov) {
+  x8_block_scales<kKind>(group, b, dv, ov);
   if constexpr (kKind == 2) {
     const auto& blk = static_cast<const BlockQ8_0x8*>(group)[b];
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) w[j] = load32(blk.qs + 32 * j);
-    dv = f16x8(blk.d);
-    ov = _mm256_mul_ps(dv, _mm256_set1_ps(-static_cast<float>(kQ8x8Bias)));
   } else {
     const uint8_t* qs;
     if constexpr (kKind == 3) {
-      const auto& blk = static_cast<const BlockQ5_0x8*>(group)[b];
-      qs = blk.qs;
-      dv = f16x8(blk.d);
-      ov = _mm256_mul_ps(dv, _mm256_set1_ps(-16.f));
+      qs = static_cast<const BlockQ5_0x8*>(group)[b].qs;
     } else if constexpr (kKind == 4) {
-      const auto& blk = static_cast<const BlockQ5_1x8*>(group)[b];
-      qs = blk.qs;
-      dv = f16x8(blk.d);
-      ov = f16x8(blk.m);
+      qs = static_cast<const BlockQ5_1x8*>(group)[b].qs;
     } else if constexpr (kKind == 1) {
-      const auto& blk = static_cast<const BlockQ4_1x8*>(group)[b];
-      qs = blk.qs;
-      dv = f16x8(blk.d);
-      ov = f16x8(blk.m);
+      qs = static_cast<const BlockQ4_1x8*>(group)[b].qs;
     } else {
-      const auto& blk = static_cast<const BlockQ4_0x8*>(group)[b];
-      qs = blk.qs;
-      dv = f16x8(blk.d);
-      ov = _mm256_mul_ps(dv, _mm256_set1_ps(-8.f));
+      qs = static_cast<const BlockQ4_0x8*>(group)[b].qs;
     }
     const __m256i mask = _mm256_set1_epi8(0x0f);
 #pragma GCC unroll 4
