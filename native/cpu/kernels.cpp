@@ -142,12 +142,14 @@ static void matmul_interleaved(const OpCall& c, ThreadPool& pool, Scratch& s, co
   const DotX8Fn fn = dot_x8_fn(c.t[1].dtype);
   int64_t base[4] = {0, 0, 0, 0};  // unit = one group of 8 rows or one tail row
   for (int i = 0; i < nw; ++i) base[i + 1] = base[i] + c.t[1 + i].rows / 8 + c.t[1 + i].rows % 8;
-  ActRows a{s.act_q.data(), s.act_d.data(), s.act_s.data(), nt, nullptr, nullptr, nullptr};
-  if (x8_uses_tiles(c.t[1].dtype)) {  // filled by op_matmul; one token's tile is its row
-    a.qt = nt > 1 ? s.act_qt.data() : a.q;
-    a.dt = nt > 1 ? s.act_dt.data() : a.d;
-    a.st = nt > 1 ? s.act_st.data() : a.s;
-  }
+  const bool tiled = nt > 1;  // filled by op_matmul; one token's tile is its row
+  const ActRows a{s.act_q.data(),
+                  s.act_d.data(),
+                  s.act_s.data(),
+                  nt,
+                  tiled ? s.act_qt.data() : s.act_q.data(),
+                  tiled ? s.act_dt.data() : s.act_d.data(),
+                  tiled ? s.act_st.data() : s.act_s.data()};
   const bool acc = c.p.accumulate;
   const AmxGroupsFn tiles =
       s.amx_min_tokens > 0 && nt >= s.amx_min_tokens ? amx_groups_fn(c.t[1].dtype, s.amx_backend) : nullptr;
@@ -214,7 +216,7 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
     float* sm = s.act_s.data();
     // Multi-token calls also get the tile layout (ActRows): the scales for the tile kernels and
     // the interleaved ones, the bytes for the interleaved kernels that read them.
-    int8_t* qt = c.t[1].layout == Layout::kInterleaved8 && x8_uses_tiles(c.t[1].dtype) ? s.act_qt.data() : nullptr;
+    int8_t* qt = c.t[1].layout == Layout::kInterleaved8 ? s.act_qt.data() : nullptr;
     auto qbody = [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
         quant(x.ptr<const float>() + t * cols, cols, q + t * cols, d + t * nb, sm + t * nb);

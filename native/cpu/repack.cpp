@@ -26,23 +26,6 @@ size_t interleaved_block_bytes(DType t) {
   return 0;
 }
 
-bool x8_uses_tiles(DType t) {
-  switch (t) {
-    case DType::kQ4_0:
-    case DType::kQ4_1:
-    case DType::kQ5_0:
-    case DType::kQ5_1:
-    case DType::kQ8_0: return true;
-    case DType::kQ4_K:
-    case DType::kQ5_K:
-    case DType::kQ6_K:
-    case DType::kF32:
-    case DType::kF16:
-    case DType::kBF16: return false;
-  }
-  return false;
-}
-
 void tile_token(int64_t t, int64_t cols, const int8_t* q, const float* d, const float* s, int8_t* qt, float* dt,
                 float* st) {
   const int64_t nb = cols / kQK, t0 = t / kTile * kTile, j = t - t0;

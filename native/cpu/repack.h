@@ -127,8 +127,8 @@ const void* interleaved_tail_row(const Tensor& t, int64_t r);
 // i < 8 and the nt tokens of `a` (q rows of `cols`, per-32 scales d and s). Null when the build
 // has no AVX2 (then weights are never repacked).
 //
-// qt, dt, st: the same values per tile of kTile tokens (cpu/tile.h), for the kernels of the
-// 32-wide formats (x8_uses_tiles): block b of token 8i + j (tile i) at qt + 8i * cols +
+// qt, dt, st: the same values per tile of kTile tokens (cpu/tile.h), which the kernels read (the
+// rows are for the AMX tiles and the row-major tail rows): block b of token 8i + j (tile i) at qt + 8i * cols +
 // (8b + j) * 32 and dt / st + 8i * nb + 8b + j (nb = cols / 32); a last tile of fewer than 8
 // tokens leaves its missing tokens' slots unset. A kernel then addresses a tile's tokens from
 // one base pointer per array with constant offsets, where the row layout needs a pointer per
@@ -139,13 +139,10 @@ struct ActRows {
   const float* d;   // (nt, cols / 32)
   const float* s;   // (nt, cols / 32)
   int64_t nt;
-  const int8_t* qt;  // tiled q, d and s (above); null where x8_uses_tiles is false
+  const int8_t* qt;  // tiled q, d and s (above)
   const float* dt;
   const float* st;
 };
-
-// Whether dot_x8_fn(t) reads the tiled activations (ActRows::qt, dt, st) instead of the rows.
-bool x8_uses_tiles(DType t);
 
 // Copies token t's quantized blocks (q: its row of cols, d, s: its nb scales) to the tiled
 // layout of ActRows. qt may be null (scales only).

@@ -104,8 +104,26 @@ METALLIC_SIMD_INLINE __m256i block_sums(const __m256i u[8], const __m256i s[8]) 
 #endif
 }
 
-// Token slots per block in ActRows's tile layout: kTile, or 1 for a single token (its row).
-METALLIC_SIMD_INLINE int64_t tile_slots(const ActRows& a) { return a.nt > 1 ? kTile : 1; }
+// Tokens t0, t0 + 1, ... of ActRows's tile layout (t0 and the tokens after it in one tile):
+// block b of token t0 + t at q + (b * slots + t) * 32 and d / s[b * slots + t], slots = kTile
+// (1 for a single token, whose tile is its row).
+struct TileView {
+  const int8_t* q;
+  const float* d;
+  const float* s;
+  int64_t slots;
+
+  METALLIC_SIMD_INLINE TileView(const ActRows& a, int64_t cols, int64_t t0) {
+    const int64_t nb = cols / kQK, first = t0 / kTile * kTile, j = t0 - first;
+    slots = a.nt > 1 ? kTile : 1;
+    q = a.qt + first * cols + j * kQK;
+    d = a.dt + first * nb + j;
+    s = a.st + first * nb + j;
+  }
+  METALLIC_SIMD_INLINE const int8_t* bytes(int64_t b, int t) const { return q + (b * slots + t) * kQK; }
+  METALLIC_SIMD_INLINE float scale(int64_t b, int t) const { return d[b * slots + t]; }
+  METALLIC_SIMD_INLINE float sum(int64_t b, int t) const { return s[b * slots + t]; }
+};
 
 METALLIC_SIMD_INLINE __m256i bcast4(const int8_t* p) {
   int32_t v;
@@ -133,11 +151,7 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
   constexpr int kMaxU = kKind == 2 ? 255 : kKind >= 3 ? 31 : 15;
   constexpr bool kOffsetPass = T >= 4;
   const int64_t nb = cols / kQK;
-  // Block b of the tile's token t: q at aq + (b * ts + t) * 32, scales at ad / as + b * ts + t.
-  const int64_t ts = tile_slots(a);
-  const int8_t* aq = a.qt + t0 * cols;
-  const float* ad = a.dt + t0 * nb;
-  const float* as = a.st + t0 * nb;
+  const TileView v(a, cols, t0);
   __m256 acc[T], off[T];
   // Unrolled: as a loop, GCC turns the zeroing of the (spilled) arrays into memset calls, one
   // pair per group and tile (3 % of an 8-token step). The same in the kernels below.
@@ -149,13 +163,13 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
     x8_block_codes<kKind>(group, b, w, dv, ov);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-      const int8_t* q = aq + (b * ts + t) * kQK;
+      const int8_t* q = v.bytes(b, t);
       __m256i s[8];
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) s[c] = bcast4(q + 4 * c);
       const __m256 sums = _mm256_cvtepi32_ps(block_sums<kMaxU>(w, s));
-      acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dv, _mm256_set1_ps(ad[b * ts + t])), acc[t]);
-      if constexpr (!kOffsetPass) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(as[b * ts + t]), off[t]);
+      acc[t] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dv, _mm256_set1_ps(v.scale(b, t))), acc[t]);
+      if constexpr (!kOffsetPass) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(v.sum(b, t)), off[t]);
     }
   }
   if constexpr (kOffsetPass) {
@@ -163,7 +177,7 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
       __m256 dv, ov;
       x8_block_scales<kKind>(group, b, dv, ov);
 #pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(as[b * ts + t]), off[t]);
+      for (int t = 0; t < T; ++t) off[t] = _mm256_fmadd_ps(ov, _mm256_set1_ps(v.sum(b, t)), off[t]);
     }
   }
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_add_ps(acc[t], off[t]), accumulate);
@@ -179,9 +193,8 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
 template <int T>
 void group_q8s(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                bool accumulate) {
-  const int64_t nb = cols / kQK, ts = tile_slots(a);
-  const int8_t* aq = a.qt + t0 * cols;
-  const float* ad = a.dt + t0 * nb;
+  const int64_t nb = cols / kQK;
+  const TileView v(a, cols, t0);
   __m256 acc[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
@@ -195,7 +208,7 @@ void group_q8s(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
       const __m256i q = load32(blk.qs + 32 * c), u = _mm256_abs_epi8(q);
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
-        const __m256i s = _mm256_sign_epi8(bcast4(aq + (b * ts + t) * kQK + 4 * c), q);
+        const __m256i s = _mm256_sign_epi8(bcast4(v.bytes(b, t) + 4 * c), q);
         s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
         // Keeps the running sum in its register: GCC would otherwise re-associate the block's 8T
         // adds and park every product on the stack first (15 % slower at 8 tokens).
@@ -205,7 +218,7 @@ void group_q8s(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
     const __m256 dv = f16x8(blk.d);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t)
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dv, _mm256_set1_ps(ad[b * ts + t])), acc[t]);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dv, _mm256_set1_ps(v.scale(b, t))), acc[t]);
   }
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, acc[t], accumulate);
 }
@@ -218,7 +231,8 @@ template <typename Blk, int T>
 void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                bool accumulate) {
   constexpr bool kQ5 = std::is_same_v<Blk, BlockQ5_Kx8>;
-  const int64_t nsb = cols / kQK_K, nb = cols / kQK;
+  const int64_t nsb = cols / kQK_K;
+  const TileView v(a, cols, t0);
   __m256 acc[T], off[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
@@ -240,9 +254,8 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
           k45_chunk_codes(blk, p, c, planes_lo, planes_hi, lo, hi);
 #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
-            const int8_t* aq = a.q + (t0 + t) * cols + sb * kQK_K + 64 * p + 4 * c;
-            lo_dot[t].add(lo, bcast4(aq));
-            hi_dot[t].add(hi, bcast4(aq + 32));
+            lo_dot[t].add(lo, bcast4(v.bytes(8 * sb + 2 * p, t) + 4 * c));
+            hi_dot[t].add(hi, bcast4(v.bytes(8 * sb + 2 * p + 1, t) + 4 * c));
           }
         }
 #pragma GCC unroll 8
@@ -254,12 +267,12 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
       const __m256 sc0 = _mm256_mul_ps(dv, u8x8f(blk.sc[2 * p])), sc1 = _mm256_mul_ps(dv, u8x8f(blk.sc[2 * p + 1]));
       const __m256 m0 = _mm256_mul_ps(mv, u8x8f(blk.m[2 * p])), m1 = _mm256_mul_ps(mv, u8x8f(blk.m[2 * p + 1]));
       for (int t = 0; t < T; ++t) {
-        const int64_t ab = (t0 + t) * nb + sb * 8 + 2 * p;
+        const int64_t b = 8 * sb + 2 * p;
         const __m256 s0 = _mm256_cvtepi32_ps(lo_dot[t].s32), s1 = _mm256_cvtepi32_ps(hi_dot[t].s32);
-        acc[t] = _mm256_fmadd_ps(s0, _mm256_mul_ps(sc0, _mm256_set1_ps(a.d[ab])), acc[t]);
-        acc[t] = _mm256_fmadd_ps(s1, _mm256_mul_ps(sc1, _mm256_set1_ps(a.d[ab + 1])), acc[t]);
-        off[t] = _mm256_fmadd_ps(m0, _mm256_set1_ps(a.s[ab]), off[t]);
-        off[t] = _mm256_fmadd_ps(m1, _mm256_set1_ps(a.s[ab + 1]), off[t]);
+        acc[t] = _mm256_fmadd_ps(s0, _mm256_mul_ps(sc0, _mm256_set1_ps(v.scale(b, t))), acc[t]);
+        acc[t] = _mm256_fmadd_ps(s1, _mm256_mul_ps(sc1, _mm256_set1_ps(v.scale(b + 1, t))), acc[t]);
+        off[t] = _mm256_fmadd_ps(m0, _mm256_set1_ps(v.sum(b, t)), off[t]);
+        off[t] = _mm256_fmadd_ps(m1, _mm256_set1_ps(v.sum(b + 1, t)), off[t]);
       }
     }
   }
@@ -275,7 +288,8 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
 template <int T>
 void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                bool accumulate) {
-  const int64_t nsb = cols / kQK_K, nb = cols / kQK;
+  const int64_t nsb = cols / kQK_K;
+  const TileView v(a, cols, t0);
   __m256 acc[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
@@ -292,8 +306,7 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
           const __m256i u = _mm256_abs_epi8(q);
 #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
-            const __m256i s =
-                _mm256_sign_epi8(bcast4(a.q + (t0 + t) * cols + sb * kQK_K + 128 * h + 32 * k + 4 * c), q);
+            const __m256i s = _mm256_sign_epi8(bcast4(v.bytes(8 * sb + 4 * h + k, t) + 4 * c), q);
             if (c < 4) {
               lo_dot[t].add(u, s);
             } else {
@@ -310,7 +323,7 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
         const __m256 sc0 = q6_group_scale(blk, dv, g), sc1 = q6_group_scale(blk, dv, g + 1);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-          const __m256 da = _mm256_set1_ps(a.d[(t0 + t) * nb + sb * 8 + 4 * h + k]);
+          const __m256 da = _mm256_set1_ps(v.scale(8 * sb + 4 * h + k, t));
           acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo_dot[t].s32), _mm256_mul_ps(sc0, da), acc[t]);
           acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi_dot[t].s32), _mm256_mul_ps(sc1, da), acc[t]);
         }
