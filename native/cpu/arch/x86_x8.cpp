@@ -125,6 +125,22 @@ struct TileView {
   METALLIC_SIMD_INLINE float sum(int64_t b, int t) const { return s[b * slots + t]; }
 };
 
+// Every kernel streams its group's weight blocks once from memory, and the hardware prefetcher
+// alone did not keep up here: each block's lines are requested kPrefetchAhead bytes early (AMD
+// EPYC Zen 3, 2 threads, alternating builds: Gemma 3 decode 11.0-11.6 -> 9.4-10.5 ms per token,
+// 61 % of it in the Q8_0 head; SmolLM2 stream_generate 239-251 -> 282-291 tok/s; 2 / 4 / 8-token
+// steps 2-10 % faster than prefetching for decode only; 1, 2 and 4 KiB ahead measured alike).
+// Groups are contiguous, so the lines ahead are the group's next blocks or the next group's
+// first; a prefetch past the tensor's end is harmless (it never faults).
+constexpr size_t kPrefetchAhead = 2048;
+
+template <typename Blk>
+METALLIC_SIMD_INLINE void prefetch_ahead(const Blk* blk) {
+  const char* p = reinterpret_cast<const char*>(blk) + kPrefetchAhead;
+#pragma GCC unroll 32
+  for (size_t off = 0; off < sizeof(Blk); off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
 METALLIC_SIMD_INLINE __m256i bcast4(const int8_t* p) {
   int32_t v;
   __builtin_memcpy(&v, p, 4);
@@ -158,6 +174,7 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
+    prefetch_ahead(static_cast<const X8Block<kKind>*>(group) + b);
     __m256i w[8];   // unsigned codes
     __m256 dv, ov;  // per-row scale and offset coefficient
     x8_block_codes<kKind>(group, b, w, dv, ov);
@@ -200,6 +217,7 @@ void group_q8s(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const auto& blk = static_cast<const BlockQ8_0x8*>(group)[b];
+    prefetch_ahead(&blk);
     __m256i s32[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) s32[t] = _mm256_setzero_si256();
@@ -238,6 +256,7 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const auto& blk = static_cast<const Blk*>(group)[sb];
+    prefetch_ahead(&blk);
     const __m256 dv = f16x8(blk.d), mv = f16x8(blk.dmin);
     for (int p = 0; p < 4; ++p) {
       using Dot = ChunkDot<kQ5 ? 31 : 15>;
@@ -295,6 +314,7 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const auto& blk = static_cast<const BlockQ6_Kx8*>(group)[sb];
+    prefetch_ahead(&blk);
     const __m256 dv = f16x8(blk.d);
     for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4

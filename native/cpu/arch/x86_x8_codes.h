@@ -18,6 +18,15 @@ METALLIC_SIMD_INLINE __m256i q5_plane(__m256i planes, int c) {
   return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
+// The interleaved block of a 32-wide format. kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0,
+// 4 = Q5_1.
+template <int kKind>
+using X8Block = std::conditional_t<
+    kKind == 0, BlockQ4_0x8,
+    std::conditional_t<
+        kKind == 1, BlockQ4_1x8,
+        std::conditional_t<kKind == 2, BlockQ8_0x8, std::conditional_t<kKind == 3, BlockQ5_0x8, BlockQ5_1x8>>>>;
+
 // Block b of a group of a 32-wide format. kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0, 4 = Q5_1.
 // dv: the rows' scales; ov: the coefficient of the activation's s in the block's term (Q4_0 -8d,
 // Q5_0 -16d, Q4_1 / Q5_1 m, Q8_0 -kQ8x8Bias d).
