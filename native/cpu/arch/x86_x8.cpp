@@ -141,6 +141,14 @@ METALLIC_SIMD_INLINE void prefetch_ahead(const Blk* blk) {
   for (size_t off = 0; off < sizeof(Blk); off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
 }
 
+// Zeroes a kernel's accumulators, unrolled: as a loop, GCC turns the zeroing of spilled arrays
+// into memset calls, one or two per group and tile (3 % of an 8-token step).
+template <int T>
+METALLIC_SIMD_INLINE void zero_all(__m256 (&v)[T]) {
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) v[t] = _mm256_setzero_ps();
+}
+
 METALLIC_SIMD_INLINE __m256i bcast4(const int8_t* p) {
   int32_t v;
   __builtin_memcpy(&v, p, 4);
@@ -169,10 +177,8 @@ void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0,
   const int64_t nb = cols / kQK;
   const TileView v(a, cols, t0);
   __m256 acc[T], off[T];
-  // Unrolled: as a loop, GCC turns the zeroing of the (spilled) arrays into memset calls, one
-  // pair per group and tile (3 % of an 8-token step). The same in the kernels below.
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
+  zero_all(acc);
+  zero_all(off);
   for (int64_t b = 0; b < nb; ++b) {
     prefetch_ahead(static_cast<const X8Block<kKind>*>(group) + b);
     __m256i w[8];   // unsigned codes
@@ -213,8 +219,7 @@ void group_q8s(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   const int64_t nb = cols / kQK;
   const TileView v(a, cols, t0);
   __m256 acc[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  zero_all(acc);
   for (int64_t b = 0; b < nb; ++b) {
     const auto& blk = static_cast<const BlockQ8_0x8*>(group)[b];
     prefetch_ahead(&blk);
@@ -252,8 +257,8 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   const int64_t nsb = cols / kQK_K;
   const TileView v(a, cols, t0);
   __m256 acc[T], off[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) acc[t] = off[t] = _mm256_setzero_ps();
+  zero_all(acc);
+  zero_all(off);
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const auto& blk = static_cast<const Blk*>(group)[sb];
     prefetch_ahead(&blk);
@@ -310,8 +315,7 @@ void group_q6k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   const int64_t nsb = cols / kQK_K;
   const TileView v(a, cols, t0);
   __m256 acc[T];
-#pragma GCC unroll 8
-  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  zero_all(acc);
   for (int64_t sb = 0; sb < nsb; ++sb) {
     const auto& blk = static_cast<const BlockQ6_Kx8*>(group)[sb];
     prefetch_ahead(&blk);
