@@ -127,13 +127,13 @@ const void* interleaved_tail_row(const Tensor& t, int64_t r);
 // i < 8 and the nt tokens of `a` (q rows of `cols`, per-32 scales d and s). Null when the build
 // has no AVX2 (then weights are never repacked).
 //
-// qt, dt, st: the same values per tile of kTile tokens (cpu/tile.h), which the kernels read (the
-// rows are for the AMX tiles and the row-major tail rows): block b of token 8i + j (tile i) at qt + 8i * cols +
-// (8b + j) * 32 and dt / st + 8i * nb + 8b + j (nb = cols / 32); a last tile of fewer than 8
-// tokens leaves its missing tokens' slots unset. A kernel then addresses a tile's tokens from
-// one base pointer per array with constant offsets, where the row layout needs a pointer per
-// token and array (more than x86 has registers for). With nt == 1 the tile is the row (q, d, s:
-// one slot per block).
+// qt, dt, st: the same values per tile of kTile tokens (cpu/tile.h), the layout the kernels
+// read (the rows are for the AMX tiles and the row-major tail rows). Block b of token 8i + j
+// (tile i) is at qt + 8i * cols + (8b + j) * 32 and dt / st + 8i * nb + 8b + j (nb = cols / 32);
+// a last tile of fewer than 8 tokens leaves its missing tokens' slots unset. A kernel then
+// addresses a tile's tokens from one base pointer per array with constant offsets, where the row
+// layout needs a pointer per token and array (more than x86 has registers for). With nt == 1 the
+// tile is the row (q, d, s: one slot per block).
 struct ActRows {
   const int8_t* q;  // (nt, cols)
   const float* d;   // (nt, cols / 32)
