@@ -214,13 +214,16 @@ void op_matmul(const OpCall& c, ThreadPool& pool, Scratch& s) {
     int8_t* q = s.act_q.data();
     float* d = s.act_d.data();
     float* sm = s.act_s.data();
-    // Multi-token calls also get the tile layout (ActRows): the scales for the tile kernels and
-    // the interleaved ones, the bytes for the interleaved kernels that read them.
-    int8_t* qt = c.t[1].layout == Layout::kInterleaved8 ? s.act_qt.data() : nullptr;
+    // Multi-token calls also get the tile layout (ActRows) where something reads it: the bytes
+    // and scales for the interleaved kernels, the scales for the row-major tile kernels (whole
+    // tiles of 8 tokens).
+    const bool interleaved = c.t[1].layout == Layout::kInterleaved8;
+    const bool tiled = nt > 1 && (interleaved || nt >= kTile);
+    int8_t* qt = interleaved ? s.act_qt.data() : nullptr;
     auto qbody = [&](int64_t b, int64_t e, int) {
       for (int64_t t = b; t < e; ++t) {
         quant(x.ptr<const float>() + t * cols, cols, q + t * cols, d + t * nb, sm + t * nb);
-        if (nt > 1) tile_token(t, cols, q + t * cols, d + t * nb, sm + t * nb, qt, s.act_dt.data(), s.act_st.data());
+        if (tiled) tile_token(t, cols, q + t * cols, d + t * nb, sm + t * nb, qt, s.act_dt.data(), s.act_st.data());
       }
     };
     if (nt < 8) {

@@ -149,6 +149,11 @@ METALLIC_SIMD_INLINE void zero_all(__m256 (&v)[T]) {
   for (int t = 0; t < T; ++t) v[t] = _mm256_setzero_ps();
 }
 
+// From this many tokens on, a kernel's scaled sums' and offset terms' accumulators (2T) and a
+// block's codes (8) outnumber the 16 registers: the offset terms then run in a second pass over
+// the blocks' scales (the same FMAs in the same block order, so the same sums as in one pass).
+constexpr int kOffsetPassTokens = 4;
+
 METALLIC_SIMD_INLINE __m256i bcast4(const int8_t* p) {
   int32_t v;
   __builtin_memcpy(&v, p, 4);
@@ -183,19 +188,17 @@ METALLIC_SIMD_INLINE void add_offsets(__m256 ov, const TileView& v, int64_t b, _
 
 // kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0 (Q4_0's nibbles plus the fifth bits: codes
 // 0..31, offset -16 d), 4 = Q5_1 (the same codes, Q4_1's min as the offset). T tokens (the
-// first T of ActRows's activation tile that starts at token t0) against one group of 8 rows. Chunk c of every format
-// holds elements 4c..4c+3 of the 8 rows (Q4/Q5: the low nibbles of qs chunk c for c < 4, the high nibbles of qs chunk c
-// - 4 after).
+// first T of ActRows's activation tile that starts at token t0) against one group of 8 rows.
+// Chunk c of every format holds elements 4c..4c+3 of the 8 rows (Q4/Q5: the low nibbles of qs
+// chunk c for c < 4, the high nibbles of qs chunk c - 4 after).
 //
-// From four tokens on, the scaled sums' and the offset terms' accumulators (2T) and the block's
-// codes (8) outnumber the 16 registers; the offset terms then run in a second pass over the
-// blocks' scales (the same FMAs in the same block order, so the same sums as in the first pass).
+// From kOffsetPassTokens tokens on, the offset terms run in a second pass (see there).
 template <int kKind, int T>
 void group_tokens(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                   bool accumulate) {
   static_assert(kKind != 2 || kQ8x8Bias != 0, "signed Q8_0 runs in group_q8s");
   constexpr int kMaxU = kKind == 2 ? 255 : kKind >= 3 ? 31 : 15;
-  constexpr bool kOffsetPass = T >= 4;
+  constexpr bool kOffsetPass = T >= kOffsetPassTokens;
   const int64_t nb = cols / kQK;
   const TileView v(a, cols, t0);
   __m256 acc[T], off[T];
@@ -324,7 +327,7 @@ void group_k45(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
 template <int T>
 void group_q4k(int64_t cols, const void* group, const ActRows& a, int64_t t0, float* out, int64_t out_stride,
                bool accumulate) {
-  constexpr bool kMinPass = T >= 4;  // as group_tokens' offset pass
+  constexpr bool kMinPass = T >= kOffsetPassTokens;
   const int64_t nsb = cols / kQK_K;
   const TileView v(a, cols, t0);
   const __m256i mask = _mm256_set1_epi8(0x0f);
@@ -452,7 +455,7 @@ void dot_x8_k45(int64_t cols, const void* g, const ActRows& a, float* out, int64
 // for one token). Both give the same bits.
 void dot_x8_q4k(int64_t cols, const void* g, const ActRows& a, float* out, int64_t os, bool acc) {
   token_tiles<kTile32>(a.nt, [&](auto T, int64_t t0) {
-    if constexpr (T >= 4) {
+    if constexpr (T >= kOffsetPassTokens) {
       group_q4k<T>(cols, g, a, t0, out, os, acc);
     } else {
       group_k45<BlockQ4_Kx8, T>(cols, g, a, t0, out, os, acc);

@@ -32,23 +32,13 @@ using X8Block = std::conditional_t<
 // Q5_0 -16d, Q4_1 / Q5_1 m, Q8_0 -kQ8x8Bias d).
 template <int kKind>
 METALLIC_SIMD_INLINE void x8_block_scales(const void* group, int64_t b, __m256& dv, __m256& ov) {
-  if constexpr (kKind == 2) {
-    dv = f16x8(static_cast<const BlockQ8_0x8*>(group)[b].d);
-    ov = _mm256_mul_ps(dv, _mm256_set1_ps(-static_cast<float>(kQ8x8Bias)));
-  } else if constexpr (kKind == 3) {
-    dv = f16x8(static_cast<const BlockQ5_0x8*>(group)[b].d);
-    ov = _mm256_mul_ps(dv, _mm256_set1_ps(-16.f));
-  } else if constexpr (kKind == 4) {
-    const auto& blk = static_cast<const BlockQ5_1x8*>(group)[b];
-    dv = f16x8(blk.d);
-    ov = f16x8(blk.m);
-  } else if constexpr (kKind == 1) {
-    const auto& blk = static_cast<const BlockQ4_1x8*>(group)[b];
-    dv = f16x8(blk.d);
+  const auto& blk = static_cast<const X8Block<kKind>*>(group)[b];
+  dv = f16x8(blk.d);
+  if constexpr (kKind == 1 || kKind == 4) {
     ov = f16x8(blk.m);
   } else {
-    dv = f16x8(static_cast<const BlockQ4_0x8*>(group)[b].d);
-    ov = _mm256_mul_ps(dv, _mm256_set1_ps(-8.f));
+    constexpr float kOffset = kKind == 2 ? -static_cast<float>(kQ8x8Bias) : kKind == 3 ? -16.f : -8.f;
+    ov = _mm256_mul_ps(dv, _mm256_set1_ps(kOffset));
   }
 }
 
@@ -57,31 +47,20 @@ METALLIC_SIMD_INLINE void x8_block_scales(const void* group, int64_t b, __m256& 
 template <int kKind>
 METALLIC_SIMD_INLINE void x8_block_codes(const void* group, int64_t b, __m256i w[8], __m256& dv, __m256& ov) {
   x8_block_scales<kKind>(group, b, dv, ov);
+  const auto& blk = static_cast<const X8Block<kKind>*>(group)[b];
   if constexpr (kKind == 2) {
-    const auto& blk = static_cast<const BlockQ8_0x8*>(group)[b];
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) w[j] = load32(blk.qs + 32 * j);
   } else {
-    const uint8_t* qs;
-    if constexpr (kKind == 3) {
-      qs = static_cast<const BlockQ5_0x8*>(group)[b].qs;
-    } else if constexpr (kKind == 4) {
-      qs = static_cast<const BlockQ5_1x8*>(group)[b].qs;
-    } else if constexpr (kKind == 1) {
-      qs = static_cast<const BlockQ4_1x8*>(group)[b].qs;
-    } else {
-      qs = static_cast<const BlockQ4_0x8*>(group)[b].qs;
-    }
     const __m256i mask = _mm256_set1_epi8(0x0f);
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
-      const __m256i raw = load32(qs + 32 * j);
+      const __m256i raw = load32(blk.qs + 32 * j);
       w[j] = _mm256_and_si256(raw, mask);
       w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
     }
     if constexpr (kKind >= 3) {
-      using Blk = std::conditional_t<kKind == 3, BlockQ5_0x8, BlockQ5_1x8>;
-      const __m256i planes = load32(static_cast<const Blk*>(group)[b].qh);
+      const __m256i planes = load32(blk.qh);
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) w[c] = _mm256_or_si256(w[c], q5_plane(planes, c));
     }
