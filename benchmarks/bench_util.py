@@ -211,6 +211,14 @@ def _git_commit() -> str | None:
         return None
 
 
+def _kernel_paths() -> dict:
+    """Which x86 kernel branches this build of metallic runs (SIMD at all; vpdpbusd or not)."""
+    from metallic import _core
+
+    k = _core.kernels
+    return {"simd": bool(k.simd_available()), "vnni": bool(k.vnni())}
+
+
 def machine_info() -> dict:
     """CPU model and flags, cores, OS, date and versions (llama_cpp only if importable)."""
     import metallic
@@ -227,6 +235,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "metallic": metallic.__version__,
         "metallic_git": _git_commit(),
+        "metallic_kernels": _kernel_paths(),
     }
     try:
         import llama_cpp

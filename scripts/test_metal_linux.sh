@@ -11,13 +11,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install_clang.sh
 bash scripts/install_gnustep.sh
 site=build/metal-linux-site
-rm -rf "$site"
-echo "== pip install . -C cmake.define.METALLIC_METAL_ON_LINUX=ON (into $site)"
-python3 -m pip install --quiet --no-deps --target "$site" . \
-  -C cmake.define.METALLIC_METAL_ON_LINUX=ON -C build-dir=build/metal-linux-wheel
-# The installed package must be the one the tests import (checked without importing _core).
-PYTHONPATH="$PWD/$site" python3 -c 'import importlib.util as u, sys; p = u.find_spec("metallic").origin
-sys.exit(0 if "/metal-linux-site/" in p else f"test_metal_linux.sh: metallic resolves to {p}")'
+bash scripts/install_variant.sh metal-linux METALLIC_METAL_ON_LINUX=ON
 echo "== tests/python/test_metal_linux.py (device=\"metal\" on the Linux Metal runtime)"
 PYTHONPATH="$PWD/$site" METALLIC_REQUIRE_METAL_LINUX=1 \
   python3 -m pytest -q -p no:cacheprovider tests/python/test_metal_linux.py "$@"

@@ -19,6 +19,7 @@
 #include "cpu/quantize.h"
 #include "cpu/quants.h"
 #include "cpu/thread_pool.h"
+#include "cpu/vnni.h"
 
 namespace nb = nanobind;
 
@@ -125,6 +126,9 @@ void init_kernels(nb::module_& m) {
   nb::module_ k = m.def_submodule("kernels", "CPU kernels exposed for tests");
 
   k.def("simd_available", [] { return cpu::x86::available(); });
+  // Whether the u8 x s8 sums take the vpdpbusd branch (VNNI, or its METALLIC_EMULATE_VNNI
+  // stand-in): with it the repacked Q8_0 blocks hold q + 128 (cpu/vnni.h, repack.h).
+  k.def("vnni", [] { return METALLIC_VNNI != 0 && cpu::x86::available(); });
 
   k.def(
       "quantize_act_q8",

@@ -34,6 +34,7 @@
 #include <cstdint>
 
 #include "core/device.h"
+#include "cpu/vnni.h"
 
 namespace metallic::cpu {
 
@@ -50,7 +51,7 @@ struct BlockQ4_1x8 {
 };
 static_assert(sizeof(BlockQ4_1x8) == 160, "BlockQ4_1x8 must be 160 bytes");
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if METALLIC_VNNI
 inline constexpr int kQ8x8Bias = 128;
 #else
 inline constexpr int kQ8x8Bias = 0;

@@ -1,7 +1,7 @@
-// AVX2 / AVX-512-VNNI versions of the row dots and the activation quantizer (see cpu/quants.h).
+// AVX2 / VNNI (cpu/vnni.h) versions of the row dots and the activation quantizer (see cpu/quants.h).
 //
 // Quantized dots: nibbles (0..15) or |w| are unsigned bytes, activations signed bytes, so one
-// u8*s8 multiply-add (vpdpbusd with AVX-512 VNNI, else vpmaddubsw + vpmaddwd) yields eight int32
+// u8*s8 multiply-add (vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd) yields eight int32
 // partial sums per 32-element block; the block scale product is applied in float with one FMA.
 // Every unaligned load reads exactly the bytes of one validated block (no over-read).
 #include <cmath>

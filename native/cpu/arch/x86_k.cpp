@@ -1,4 +1,4 @@
-// AVX2 / AVX-512-VNNI dots for Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K (see cpu/quants.h).
+// AVX2 / VNNI (cpu/vnni.h) dots for Q5_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K (see cpu/quants.h).
 //
 // Every (sub-)block of 32 weights is unpacked to unsigned byte codes (0..63) and multiplied with
 // its q8a activation block by one u8*s8 multiply-add (vpdpbusd, or vpmaddubsw + vpmaddwd), giving
@@ -39,7 +39,7 @@ using simd::unpack_nibbles;
 
 // Same as dot_u8s8(u - c, s) for codes u, c in 0..63 (u - c may be negative).
 inline __m256i dot_u8s8_minus(__m256i u, __m256i c, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if METALLIC_VNNI
   return _mm256_sub_epi32(dot_u8s8(u, s), dot_u8s8(c, s));
 #else  // pair sums stay within int16: 2 * 63 * 127 < 2^15
   const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(c, s));

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu/vnni.h"
+
 // Forced inlining: a call inside a kernel loop would spill every live ymm (all are caller-saved),
 // and GCC declines to inline some of these helpers in the larger kernels.
 #define METALLIC_SIMD_INLINE inline __attribute__((always_inline))
@@ -33,10 +35,30 @@ METALLIC_SIMD_INLINE __m128 hsum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
   return _mm_shuffle_ps(r, r, 0xd8);
 }
 
+#if METALLIC_VNNI
+// vpdpbusd: lane i of acc plus the four products u[4i + k] * s[4i + k] (u unsigned, s signed
+// bytes), wrapping in int32, never saturating (see cpu/vnni.h).
+METALLIC_SIMD_INLINE __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+  // The emulation: the even and the odd bytes widened to int16 (u zero-, s sign-extended); each
+  // product fits int16 x int16 -> int32 exactly and vpmaddwd adds two of them (|sum| <= 2 * 255
+  // * 128), so lane i gets (u0 s0 + u2 s2) + (u1 s1 + u3 s3): the four products' sum, exactly.
+  const __m256i low = _mm256_set1_epi16(0x00ff);
+  const __m256i even = _mm256_madd_epi16(_mm256_and_si256(u, low), _mm256_srai_epi16(_mm256_slli_epi16(s, 8), 8));
+  const __m256i odd = _mm256_madd_epi16(_mm256_srli_epi16(u, 8), _mm256_srai_epi16(s, 8));
+  return _mm256_add_epi32(acc, _mm256_add_epi32(even, odd));
+#endif
+}
+#endif
+
 // Sums groups of four u8*s8 products into eight int32 lanes.
 METALLIC_SIMD_INLINE __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#if METALLIC_VNNI
+  return dpbusd(_mm256_setzero_si256(), u, s);
 #else
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif

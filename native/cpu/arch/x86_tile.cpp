@@ -1,4 +1,4 @@
-// AVX2 / AVX-512-VNNI tile kernels (see cpu/tile.h): one weight row against eight tokens.
+// AVX2 / VNNI (cpu/vnni.h) tile kernels (see cpu/tile.h): one weight row against eight tokens.
 #include "core/quant_blocks.h"
 #include "cpu/tile.h"
 

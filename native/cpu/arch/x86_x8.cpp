@@ -1,4 +1,4 @@
-// AVX2 / AVX-512-VNNI kernels for the 8-row interleaved layout (see cpu/repack.h).
+// AVX2 / VNNI (cpu/vnni.h) kernels for the 8-row interleaved layout (see cpu/repack.h).
 //
 // Per block of 8 rows: each 32-byte weight chunk holds 4 weights of each row; broadcasting the
 // matching 4 activation bytes to all lanes, one u8*s8 multiply-add gives the 8 rows' partial
@@ -48,9 +48,9 @@ static_assert(kTile32 == kTile, "group_tokens reads ActRows's tiles of kTile tok
 template <int kMaxU>
 struct ChunkDot {
   __m256i s32 = _mm256_setzero_si256();
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if METALLIC_VNNI
   static constexpr int kFlush = 8;
-  METALLIC_SIMD_INLINE void add(__m256i u, __m256i s) { s32 = _mm256_dpbusd_epi32(s32, u, s); }
+  METALLIC_SIMD_INLINE void add(__m256i u, __m256i s) { s32 = dpbusd(s32, u, s); }
   METALLIC_SIMD_INLINE void flush() {}
 #else
   static constexpr int kFlush = 32767 / (2 * kMaxU * 127);  // Q4: 8, Q5 and |Q6 - 32|: 4, |Q8|: 1
@@ -84,7 +84,7 @@ METALLIC_SIMD_INLINE __m256i tree_sum(const __m256i* m, Add add) {
 // vpmaddwd per run, and the runs' sums added as a tree.
 template <int kMaxU>
 METALLIC_SIMD_INLINE __m256i block_sums(const __m256i u[8], const __m256i s[8]) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if METALLIC_VNNI
   ChunkDot<kMaxU> dot;
 #pragma GCC unroll 8
   for (int c = 0; c < 8; ++c) dot.add(u[c], s[c]);
