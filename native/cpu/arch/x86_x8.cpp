@@ -330,7 +330,10 @@ void group_q4k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
   constexpr bool kMinPass = T >= kOffsetPassTokens;
   const int64_t nsb = cols / kQK_K;
   const TileView v(a, cols, t0);
-  const __m256i mask = _mm256_set1_epi8(0x0f);
+  // Super-block sb's sub-block j: its min terms (coefficients dmin * m[j] of the 8 rows) into off.
+  const auto add_mins = [&](__m256 mv, const BlockQ4_Kx8& blk, int64_t sb, int j, __m256(&off)[T]) {
+    add_offsets(_mm256_mul_ps(mv, u8x8f(blk.m[j])), v, 8 * sb + j, off);
+  };
   __m256 acc[T], off[T];
   zero_all(acc);
   zero_all(off);
@@ -342,18 +345,18 @@ void group_q4k(int64_t cols, const void* group, const ActRows& a, int64_t t0, fl
       __m256i w[8];
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) {
-        const __m256i raw = load32(blk.qs + 128 * (j & ~1) + 32 * c);
-        w[c] = _mm256_and_si256(j & 1 ? _mm256_srli_epi16(raw, 4) : raw, mask);
+        const __m256i raw = k45_pair_chunk(blk, j / 2, c);
+        w[c] = j & 1 ? high_nibbles(raw) : low_nibbles(raw);
       }
       add_scaled_block<15>(w, v, 8 * sb + j, _mm256_mul_ps(dv, u8x8f(blk.sc[j])), acc);
-      if constexpr (!kMinPass) add_offsets(_mm256_mul_ps(mv, u8x8f(blk.m[j])), v, 8 * sb + j, off);
+      if constexpr (!kMinPass) add_mins(mv, blk, sb, j, off);
     }
   }
   if constexpr (kMinPass) {
     for (int64_t sb = 0; sb < nsb; ++sb) {
       const auto& blk = static_cast<const BlockQ4_Kx8*>(group)[sb];
       const __m256 mv = f16x8(blk.dmin);
-      for (int j = 0; j < 8; ++j) add_offsets(_mm256_mul_ps(mv, u8x8f(blk.m[j])), v, 8 * sb + j, off);
+      for (int j = 0; j < 8; ++j) add_mins(mv, blk, sb, j, off);
     }
   }
   for (int t = 0; t < T; ++t) store8(out + (t0 + t) * out_stride, _mm256_sub_ps(acc[t], off[t]), accumulate);

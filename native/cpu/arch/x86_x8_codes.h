@@ -18,6 +18,10 @@ METALLIC_SIMD_INLINE __m256i q5_plane(__m256i planes, int c) {
   return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
 
+// The low or the high nibbles of 32 packed bytes as byte codes 0..15.
+METALLIC_SIMD_INLINE __m256i low_nibbles(__m256i raw) { return _mm256_and_si256(raw, _mm256_set1_epi8(0x0f)); }
+METALLIC_SIMD_INLINE __m256i high_nibbles(__m256i raw) { return low_nibbles(_mm256_srli_epi16(raw, 4)); }
+
 // The interleaved block of a 32-wide format. kKind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0,
 // 4 = Q5_1.
 template <int kKind>
@@ -52,12 +56,11 @@ METALLIC_SIMD_INLINE void x8_block_codes(const void* group, int64_t b, __m256i w
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) w[j] = load32(blk.qs + 32 * j);
   } else {
-    const __m256i mask = _mm256_set1_epi8(0x0f);
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       const __m256i raw = load32(blk.qs + 32 * j);
-      w[j] = _mm256_and_si256(raw, mask);
-      w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+      w[j] = low_nibbles(raw);
+      w[4 + j] = high_nibbles(raw);
     }
     if constexpr (kKind >= 3) {
       const __m256i planes = load32(blk.qh);
@@ -67,16 +70,21 @@ METALLIC_SIMD_INLINE void x8_block_codes(const void* group, int64_t b, __m256i w
   }
 }
 
-// Q4_K / Q5_K: chunk c of the pair of sub-blocks p (2p: low nibbles, 2p + 1: high nibbles) as
-// unsigned codes (0..15; Q5_K 0..31 with the fifth bits of `planes_lo` / `planes_hi`, the pair's
-// bit planes, ignored for Q4_K).
+// Q4_K / Q5_K: chunk c of the pair of sub-blocks p, packed: its low nibbles are sub-block 2p's
+// codes, its high nibbles sub-block 2p + 1's.
+template <typename Blk>
+METALLIC_SIMD_INLINE __m256i k45_pair_chunk(const Blk& blk, int p, int c) {
+  return load32(blk.qs + 256 * p + 32 * c);
+}
+
+// The same chunk as unsigned codes of both sub-blocks (0..15; Q5_K 0..31 with the fifth bits of
+// `planes_lo` / `planes_hi`, the pair's bit planes, ignored for Q4_K).
 template <typename Blk>
 METALLIC_SIMD_INLINE void k45_chunk_codes(const Blk& blk, int p, int c, __m256i planes_lo, __m256i planes_hi,
                                           __m256i& lo, __m256i& hi) {
-  const __m256i mask = _mm256_set1_epi8(0x0f);
-  const __m256i raw = load32(blk.qs + 256 * p + 32 * c);
-  lo = _mm256_and_si256(raw, mask);
-  hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+  const __m256i raw = k45_pair_chunk(blk, p, c);
+  lo = low_nibbles(raw);
+  hi = high_nibbles(raw);
   if constexpr (std::is_same_v<Blk, BlockQ5_Kx8>) {
     lo = _mm256_or_si256(lo, q5_plane(planes_lo, c));
     hi = _mm256_or_si256(hi, q5_plane(planes_hi, c));
