@@ -22,89 +22,29 @@ that calls :meth:`Scheduler.run_until_idle` or in the background thread of :meth
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import speculative as _spec
+from .batch_request import Event, Handle, QueueFull, Request, Seq
 from .errors import Busy, Cancelled, InvalidArgument, MetallicError
-from .generate import Constraint, GenerationResponse, Responder, common_prefix
-from .sampling import SamplingParams, make_sampler
+from .generate import Responder, common_prefix
+from .sampling import make_sampler
 from .spec_batch import BatchDrafter, SlotDraft, StepCost
 
 # A request waits for a prompt still being computed when they share at least this many tokens,
 # more than any slot holds now (computing them twice costs more than a few steps of waiting).
 _SHARE_MIN = 16
-
-
-class QueueFull(Busy):
-    """The scheduler's waiting queue is full (HTTP 429)."""
-
-
-@dataclass
-class Request:
-    """One sequence to generate: validated arguments of ``stream_generate``."""
-
-    prompt_ids: list[int]
-    max_tokens: int
-    params: SamplingParams
-    stops: tuple[str, ...] = ()
-    top_logprobs: int = -1  # -1: no log-probabilities; k >= 0: the chosen token and k best
-    constraint: Constraint | None = None
-
-
-Event = GenerationResponse | BaseException
-"""What a handle receives: a response per token (the last has ``finish_reason``), or the error
-that ended the request (``Cancelled`` after ``cancel()``)."""
-
-
-class Handle:
-    """A submitted request: ``cancel()`` it; its events go to the ``on_event`` callback."""
-
-    def __init__(self, request: Request, on_event: Callable[[Event], None]):
-        self.request = request
-        self._on_event = on_event
-        self.cancelled = False
-        self.done = False
-        self.submitted = time.perf_counter()
-
-    def cancel(self) -> None:
-        """Stops the request at the next step boundary; its slot is freed then."""
-        self.cancelled = True
-
-    def _emit(self, event: Event) -> None:
-        if isinstance(event, BaseException) or event.finish_reason is not None:
-            self.done = True
-        self._on_event(event)
-
-
-class _Seq:
-    """A running request: its slot, sampler and where its prompt and output stand."""
-
-    def __init__(self, handle: Handle, slot: int, sampler, cached: int):
-        self.handle = handle
-        self.slot = slot
-        self.sampler = sampler
-        self.ids = handle.request.prompt_ids
-        self.done_prompt = cached  # prompt tokens whose KV is in the slot
-        self.cached = cached
-        self.pos = len(self.ids)  # position of the next token fed in decode
-        self.token = -1  # the token to feed next (decode)
-        self.responder: Responder | None = None
-        self.t0 = time.perf_counter()
-        self.t_last = 0.0
-        self.at = 0  # index of its first token in this step's batch
-        self.finish: str | None = None  # the last response's finish_reason
-        self.drafter: _spec.Speculator | None = None
-        self.drafts: list[int] = []  # fed after `token` this step, to verify
-
-    @property
-    def prefilling(self) -> bool:
-        return self.done_prompt < len(self.ids)
+_log = logging.getLogger("metallic")
+# Prompt positions scored per step at most (all requests together): their logits rows are held
+# at once (32 x 262 144 x 4 bytes = 32 MiB at Gemma 3's vocabulary).
+_SCORE_ROWS = 32
 
 
 class Scheduler:
@@ -151,7 +91,7 @@ class Scheduler:
         self._free = list(range(self.n_slots))
         self._used = [0] * self.n_slots  # step of each slot's last use (least recent: reused first)
         self._steps = 0
-        self._running: list[_Seq] = []
+        self._running: list[Seq] = []
         self._waiting: deque[Handle] = deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -161,6 +101,8 @@ class Scheduler:
         self.generation_tokens_total = 0
         self._k = 0
         self._rows = None  # logits of every verified row (drafting), else engine.batch_logits()
+        self._score_out = None  # logits rows of steps that score prompts (allocated when needed)
+        self._scoring = False  # this step scores prompt positions
         self._drafter: BatchDrafter | None = None  # a draft model's batched drafts
         if draft is not None:
             if isinstance(draft, str) and draft != "prompt-lookup":
@@ -248,7 +190,28 @@ class Scheduler:
                     self._cv.wait()
                 if self._stopping and not self._waiting and not self._running:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # a bug in a step: end the requests rather than hang them
+                _log.exception("[scheduler] a step failed; its requests end with the error")
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Ends every running and waiting request with ``exc`` (the loop goes on)."""
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for s in list(self._running):
+            s.handle.cancel()
+            with contextlib.suppress(Exception):
+                self._finish(s, exc)
+            if s in self._running:  # its callback raised before _finish let go of it
+                self._running.remove(s)
+                self._free.append(s.slot)
+        for h in waiting:
+            with contextlib.suppress(Exception):
+                h._emit(exc)
+        with contextlib.suppress(Exception):
+            self._report()
 
     def step(self) -> bool:
         """One batch: drops cancelled requests, admits waiting ones, runs one forward_batch and
@@ -267,10 +230,11 @@ class Scheduler:
             return bool(self._waiting)
         tokens, segs, sampled = self._plan()
         self._steps += 1
+        out = self._score_buffer() if self._scoring else self._rows
         try:
             t = time.perf_counter()
             self._engine.forward_batch(
-                np.asarray(tokens, np.int32), np.asarray(segs, np.int64), self._rows
+                np.asarray(tokens, np.int32), np.asarray(segs, np.int64), out
             )
             if self._k:
                 self._step_cost.observe(len(tokens), time.perf_counter() - t)
@@ -278,20 +242,20 @@ class Scheduler:
             for s in list(self._running):
                 self._finish(s, exc)
             return True
+        logits = self._engine.batch_logits() if out is None else out
         for s, n in zip(self._step_seqs, self._step_lens, strict=True):
             self._slots[s.slot].extend(tokens[s.at : s.at + n])
             if s.prefilling:
+                if s.scorer is not None:
+                    s.scorer.add(logits[s.row0 : s.row0 + n], s.done_prompt)
                 s.done_prompt += n
-        logits = self._engine.batch_logits() if self._rows is None else self._rows
+                if s.scorer is not None and not s.prefilling:
+                    self._scored(s)
         # Each sequence readied (its responder, or the token just fed into its history), then
         # every first draw in one native call, in parallel on the device's host threads: with a
         # temperature each draw is a pass over the vocabulary.
         now = time.perf_counter()
-        ready, row = [], 0
-        for s in sampled:
-            if self._ready(s):
-                ready.append((s, row))
-            row += 1 + len(s.drafts)
+        ready = [(s, s.sample_row) for s in sampled if self._ready(s)]
         if ready:
             firsts = self._engine.sample_rows(
                 [s.sampler for s, _ in ready], logits, [r for _, r in ready]
@@ -302,6 +266,24 @@ class Scheduler:
         return True
 
     # ------------------------------------------------------------------ internals
+    def _score_buffer(self) -> np.ndarray:
+        """Logits rows for a step that scores prompts: every sequence's draw rows plus
+        _SCORE_ROWS scored positions (allocated at the first such step, then kept)."""
+        if self._score_out is None:
+            rows = self.n_slots * (1 + self._k) + _SCORE_ROWS
+            self._score_out = np.zeros((rows, self._n_vocab), np.float32)
+        return self._score_out
+
+    def _scored(self, s: Seq) -> None:
+        """s's prompt is scored: its PromptLogprobs, and the end of a max_tokens 0 request."""
+        last = s.handle.request.max_tokens == 0
+        s.handle._emit(s.scorer.result("length" if last else None))
+        s.scorer = None
+        if last:
+            self.prompt_tokens_total += len(s.ids)
+            s.finish = "length"
+            self._finish(s, None)
+
     def _report(self) -> None:
         if self._obs is not None:
             self._obs.set_queue(len(self._running), len(self._waiting))
@@ -319,7 +301,7 @@ class Scheduler:
             if self._obs is not None:
                 self._obs.on_request_end(len(h.request.prompt_ids), 0, "cancelled")
 
-    def _finish(self, s: _Seq, event: Event | None) -> None:
+    def _finish(self, s: Seq, event: Event | None) -> None:
         self._running.remove(s)
         self._free.append(s.slot)
         self._used[s.slot] = self._steps
@@ -349,6 +331,9 @@ class Scheduler:
                     break
                 handle = self._waiting.popleft()
             ids = handle.request.prompt_ids
+            if handle.request.prompt_logprobs >= 0:  # scored: every position computed here
+                self._start(handle, -1, 0)
+                continue
             src, n = self._best_prefix(ids)
             computing = max(
                 (common_prefix(s.ids, ids) for s in self._running if s.prefilling), default=0
@@ -386,21 +371,21 @@ class Scheduler:
             self._free.append(slot)
             handle._emit(exc)
             return
-        seq = _Seq(handle, slot, sampler, n)
+        seq = Seq(handle, slot, sampler, n)
         if self._k:
             src = _spec.PromptLookup() if self._drafter is None else SlotDraft()
             seq.drafter = _spec.Speculator(src, self._k)
             seq.drafter.reset(req.prompt_ids)
         self._running.append(seq)
 
-    def _plan(self) -> tuple[list[int], list[list[int]], list[_Seq]]:
+    def _plan(self) -> tuple[list[int], list[list[int]], list[Seq]]:
         """Tokens and segments of this step: decode tokens first, then prompt chunks."""
         tokens: list[int] = []
         segs: list[list[int]] = []
-        sampled: list[_Seq] = []
-        self._step_seqs: list[_Seq] = []
+        sampled: list[Seq] = []
+        self._step_seqs: list[Seq] = []
         self._step_lens: list[int] = []
-        budget = self._budget
+        budget, rows, score_room = self._budget, 0, _SCORE_ROWS
         if self._k:  # drafts priced by what a token costs this step (StepCost)
             rho = self._step_cost.rho(sum(not s.prefilling for s in self._running))
             for s in self._running:
@@ -413,9 +398,14 @@ class Scheduler:
             drafts, s.drafts = s.drafts, []
             if s.prefilling:
                 n = min(budget, len(s.ids) - s.done_prompt)
+                if s.scorer is not None:  # every position's logits: at most score_room rows
+                    n = min(n, score_room)
+                    if n == 0:
+                        continue
+                    score_room -= n
                 chunk = s.ids[s.done_prompt : s.done_prompt + n]
                 pos0 = s.done_prompt
-                want = s.done_prompt + n == len(s.ids)
+                want = s.done_prompt + n == len(s.ids) and s.handle.request.max_tokens > 0
             else:
                 if self._drafter is not None:  # drafted above, within the same limits
                     s.drafts = drafts[: max(0, budget - 1)]
@@ -425,15 +415,19 @@ class Scheduler:
                 n, pos0, want = len(chunk), s.pos, True
             s.at = len(tokens)
             tokens.extend(int(t) for t in chunk)
-            segs.append([s.slot, n, pos0, (1 + len(s.drafts)) if want else 0])
+            n_rows = n if s.prefilling and s.scorer is not None else (1 + len(s.drafts)) * want
+            s.row0, s.sample_row = rows, rows + n_rows - 1 - len(s.drafts)
+            rows += n_rows
+            segs.append([s.slot, n, pos0, n_rows])
             self._step_seqs.append(s)
             self._step_lens.append(n)
             if want:
                 sampled.append(s)
             budget -= n
+        self._scoring = score_room < _SCORE_ROWS
         return tokens, segs, sampled
 
-    def _draft_limit(self, s: _Seq, budget: int) -> int:
+    def _draft_limit(self, s: Seq, budget: int) -> int:
         """No draft past max_tokens, the context or the step's token budget."""
         left = s.handle.request.max_tokens - s.responder.count - 1
         return min(left, self._ctx - s.pos - 1, budget - 1)
@@ -452,7 +446,7 @@ class Scheduler:
         for s, d in zip(seqs, self._drafter.draft(wants), strict=True):
             s.drafts = s.drafter.choose(d)
 
-    def _ready(self, s: _Seq) -> bool:
+    def _ready(self, s: Seq) -> bool:
         """Readies s for its draw: its responder at the first token (the prompt's last logits),
         else the token just fed joins the sampler's history. False when s ended with an error."""
         try:
@@ -479,7 +473,7 @@ class Scheduler:
             return False
         return True
 
-    def _sample(self, s: _Seq, rows: np.ndarray, first: int | MetallicError, now: float) -> None:
+    def _sample(self, s: Seq, rows: np.ndarray, first: int | MetallicError, now: float) -> None:
         """Takes `first`, the token drawn from rows[0] (or the error of that draw); with drafts
         fed after it, keeps drawing from the next row while the draw equals the draft
         (generate.stream's verification)."""
@@ -526,4 +520,4 @@ def _core():
     return core
 
 
-__all__ = ["Handle", "QueueFull", "Request", "Scheduler"]
+__all__ = ["Event", "Handle", "QueueFull", "Request", "Scheduler"]

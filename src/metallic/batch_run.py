@@ -9,19 +9,22 @@ from dataclasses import dataclass
 
 from .batch import Event, Request, Scheduler
 from .generate import GenerationResponse
+from .prompt_scores import PromptLogprobs
 
 
 @dataclass(frozen=True)
 class BatchResponse:
     """What ``Model.batch_generate`` returns: ``texts[i]`` for ``prompts[i]``, and per request
-    its last ``GenerationResponse`` (finish_reason, token counts, speeds, cached_tokens) or
-    the error that ended it; ``seconds`` of wall time and aggregate generated tokens/s."""
+    its last ``GenerationResponse`` (finish_reason, token counts, speeds, cached_tokens; None
+    when it generated nothing) or the error that ended it; ``seconds`` of wall time and
+    aggregate generated tokens/s; with ``prompt_logprobs``, each prompt's PromptLogprobs."""
 
     texts: list[str]
     responses: list[GenerationResponse | None]
     errors: list[BaseException | None]
     seconds: float
     generation_tps: float
+    prompt_logprobs: list[PromptLogprobs | None]
 
 
 def batch_generate(
@@ -31,11 +34,14 @@ def batch_generate(
     texts = [[] for _ in requests]
     last: list[GenerationResponse | None] = [None] * len(requests)
     errs: list[BaseException | None] = [None] * len(requests)
+    scores: list[PromptLogprobs | None] = [None] * len(requests)
 
     def sink(i: int):
         def on_event(ev: Event) -> None:
             if isinstance(ev, BaseException):
                 errs[i] = ev
+            elif isinstance(ev, PromptLogprobs):
+                scores[i] = ev
             else:
                 texts[i].append(ev.text)
                 last[i] = ev
@@ -56,7 +62,7 @@ def batch_generate(
         raise
     dt = max(time.perf_counter() - t0, 1e-9)
     n_gen = sum(r.generation_tokens for r in last if r is not None)
-    return BatchResponse(["".join(t) for t in texts], last, errs, dt, n_gen / dt)
+    return BatchResponse(["".join(t) for t in texts], last, errs, dt, n_gen / dt, scores)
 
 
 __all__ = ["BatchResponse", "batch_generate"]

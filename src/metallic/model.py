@@ -17,6 +17,7 @@ from . import prompt_cache as _prompt_cache
 from . import speculative as _spec
 from .errors import Busy, Cancelled, Closed, ContextOverflow, InvalidArgument
 from .generate import GenerationResponse
+from .prompt_scores import check_prompt_logprobs
 from .sampling import SamplingParams, check_logprobs, make_sampler
 
 
@@ -220,8 +221,11 @@ class Model:
         top_logprobs: int = 0,
         response_format: dict | None = None,
         special: bool = True,
+        prompt_logprobs: int | None = None,
     ) -> _batch.Request:
-        """Validates stream_generate's arguments into a batch.Request (every check at once)."""
+        """Validates stream_generate's arguments into a batch.Request (every check at once);
+        ``prompt_logprobs`` (batched requests only) scores the prompt, and then max_tokens may
+        be 0."""
         params = SamplingParams(
             temperature,
             top_k,
@@ -234,7 +238,9 @@ class Model:
             logit_bias=logit_bias,
             min_tokens=min_tokens,
         )
-        max_tokens = _gen.check_max_tokens(max_tokens)
+        scored = check_prompt_logprobs(prompt_logprobs)
+        if not (scored >= 0 and type(max_tokens) is int and max_tokens == 0):
+            max_tokens = _gen.check_max_tokens(max_tokens)
         stops = _gen.check_stop(stop)
         k = check_logprobs(logprobs, top_logprobs)
         grammar = None if response_format is None else _constrain.grammar_of(response_format)
@@ -249,7 +255,7 @@ class Model:
             if self._llg_index is None:
                 self._llg_index = _constrain.TokenizerIndex(self._tokenizer, self._n_vocab)
             constraint = _constrain.GrammarConstraint(self._llg_index, grammar)
-        return _batch.Request(ids, max_tokens, params, stops, k, constraint)
+        return _batch.Request(ids, max_tokens, params, stops, k, constraint, scored)
 
     def batch_generate(self, prompts: Sequence, **kwargs) -> _batch_run.BatchResponse:
         """Generates for every prompt at once on the model's slots (``load(parallel=N)``):
@@ -261,7 +267,10 @@ class Model:
         ``generate`` alone. Slot 0's KV is the model's own cache, so a later ``generate`` may
         reuse what the batch left there. ``draft="prompt-lookup"`` or a loaded draft model with
         at least this model's ``parallel`` (and ``num_draft_tokens``) drafts for every request
-        in batched steps; the output is the same.
+        in batched steps; the output is the same. ``prompt_logprobs=k`` (0..100) scores each
+        prompt: ``BatchResponse.prompt_logprobs[i]`` holds every prompt token's log-probability
+        given those before it (and the k best alternatives); with it ``max_tokens=0`` only
+        scores. A scored prompt is computed whole (no prefix reuse).
         """
         self._live("batch_generate")
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
@@ -451,5 +460,5 @@ class Model:
 _REQUEST_OPTIONS = tuple(
     n
     for n in inspect.signature(Model._request).parameters
-    if n not in ("self", "prompt", "special")
+    if n not in ("self", "prompt", "special", "prompt_logprobs")
 )

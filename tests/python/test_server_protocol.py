@@ -137,7 +137,7 @@ valid = st.fixed_dictionaries(
 def test_valid_chat_bodies_round_trip(body, texts):
     messages = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(texts)]
     parsed = parse_chat({**body, "messages": messages})
-    assert parsed.kind == "chat" and parsed.messages == messages and parsed.prompt is None
+    assert parsed.kind == "chat" and parsed.messages == messages and parsed.prompts == ()
     defaults = ParsedRequest(kind="chat")
     for key in ("model", "max_tokens", "top_k", "seed", "stream", "n", "min_tokens"):
         assert getattr(parsed, key) == body.get(key, getattr(defaults, key))
@@ -153,8 +153,9 @@ def test_valid_chat_bodies_round_trip(body, texts):
 @FAST
 @given(st.text(max_size=30) | st.lists(ints(0, (1 << 31) - 1), min_size=1, max_size=20))
 def test_valid_prompts_round_trip(prompt):
-    assert parse_completion({"prompt": prompt}).prompt == prompt
-    assert parse_completion({"prompt": [prompt]}).prompt == prompt
+    assert parse_completion({"prompt": prompt}).prompts == (prompt,)
+    assert parse_completion({"prompt": [prompt]}).prompts == (prompt,)
+    assert parse_completion({"prompt": [prompt, prompt]}).prompts == (prompt, prompt)
 
 
 # ----------------------------------------------------------------------------- one error each
@@ -332,11 +333,13 @@ def test_message_errors(messages, param, fragment):
 
 
 def test_prompt_forms():
-    assert parse_completion({"prompt": "x"}).prompt == "x"
-    assert parse_completion({"prompt": ""}).prompt == ""
-    assert parse_completion({"prompt": ["x"]}).prompt == "x"
-    assert parse_completion({"prompt": [1, 2]}).prompt == [1, 2]
-    assert parse_completion({"prompt": [[1, 2]]}).prompt == [1, 2]
+    assert parse_completion({"prompt": "x"}).prompts == ("x",)
+    assert parse_completion({"prompt": ""}).prompts == ("",)
+    assert parse_completion({"prompt": ["x"]}).prompts == ("x",)
+    assert parse_completion({"prompt": [1, 2]}).prompts == ([1, 2],)
+    assert parse_completion({"prompt": [[1, 2]]}).prompts == ([1, 2],)
+    assert parse_completion({"prompt": ["a", [3], ""]}).prompts == ("a", [3], "")
+    assert len(parse_completion({"prompt": ["a"] * 64, "n": 2}).prompts) == 64
     parsed = parse_completion({"prompt": "x", "logprobs": 3, "best_of": 1, "echo": False})
     assert (parsed.kind, parsed.logprobs, parsed.top_logprobs, parsed.messages) == (
         "completion",
@@ -346,23 +349,43 @@ def test_prompt_forms():
     )
     assert parse_completion({"prompt": "x", "logprobs": 0}).logprobs is True
     assert parse_completion({"prompt": "x"}).logprobs is False
+    assert parse_completion({"prompt": "x", "logprobs": 20}).top_logprobs == 20
+
+
+def test_echo():
+    """echo: the prompt starts each choice's text (scored with logprobs); only then may
+    max_tokens be 0 (lm-evaluation-harness scores prompts with echo, logprobs, max_tokens 0)."""
+    parsed = parse_completion({"prompt": "x", "echo": True, "max_tokens": 0, "logprobs": 1})
+    assert (parsed.echo, parsed.max_tokens, parsed.top_logprobs) == (True, 0, 1)
+    assert (
+        parse_completion({"prompt": "x", "echo": True, "max_completion_tokens": 0}).max_tokens == 0
+    )
+    assert parse_completion({"prompt": "x"}).echo is False
+    with pytest.raises(APIError) as info:
+        parse_completion({"prompt": "x", "max_tokens": 0})
+    assert (
+        info.value.param == "max_tokens" and "[1, 2147483647], got integer 0" in info.value.message
+    )
 
 
 @pytest.mark.parametrize(
     ("fields", "param", "fragment"),
     [
         ({}, "prompt", "got null"),
-        ({"prompt": ["a", "b"]}, "prompt", "one prompt per request, got array of 2 items"),
-        ({"prompt": [[1], [2]]}, "prompt", "one prompt per request"),
+        ({"prompt": ["a"] * 129}, "prompt", "at most 128 prompts, got array of 129 items"),
+        ({"prompt": ["a"] * 65, "n": 2}, "n", "prompts x n at most 128, got integer 2"),
+        ({"prompt": ["a", 1]}, "prompt[1]", "a string or a non-empty array of token ids"),
+        ({"prompt": [[1], []]}, "prompt[1]", "non-empty array of token ids, got array of 0"),
         ({"prompt": []}, "prompt", "got array of 0 items"),
         ({"prompt": [[]]}, "prompt[0]", "non-empty array of token ids"),
         ({"prompt": [1, True]}, "prompt[1]", "got boolean true"),
         ({"prompt": [1, -1]}, "prompt[1]", "got integer -1"),
         ({"prompt": [[1, "a"]]}, "prompt[0][1]", 'got string "a"'),
         ({"prompt": {"a": 1}}, "prompt", "got object"),
-        ({"prompt": "x", "logprobs": True}, "logprobs", "[0, 5], got boolean true"),
-        ({"prompt": "x", "logprobs": 6}, "logprobs", "[0, 5]"),
-        ({"prompt": "x", "echo": True}, "echo", "not supported"),
+        ({"prompt": "x", "logprobs": True}, "logprobs", "[0, 20], got boolean true"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs", "[0, 20]"),
+        ({"prompt": "x", "echo": 1}, "echo", "a boolean"),
+        ({"prompt": "x", "echo": True, "max_tokens": -1}, "max_tokens", "[0, 2147483647]"),
         ({"prompt": "x", "suffix": "end"}, "suffix", "not supported"),
         ({"prompt": "x", "suffix": 1}, "suffix", "a string"),
         ({"prompt": "x", "best_of": 3}, "best_of", "not supported"),

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import errors
 from ..batch import QueueFull
+from ..prompt_scores import PromptLogprobs
 from . import shapes
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (
@@ -201,34 +202,57 @@ def _authorize(state: ServerState, request: Request) -> None:
         )
 
 
-def _prepare(state: ServerState, parsed: ParsedRequest) -> list:
-    """One validated batch.Request per choice (worker thread: tokenizes, compiles grammars)."""
+def _prepare(state: ServerState, parsed: ParsedRequest) -> tuple[list, list[str]]:
+    """One validated batch.Request per choice, and each choice's echoed text (worker thread:
+    tokenizes, compiles grammars)."""
     model = state.model
     with state.prep_lock:
         if parsed.kind == "chat":
             ids = model._prompt_ids(model._chat_prompt(parsed.messages), special=False)
-        else:
-            ids = model._prompt_ids(parsed.prompt, special=True)
-        room = model.context_length - len(ids)
-        max_tokens = parsed.max_tokens
-        if max_tokens is None:
-            max_tokens = room if parsed.kind == "chat" else min(LEGACY_MAX_TOKENS, room)
-        elif max_tokens > room:
-            raise APIError(
-                400,
-                f"[server] max_tokens: the prompt's {len(ids)} tokens plus {max_tokens} to "
-                f"generate exceed the context length {model.context_length}: expected at most "
-                f"{room}",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        out = []
-        for i in range(parsed.n):
-            kw = parsed.generate_kwargs()
-            if parsed.seed is not None:  # n choices of one seed differ: seed, seed + 1, ...
-                kw["seed"] = (parsed.seed + i) % (1 << 64)
-            out.append(model._request(ids, max_tokens=max_tokens, **kw))
-        return out
+            return _choices(model, parsed, ids), [""] * parsed.n
+        reqs, echoes = [], []
+        for i, prompt in enumerate(parsed.prompts):
+            try:
+                ids = model._prompt_ids(prompt, special=True)
+                reqs += _choices(model, parsed, ids)
+            except (APIError, errors.MetallicError) as exc:
+                if len(parsed.prompts) == 1:
+                    raise
+                err = api_error_from(exc)  # which of the prompts
+                raise APIError(
+                    err.status, f"prompt[{i}]: {err.message}", param=f"prompt[{i}]", code=err.code
+                ) from exc
+            text = "" if not parsed.echo else prompt if isinstance(prompt, str) else None
+            echoes += [model.tokenizer.decode(ids) if text is None else text] * parsed.n
+        return reqs, echoes
+
+
+def _choices(model, parsed: ParsedRequest, ids: list[int]) -> list:
+    """The n batch.Requests of one prompt's ids (the caller holds prep_lock)."""
+    room = model.context_length - len(ids)
+    max_tokens = parsed.max_tokens
+    if max_tokens is None:
+        max_tokens = room if parsed.kind == "chat" else min(LEGACY_MAX_TOKENS, room)
+    elif max_tokens > room:
+        raise APIError(
+            400,
+            f"[server] max_tokens: the prompt's {len(ids)} tokens plus {max_tokens} to "
+            f"generate exceed the context length {model.context_length}: expected at most "
+            f"{room}",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    want_lp = parsed.logprobs or parsed.top_logprobs > 0
+    scored = parsed.top_logprobs if want_lp else 0  # echo: the prompt's scores
+    out = []
+    for i in range(parsed.n):
+        kw = parsed.generate_kwargs()
+        if parsed.seed is not None:  # n choices of one seed differ: seed, seed + 1, ...
+            kw["seed"] = (parsed.seed + i) % (1 << 64)
+        if parsed.echo and (want_lp or max_tokens == 0):
+            kw["prompt_logprobs"] = scored
+        out.append(model._request(ids, max_tokens=max_tokens, **kw))
+    return out
 
 
 async def _complete(state: ServerState, request: Request, kind: str) -> Response:
@@ -238,7 +262,7 @@ async def _complete(state: ServerState, request: Request, kind: str) -> Response
     if not state.ready:
         raise APIError(503, "[server] shutting down", code="unavailable")
     try:
-        reqs = await run_in_threadpool(_prepare, state, parsed)
+        reqs, echoes = await run_in_threadpool(_prepare, state, parsed)
     except errors.MetallicError as exc:
         raise api_error_from(exc) from exc
     queue: asyncio.Queue = asyncio.Queue()
@@ -251,7 +275,11 @@ async def _complete(state: ServerState, request: Request, kind: str) -> Response
 
             def on_event(ev, i=i):
                 final = isinstance(ev, BaseException) or ev.finish_reason is not None
-                first = not texted[i] and not final and bool(ev.text)
+                first = (
+                    not texted[i]
+                    and not final
+                    and (isinstance(ev, PromptLogprobs) or bool(ev.text))  # an echo is text
+                )
                 texted[i] = texted[i] or first
                 relay.push(queue, (i, ev), urgent=final or first)
 
@@ -265,7 +293,7 @@ async def _complete(state: ServerState, request: Request, kind: str) -> Response
         for h in handles:
             h.cancel()
         raise APIError(503, str(exc), code="unavailable") from exc
-    run = _Run(state, parsed, handles, queue)
+    run = _Run(state, parsed, handles, queue, echoes)
     if parsed.stream:
         return StreamingResponse(
             run.writes(),
@@ -278,7 +306,7 @@ async def _complete(state: ServerState, request: Request, kind: str) -> Response
 class _Run:
     """One HTTP request's choices: turns scheduler events into OpenAI objects."""
 
-    def __init__(self, state: ServerState, parsed: ParsedRequest, handles, queue):
+    def __init__(self, state: ServerState, parsed: ParsedRequest, handles, queue, echoes):
         self.state = state
         self.parsed = parsed
         self.chat = parsed.kind == "chat"
@@ -287,7 +315,8 @@ class _Run:
         self.id = shapes.new_id("chat" if self.chat else "completion")
         self.created = int(time.time())
         n = len(handles)
-        self.texts = [[] for _ in range(n)]
+        self.echoes = echoes  # each choice's prompt text when echoed, else ""
+        self.texts = [[e] for e in echoes]
         self.lps = [[] for _ in range(n)]  # logprob entries not yet sent (stream) or all
         self.last = [None] * n  # each choice's final GenerationResponse
         self.want_lp = parsed.logprobs or parsed.top_logprobs > 0
@@ -302,6 +331,16 @@ class _Run:
         top = [(dec([t]), lp) for t, lp in (r.top_logprobs or ())]
         return (dec([r.token]), r.logprob, top if self.parsed.top_logprobs > 0 else None)
 
+    def _prompt_entries(self, p: PromptLogprobs) -> list[tuple]:
+        """The echoed prompt's entries (its first token has no log-probability)."""
+        dec = self.state.model.tokenizer.decode
+        want_top = self.parsed.top_logprobs > 0
+        tops = p.top_logprobs or [None] * len(p.tokens)
+        return [
+            (dec([t]), lp, [(dec([a]), x) for a, x in top] if want_top and top else None)
+            for t, lp, top in zip(p.tokens, p.logprobs, tops, strict=True)
+        ]
+
     def _logprobs(self, entries, text_offset: int = 0):
         if not self.want_lp:
             return None
@@ -310,10 +349,14 @@ class _Run:
         return shapes.completion_logprobs(entries, text_offset=text_offset)
 
     def _usage(self) -> dict:
-        done = [r for r in self.last if r is not None]
-        prompt = done[0].prompt_tokens if done else 0
-        cached = min(r.cached_tokens for r in done) if done else 0
-        return shapes.usage(prompt, sum(r.generation_tokens for r in done), cached)
+        """Summed over the prompts (each counted once for its n choices)."""
+        n, prompt, cached = self.parsed.n, 0, 0
+        for p in range(0, len(self.last), n):
+            done = [r for r in self.last[p : p + n] if r is not None]
+            prompt += done[0].prompt_tokens if done else 0
+            cached += min(r.cached_tokens for r in done) if done else 0
+        gen = sum(r.generation_tokens for r in self.last if r is not None)
+        return shapes.usage(prompt, gen, cached)
 
     async def _events(self) -> AsyncIterator[tuple[int, object]]:
         """(choice, response) until every choice finished; an error ends all of them."""
@@ -323,7 +366,10 @@ class _Run:
             if isinstance(ev, BaseException):
                 self._cancel()
                 raise api_error_from(ev) if not isinstance(ev, APIError) else ev
-            if self.want_lp:
+            if isinstance(ev, PromptLogprobs):
+                if self.want_lp:
+                    self.lps[i][:0] = self._prompt_entries(ev)
+            elif self.want_lp:
                 self.lps[i].append(self._entry(ev))
             if ev.finish_reason is not None:
                 self.last[i] = ev
@@ -349,6 +395,12 @@ class _Run:
         p, sid, model = self.parsed, self.id, self.state.model_id
         offsets = [0] * len(self.handles)
         try:
+            scored = [r.prompt_logprobs >= 0 for r in (h.request for h in self.handles)]
+            for i, echo in enumerate(self.echoes):  # an echo that waits for no scores
+                if echo and not scored[i]:
+                    c = shapes.completion_choice(i, echo, None, None)
+                    yield shapes.sse(shapes.text_completion_chunk(sid, self.created, model, [c]))
+                    offsets[i] = len(echo)
             if self.chat:
                 for i in range(len(self.handles)):
                     choice = shapes.chat_chunk_choice(i, role=True)
@@ -356,6 +408,16 @@ class _Run:
             try:
                 async for i, r in self._events():
                     reason = r.finish_reason
+                    if isinstance(r, PromptLogprobs):  # the echo, with the prompt's scores
+                        lp = self._logprobs(self.lps[i]) if self.lps[i] else None
+                        self.lps[i] = []
+                        c = shapes.completion_choice(i, self.echoes[i], reason, lp)
+                        chunk = shapes.text_completion_chunk(
+                            sid, self.created, model, [c], include_usage=p.include_usage
+                        )
+                        yield shapes.sse(chunk)
+                        offsets[i] = len(self.echoes[i])
+                        continue
                     if not r.text and reason is None:
                         continue  # held back (a partial character or stop string)
                     lp = self._logprobs(self.lps[i], offsets[i]) if self.lps[i] else None
@@ -403,7 +465,8 @@ class _Run:
                     i, r = nxt.result()
                 except StopAsyncIteration:
                     break
-                self.texts[i].append(r.text)
+                if not isinstance(r, PromptLogprobs):  # the echo is texts[i][0]
+                    self.texts[i].append(r.text)
         finally:
             self._cancel()
         model = self.state.model_id

@@ -7,7 +7,7 @@ boolean true``. Anything malformed ends in ``APIError`` (status 400), never anot
 
 A JSON ``null`` is treated like an absent key (OpenAI does the same). Top-level keys the server
 does not use are ignored and listed in ``ParsedRequest.ignored`` (the app may log them); the ones
-that ask for something this server cannot do (``tools``, ``functions``, ``audio``, ``echo``...)
+that ask for something this server cannot do (``tools``, ``functions``, ``audio``, ``suffix``...)
 are refused with 400 ``unsupported_parameter`` instead of being silently dropped.
 """
 
@@ -36,6 +36,7 @@ COMPLETIONS = "/v1/completions"
 
 _INT32_MAX = (1 << 31) - 1
 _TOKEN_KEY = re.compile(r"[0-9]{1,10}")
+MAX_CHOICES = 128  # prompts x n of one /v1/completions request at most
 
 
 def _is_int(x: object) -> bool:
@@ -50,7 +51,8 @@ def _is_real(x: object) -> bool:
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """A validated request. ``kind`` is "chat" (``messages`` set) or "completion" (``prompt``).
+    """A validated request. ``kind`` is "chat" (``messages`` set) or "completion" (``prompts``:
+    one or more, each a string or token ids; choice ``i * n + j`` is prompt i's j-th).
 
     ``messages`` holds ``{"role": "system" | "user" | "assistant", "content": str}`` dicts
     ("developer" arrives as "system"; text parts are joined with "\\n"). ``max_tokens`` None:
@@ -59,13 +61,15 @@ class ParsedRequest:
     token's log-probability, ``top_logprobs`` (0..20) the alternatives; the legacy endpoint's
     integer ``logprobs`` k arrives as ``logprobs=True, top_logprobs=k``. ``response_format`` is
     in metallic's form (``metallic.constrain``) or None. ``seed`` is in [0, 2**64) (a negative
-    int64 seed is taken modulo 2**64).
+    int64 seed is taken modulo 2**64). ``echo`` (completions): each choice's text starts with
+    its prompt, and with ``logprobs`` the prompt's tokens are scored too; ``max_tokens`` may
+    then be 0 (score only).
     """
 
     kind: str
     model: str | None = None
     messages: list[dict] | None = None
-    prompt: str | list[int] | None = None
+    prompts: tuple[str | list[int], ...] = ()
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
@@ -84,6 +88,7 @@ class ParsedRequest:
     response_format: dict | None = None
     n: int = 1
     min_tokens: int = 0
+    echo: bool = False
     ignored: tuple[str, ...] = ()
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -169,13 +174,13 @@ def _check_body(body: object, where: str) -> dict:
     return body
 
 
-def _common(r: _Reader, n: int) -> dict[str, Any]:
-    """Parameters shared by both endpoints."""
+def _common(r: _Reader, n: int, least_tokens: int = 1) -> dict[str, Any]:
+    """Parameters shared by both endpoints (max_tokens >= least_tokens)."""
     model = r.get("model")
     if model is not None and not isinstance(model, str):
         raise r.fail("model", "a string", model)
-    max_tokens = r.integer("max_tokens", 1, _INT32_MAX, None)
-    max_completion = r.integer("max_completion_tokens", 1, _INT32_MAX, None)
+    max_tokens = r.integer("max_tokens", least_tokens, _INT32_MAX, None)
+    max_completion = r.integer("max_completion_tokens", least_tokens, _INT32_MAX, None)
     top_k = r.integer("top_k", -1, _INT32_MAX, 0)
     seed = r.integer("seed", -(1 << 63), (1 << 64) - 1, None)
     stream = r.boolean("stream")
@@ -361,24 +366,28 @@ def _token_ids(r: _Reader, param: str, value: list) -> list[int]:
     return list(value)
 
 
-def _prompt(r: _Reader) -> str | list[int]:
+def _prompts(r: _Reader) -> tuple[str | list[int], ...]:
+    """OpenAI's four prompt forms: a string, token ids, or an array of either."""
     value = r.get("prompt")
-    expected = "a string, an array of one string, or an array of token ids"
+    expected = "a string, an array of strings, an array of token ids or an array of such arrays"
     if isinstance(value, str):
-        return value
+        return (value,)
     if not isinstance(value, list) or not value:
         code = "missing_required_parameter" if value is None else "invalid_type"
         raise r.fail("prompt", expected, value, code)
     if not isinstance(value[0], (str, list)):
-        return _token_ids(r, "prompt", value)
-    if len(value) > 1:
-        raise r.fail("prompt", "one prompt per request", value, "unsupported_value")
-    single = value[0]
-    if isinstance(single, str):
-        return single
-    if not single:
-        raise r.fail("prompt[0]", "a non-empty array of token ids", single, "invalid_value")
-    return _token_ids(r, "prompt[0]", single)
+        return (_token_ids(r, "prompt", value),)
+    if len(value) > MAX_CHOICES:
+        raise r.fail("prompt", f"at most {MAX_CHOICES} prompts", value, "invalid_value")
+    out: list[str | list[int]] = []
+    for i, single in enumerate(value):
+        if isinstance(single, str):
+            out.append(single)
+        elif not isinstance(single, list) or not single:
+            raise r.fail(f"prompt[{i}]", "a string or a non-empty array of token ids", single)
+        else:
+            out.append(_token_ids(r, f"prompt[{i}]", single))
+    return tuple(out)
 
 
 def parse_chat(body: dict) -> ParsedRequest:
@@ -416,15 +425,16 @@ def parse_chat(body: dict) -> ParsedRequest:
 def parse_completion(body: dict) -> ParsedRequest:
     """Validates a ``POST /v1/completions`` body (the legacy text-completion endpoint)."""
     r = _Reader(_check_body(body, COMPLETIONS), COMPLETIONS)
-    prompt = _prompt(r)
+    prompts = _prompts(r)
     n = r.integer("n", 1, 16, 1)
-    common = _common(r, n)
-    top = r.integer("logprobs", 0, 5, None)
+    if len(prompts) * n > MAX_CHOICES:
+        raise r.fail("n", f"prompts x n at most {MAX_CHOICES}", n, "invalid_value")
+    echo = r.boolean("echo")
+    common = _common(r, n, least_tokens=0 if echo else 1)
+    top = r.integer("logprobs", 0, 20, None)
     best_of = r.integer("best_of", 1, 16, None)
     if best_of is not None and best_of != n:
         raise r.unsupported("best_of", f"it absent or equal to n ({n})", best_of)
-    if r.boolean("echo"):
-        raise r.unsupported("echo", "false", True)
     suffix = r.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise r.fail("suffix", "a string", suffix)
@@ -432,7 +442,8 @@ def parse_completion(body: dict) -> ParsedRequest:
         raise r.unsupported("suffix", "it absent or empty", suffix)
     return ParsedRequest(
         kind="completion",
-        prompt=prompt,
+        prompts=prompts,
+        echo=echo,
         logprobs=top is not None,
         top_logprobs=top or 0,
         ignored=r.ignored(),

@@ -124,7 +124,8 @@ def completion_logprobs(entries: Iterable[TokenLogprob], text_offset: int = 0) -
 
     ``text_offset`` is the character offset of the first token in the completion text; a stream
     passes the length of the text already sent. ``top_logprobs`` is null when no entry has
-    alternatives (``logprobs: 0``), else one ``{text: logprob}`` dict per token.
+    alternatives (``logprobs: 0``), else one ``{text: logprob}`` dict per token. An entry whose
+    logprob is None (an echoed prompt's first token) has null in both lists, as OpenAI's.
     """
     tokens, logprobs, tops, offsets = [], [], [], []
     offset = text_offset
@@ -132,10 +133,14 @@ def completion_logprobs(entries: Iterable[TokenLogprob], text_offset: int = 0) -
     for token, logprob, top in entries:
         text, _ = _token(token)
         tokens.append(text)
-        logprobs.append(_logprob(logprob))
         offsets.append(offset)
         offset += len(text)
         any_top = any_top or top is not None
+        if logprob is None:  # an echoed prompt's first token: nothing before it to condition on
+            logprobs.append(None)
+            tops.append(None)
+            continue
+        logprobs.append(_logprob(logprob))
         tops.append({_token(alt)[0]: _logprob(lp) for alt, lp in top or ()})
     return {
         "tokens": tokens,
