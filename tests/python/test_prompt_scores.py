@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import metallic
 from metallic import batch as batch_mod
 from metallic import errors
 from metallic.prompt_scores import (
@@ -30,8 +29,8 @@ from metallic.prompt_scores import (
     score_rows,
 )
 
-tiny_models = pytest.importorskip("tiny_models")
-tiny_families = pytest.importorskip("tiny_families")
+pytest.importorskip("tiny_models")
+import test_batch  # noqa: E402
 
 TOL = 1e-5  # see the module docstring
 
@@ -114,33 +113,8 @@ def test_check_prompt_logprobs(bad):
 
 
 # ---------------------------------------------------------------------------- on the model
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    m = tiny_models.make_model(tmp_path_factory.mktemp("scores"), "llama", "q8_0", "gguf")
-    with metallic.load(
-        m.path, device="cpu", threads=2, context_length=96, parallel=4, batch_size=16
-    ) as model:
-        yield model
-
-
-@pytest.fixture(scope="module")
-def ring(tmp_path_factory):  # gemma3: sliding-window rings, soft-capped head
-    m = tiny_models.make_model(
-        tmp_path_factory.mktemp("scores_ring"),
-        "gemma3",
-        "f32",
-        "gguf",
-        tiny_families.USUAL_TIED["gemma3"],
-    )
-    with metallic.load(
-        m.path, device="cpu", threads=2, context_length=64, parallel=3, batch_size=8
-    ) as model:
-        yield model
-
-
-def _ids(model, n, seed):
-    rng = np.random.default_rng(seed)
-    return [int(t) for t in rng.integers(3, model.tokenizer.vocab_size, n)]
+tiny, ring = test_batch.tiny, test_batch.ring  # its fixtures: a llama and a gemma3 with rings
+_ids = test_batch._ids
 
 
 def _reference(model, ids, k):
