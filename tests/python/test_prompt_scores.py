@@ -25,6 +25,7 @@ from metallic.prompt_scores import (
     MAX_TOP,
     PromptLogprobs,
     PromptScorer,
+    _top_ids,
     check_prompt_logprobs,
     score_rows,
 )
@@ -69,6 +70,25 @@ def test_score_rows_against_python_log_softmax(n, vocab, k, seed, scale):
         assert [t for t, _ in tops[i]] == order
         for t, lp in tops[i]:
             assert abs(lp - ref[t]) <= TOL * max(1.0, abs(ref[t]) * 1e-3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.integers(1, 3000),
+    st.integers(1, 40),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.5, 3.0, 1e3]),
+)
+def test_top_ids_equal_a_full_sort(n, vocab, k, seed, scale):
+    """The block-maxima prefilter of _top_ids against sorting every id (ties: lower id)."""
+    rng = np.random.default_rng(seed)
+    rows = np.round(rng.standard_normal((n, vocab)) * scale).astype(np.float32)  # many ties
+    if seed % 4 == 0:
+        rows[:, rng.integers(0, vocab, vocab // 3)] = -np.inf
+    for i, ids in enumerate(_top_ids(rows, k)):
+        want = sorted(range(vocab), key=lambda t: (-float(rows[i, t]), t))[: min(k, vocab)]
+        assert ids.tolist() == want
 
 
 def test_score_rows_keeps_minus_inf_finite_elsewhere():
