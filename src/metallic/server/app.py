@@ -250,6 +250,7 @@ def _choices(model, parsed: ParsedRequest, ids: list[int]) -> list:
         if parsed.seed is not None:  # n choices of one seed differ: seed, seed + 1, ...
             kw["seed"] = (parsed.seed + i) % (1 << 64)
         if parsed.echo and (want_lp or max_tokens == 0):
+            # DEBT: each of n echoed choices scores the prompt again (the scores are the same)
             kw["prompt_logprobs"] = scored
         out.append(model._request(ids, max_tokens=max_tokens, **kw))
     return out
