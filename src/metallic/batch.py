@@ -200,16 +200,11 @@ class Scheduler:
         """Ends every running and waiting request with ``exc`` (the loop goes on)."""
         with self._cv:
             waiting, self._waiting = list(self._waiting), deque()
-        for s in list(self._running):
-            s.handle.cancel()
+        for s in list(self._running):  # _emit never raises; the metrics observer might
             with contextlib.suppress(Exception):
                 self._finish(s, exc)
-            if s in self._running:  # its callback raised before _finish let go of it
-                self._running.remove(s)
-                self._free.append(s.slot)
         for h in waiting:
-            with contextlib.suppress(Exception):
-                h._emit(exc)
+            h._emit(exc)
         with contextlib.suppress(Exception):
             self._report()
 
@@ -313,10 +308,15 @@ class Scheduler:
             n_out = s.responder.count if s.responder is not None else 0
             self._obs.on_request_end(len(s.ids), n_out, status)
 
-    def _best_prefix(self, ids: Sequence[int]) -> tuple[int, int]:
-        """(slot, length) of the longest reusable prefix of ``ids`` any slot holds."""
+    @staticmethod
+    def _reuse_limit(req: Request) -> int:
+        """Prompt tokens a request may take from cached rows: all but the last, whose logits it
+        needs; none when it scores its prompt (every position's logits)."""
+        return 0 if req.prompt_logprobs >= 0 else len(req.prompt_ids) - 1
+
+    def _best_prefix(self, ids: Sequence[int], limit: int) -> tuple[int, int]:
+        """(slot, length <= limit) of the longest reusable prefix of ``ids`` any slot holds."""
         best, best_n = -1, 0
-        limit = len(ids) - 1  # the last prompt token is always computed (its logits are needed)
         for slot, cache in enumerate(self._slots):
             n = min(common_prefix(cache, ids), limit)
             if n > best_n and self._engine.kv_reusable(n, slot):
@@ -331,12 +331,11 @@ class Scheduler:
                     break
                 handle = self._waiting.popleft()
             ids = handle.request.prompt_ids
-            if handle.request.prompt_logprobs >= 0:  # scored: every position computed here
-                self._start(handle, -1, 0)
-                continue
-            src, n = self._best_prefix(ids)
-            computing = max(
-                (common_prefix(s.ids, ids) for s in self._running if s.prefilling), default=0
+            limit = self._reuse_limit(handle.request)
+            src, n = self._best_prefix(ids, limit)
+            computing = min(
+                limit,
+                max((common_prefix(s.ids, ids) for s in self._running if s.prefilling), default=0),
             )
             if computing > n and computing >= _SHARE_MIN:  # wait for it, then copy the rows
                 deferred.append(handle)

@@ -94,9 +94,12 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def check_max_tokens(max_tokens: object) -> int:
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
-        raise InvalidArgument(f"[generate] max_tokens: expected an int > 0, got {max_tokens!r}")
+def check_max_tokens(max_tokens: object, *, zero_ok: bool = False) -> int:
+    """max_tokens > 0 (>= 0 with zero_ok: a scored prompt may generate nothing)."""
+    least = 0 if zero_ok else 1
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < least:
+        bound = ">= 0" if zero_ok else "> 0"
+        raise InvalidArgument(f"[generate] max_tokens: expected an int {bound}, got {max_tokens!r}")
     return max_tokens
 
 

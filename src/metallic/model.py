@@ -239,8 +239,7 @@ class Model:
             min_tokens=min_tokens,
         )
         scored = check_prompt_logprobs(prompt_logprobs)
-        if not (scored >= 0 and type(max_tokens) is int and max_tokens == 0):
-            max_tokens = _gen.check_max_tokens(max_tokens)
+        max_tokens = _gen.check_max_tokens(max_tokens, zero_ok=scored >= 0)
         stops = _gen.check_stop(stop)
         k = check_logprobs(logprobs, top_logprobs)
         grammar = None if response_format is None else _constrain.grammar_of(response_format)

@@ -20,12 +20,12 @@ CPU kernels' vector exp (Engine.sample_rows' pattern) would take most of it back
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from .errors import InvalidArgument
-
-MAX_TOP = 100  # alternatives per position at most (as top_logprobs)
+from .sampling import MAX_TOP_LOGPROBS
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,23 @@ class PromptLogprobs:
     tokens: tuple[int, ...]
     logprobs: tuple[float | None, ...]
     top_logprobs: tuple[tuple[tuple[int, float], ...] | None, ...] | None
-    prompt_tokens: int
     finish_reason: str | None = None
-    generation_tokens: int = 0
-    cached_tokens: int = 0
+    generation_tokens: ClassVar[int] = 0
+    cached_tokens: ClassVar[int] = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.tokens)
 
 
 def check_prompt_logprobs(value: object) -> int:
-    """None → -1 (off); else the number of alternatives per position (0..MAX_TOP)."""
+    """None → -1 (off); else the number of alternatives per position (0..MAX_TOP_LOGPROBS)."""
     if value is None:
         return -1
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOP:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOP_LOGPROBS:
         raise InvalidArgument(
-            f"[generate] prompt_logprobs: expected None or an int in [0, {MAX_TOP}], got {value!r}"
+            "[generate] prompt_logprobs: expected None or an int in "
+            f"[0, {MAX_TOP_LOGPROBS}], got {value!r}"
         )
     return value
 
@@ -115,7 +119,7 @@ class PromptScorer:
     """Collects one request's prompt scores chunk by chunk (the scheduler's prefill)."""
 
     def __init__(self, ids, k: int):
-        self.ids = list(ids)
+        self.ids = ids  # the request's prompt ids (not copied; never changed while it runs)
         self.k = k
         self.logprobs: list[float | None] = [None]
         self.tops: list | None = [None] if k > 0 else None
@@ -140,9 +144,8 @@ class PromptScorer:
             tuple(self.ids),
             tuple(self.logprobs),
             None if self.tops is None else tuple(self.tops),
-            len(self.ids),
             finish_reason,
         )
 
 
-__all__ = ["MAX_TOP", "PromptLogprobs", "PromptScorer", "check_prompt_logprobs", "score_rows"]
+__all__ = ["PromptLogprobs", "PromptScorer", "check_prompt_logprobs", "score_rows"]

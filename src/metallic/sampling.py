@@ -126,13 +126,16 @@ class SamplingParams:
         return self.seed if self.seed is not None else int.from_bytes(os.urandom(8), "little")
 
 
+MAX_TOP_LOGPROBS = 100  # alternatives per token at most (the native Sampler::kMaxTopLogprobs)
+
+
 def check_logprobs(logprobs: object, top_logprobs: object) -> int:
     """Validates the logprob options; returns the native ``top_logprobs`` (-1 = off)."""
     _check(isinstance(logprobs, bool), "logprobs", "a bool", logprobs)
     _check(
-        _is_int(top_logprobs) and 0 <= top_logprobs <= 100,
+        _is_int(top_logprobs) and 0 <= top_logprobs <= MAX_TOP_LOGPROBS,
         "top_logprobs",
-        "an int in [0, 100]",
+        f"an int in [0, {MAX_TOP_LOGPROBS}]",
         top_logprobs,
     )
     return top_logprobs if (logprobs or top_logprobs > 0) else -1

@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from metallic import batch as batch_mod
 from metallic import errors
 from metallic.prompt_scores import (
-    MAX_TOP,
     PromptLogprobs,
     PromptScorer,
     _top_ids,
     check_prompt_logprobs,
     score_rows,
 )
+from metallic.sampling import MAX_TOP_LOGPROBS as MAX_TOP
 
 pytest.importorskip("tiny_models")
 import test_batch  # noqa: E402
@@ -137,10 +137,15 @@ tiny, ring = test_batch.tiny, test_batch.ring  # its fixtures: a llama and a gem
 _ids = test_batch._ids
 
 
-def _reference(model, ids, k):
+def reference_log_softmax(model, ids) -> tuple[np.ndarray, np.ndarray]:
+    """Model.logits of ids in float64 and their log-softmax (the references of the scores)."""
     logits = model.logits(ids).astype(np.float64)
     m = logits.max(axis=1, keepdims=True)
-    lsm = logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
+    return logits, logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
+
+
+def _reference(model, ids, k):
+    logits, lsm = reference_log_softmax(model, ids)
     chosen = [None] + [lsm[i, ids[i + 1]] for i in range(len(ids) - 1)]
     tops = [None] + [list(np.argsort(-logits[i], kind="stable")[:k]) for i in range(len(ids) - 1)]
     return chosen, tops

@@ -22,18 +22,16 @@ pytest.importorskip("fastapi")
 pytest.importorskip("tiny_models")
 
 import test_server as ts  # noqa: E402
+from test_prompt_scores import TOL, reference_log_softmax  # noqa: E402
 from test_server import _alone, _text, wait_idle  # noqa: E402
 
 tiny_path, ref, server = ts.tiny_path, ts.ref, ts.server  # its fixtures, one model per module
 
-TOL = 1e-5  # test_prompt_scores.py
-
 
 def _scores(ref, ids):
-    logits = ref.logits(ids).astype(np.float64)
-    m = logits.max(axis=1, keepdims=True)
-    lsm = logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
-    return [None] + [float(lsm[i, ids[i + 1]]) for i in range(len(ids) - 1)], logits
+    """The prompt's reference scores, the float64 logits and their log-softmax."""
+    logits, lsm = reference_log_softmax(ref, ids)
+    return [None] + [float(lsm[i, ids[i + 1]]) for i in range(len(ids) - 1)], logits, lsm
 
 
 def _tok(ref, t):
@@ -61,7 +59,7 @@ def test_echo_scores_the_prompt(server, ref):
     c = server.client()
     prompt = "The sea is deep and the sky is blue"
     ids = ref._prompt_ids(prompt)
-    want_lp, logits = _scores(ref, ids)
+    want_lp, logits, lsm = _scores(ref, ids)
     r = c.completions.create(
         model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=3, temperature=0
     )
@@ -72,8 +70,6 @@ def test_echo_scores_the_prompt(server, ref):
     assert lp.tokens == [_tok(ref, t) for t in ids]
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     assert lp.token_logprobs[1:] == pytest.approx(want_lp[1:], abs=TOL)
-    m = logits.max(axis=1, keepdims=True)
-    lsm = logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))
     for i in range(1, len(ids)):
         best = np.argsort(-logits[i - 1], kind="stable")[:3]
         # keyed by text as OpenAI's legacy shape: byte tokens may share one (the last wins)

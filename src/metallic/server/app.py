@@ -242,14 +242,13 @@ def _choices(model, parsed: ParsedRequest, ids: list[int]) -> list:
             param="max_tokens",
             code="context_length_exceeded",
         )
-    want_lp = parsed.logprobs or parsed.top_logprobs > 0
-    scored = parsed.top_logprobs if want_lp else 0  # echo: the prompt's scores
+    scored = parsed.top_logprobs if parsed.wants_logprobs else 0  # echo: the prompt's scores
     out = []
     for i in range(parsed.n):
         kw = parsed.generate_kwargs()
         if parsed.seed is not None:  # n choices of one seed differ: seed, seed + 1, ...
             kw["seed"] = (parsed.seed + i) % (1 << 64)
-        if parsed.echo and (want_lp or max_tokens == 0):
+        if parsed.echo and (parsed.wants_logprobs or max_tokens == 0):
             # DEBT: each of n echoed choices scores the prompt again (the scores are the same)
             kw["prompt_logprobs"] = scored
         out.append(model._request(ids, max_tokens=max_tokens, **kw))
@@ -320,27 +319,26 @@ class _Run:
         self.texts = [[e] for e in echoes]
         self.lps = [[] for _ in range(n)]  # logprob entries not yet sent (stream) or all
         self.last = [None] * n  # each choice's final GenerationResponse
-        self.want_lp = parsed.logprobs or parsed.top_logprobs > 0
+        self.want_lp = parsed.wants_logprobs
 
     def _cancel(self) -> None:
         for h in self.handles:
             if not h.done:
                 h.cancel()
 
-    def _entry(self, r) -> tuple:
+    def _entry(self, token: int, logprob: float | None, top) -> tuple:
+        """(text, logprob, alternatives as (text, logprob) pairs when asked) of one token;
+        top None: none (an echoed prompt's first token)."""
         dec = self.state.model.tokenizer.decode
-        top = [(dec([t]), lp) for t, lp in (r.top_logprobs or ())]
-        return (dec([r.token]), r.logprob, top if self.parsed.top_logprobs > 0 else None)
+        alts = None
+        if self.parsed.top_logprobs > 0 and top is not None:
+            alts = [(dec([t]), lp) for t, lp in top]
+        return (dec([token]), logprob, alts)
 
     def _prompt_entries(self, p: PromptLogprobs) -> list[tuple]:
         """The echoed prompt's entries (its first token has no log-probability)."""
-        dec = self.state.model.tokenizer.decode
-        want_top = self.parsed.top_logprobs > 0
         tops = p.top_logprobs or [None] * len(p.tokens)
-        return [
-            (dec([t]), lp, [(dec([a]), x) for a, x in top] if want_top and top else None)
-            for t, lp, top in zip(p.tokens, p.logprobs, tops, strict=True)
-        ]
+        return [self._entry(*e) for e in zip(p.tokens, p.logprobs, tops, strict=True)]
 
     def _logprobs(self, entries, text_offset: int = 0):
         if not self.want_lp:
@@ -371,7 +369,7 @@ class _Run:
                 if self.want_lp:
                     self.lps[i][:0] = self._prompt_entries(ev)
             elif self.want_lp:
-                self.lps[i].append(self._entry(ev))
+                self.lps[i].append(self._entry(ev.token, ev.logprob, ev.top_logprobs or ()))
             if ev.finish_reason is not None:
                 self.last[i] = ev
                 open_ -= 1

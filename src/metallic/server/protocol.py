@@ -91,6 +91,11 @@ class ParsedRequest:
     echo: bool = False
     ignored: tuple[str, ...] = ()
 
+    @property
+    def wants_logprobs(self) -> bool:
+        """The response reports log-probabilities."""
+        return self.logprobs or self.top_logprobs > 0
+
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``Model.stream_generate`` (all but ``prompt``/``max_tokens``)."""
         return {
